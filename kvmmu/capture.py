@@ -1,0 +1,413 @@
+"""Real page tables: a booted Linux x86-64 guest, captured under QEMU, loaded as guest memory.
+
+Hand-made tables teach the rules; a kernel's own tables show what the rules are for: the direct
+map in 2 MiB and 1 GiB pages, the kernel image split into 4 KiB pages where text ends and
+read-only data begins, vmalloc'ed stacks, the ESPFIX area that maps one page 65536 times, and a
+busy user process (``busybox sh``) with its text, heap and stack. The captures under
+``data/linux-guest/`` were taken by ``scripts/capture_linux_guest.py``: QEMU (TCG) booted a
+stock Debian kernel, the vCPU was stopped while it ran in user mode, and the script kept the
+registers, every page-table page reachable from CR3, and QEMU's own view of the tables as the
+answer key:
+
+* ``info tlb`` (``tlb_info_la48`` / ``tlb_info_la57`` in QEMU's ``target/i386/monitor.c``):
+  one line per present leaf, the linear address, the physical address and the leaf's flags;
+* ``info mem`` (``mem_info_la48``): maximal runs of linear addresses whose combined U/S and
+  R/W rights (the AND over every level) are equal.
+
+With page-table isolation (``arch/x86/mm/pti.c``) a process has two PGDs in one 8 KiB
+allocation: the kernel one and, 4 KiB above it, the user one, whose kernel half maps little
+more than the entry code. A PTI capture holds both, as two *views*.
+
+:func:`load_capture` turns a capture into a :class:`~kvmmu.memory.GuestMemory` plus the
+:class:`~kvmmu.walk.CpuState` of each view, so that :func:`kvmmu.walk.walk` can translate any
+address the guest had mapped; :func:`ptdump` lists every present leaf, as the kernel's
+``arch/x86/mm/dump_pagetables.c`` does.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import lzma
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kvmmu.errors import KvmmuError
+from kvmmu.memory import GuestMemory
+from kvmmu.walk import CpuState
+from kvmmu.x86 import PAGE_SHIFT, PAGE_SIZE, Cr4, Pte, canonicalize, describe_flags
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "linux-guest"
+
+# The physical-address masks QEMU's info tlb applies before printing (monitor.c): bits 12..49
+# of a 4 KiB PTE, 21..49 of a 2 MiB PDE, 30..49 of a 1 GiB PDPTE.
+QEMU_ADDRESS_MASK = {1: 0x3_FFFF_FFFF_F000, 2: 0x3_FFFF_FFE0_0000, 3: 0x3_FFFF_C000_0000}
+# QEMU prints PS ('P') only for large leaves: at level 1 bit 7 is PAT and it is cleared first.
+TLB_FLAGS = ("xd", "global", "ps", "dirty", "accessed", "pcd", "pwt", "user", "writable")
+
+_TLB_LINE = re.compile(r"([0-9a-f]{16}): ([0-9a-f]{16}) ([-X][-G][-P][-D][-A][-C][-T][-U][-W])")
+_MEM_LINE = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16}) ([0-9a-f]{16}) ([-u])r([-w])")
+
+
+class CaptureError(KvmmuError, ValueError):
+    """A capture folder is missing, incomplete or does not parse."""
+
+
+class MissingCaptureError(CaptureError, FileNotFoundError):
+    """No capture of that name (or no data folder at all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureView:
+    """One top-level table of a capture and QEMU's answers for it.
+
+    ``cpu`` holds the registers QEMU reported at the stop, with CR3 naming this view's root;
+    ``info_tlb`` and ``info_mem`` are QEMU's monitor output parsed by :func:`parse_info_tlb`
+    and :func:`parse_info_mem` (``info_mem`` is None where it was not captured); the raw text
+    is kept too, for reading beside the tables.
+    """
+
+    name: str
+    cpu: CpuState
+    info_tlb: pd.DataFrame
+    info_mem: pd.DataFrame | None
+    info_tlb_text: str
+    info_mem_text: str | None
+    info_registers: str
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """A booted Linux guest's page tables, as guest memory plus CPU state.
+
+    ``memory`` covers the guest's RAM as one memslot and holds only the captured table pages
+    (everything else reads as zeros, so a walk works but the data it reaches is not there);
+    ``cpu`` is the user view's state, ``kernel_cr3`` the second CR3 of a PTI capture (None
+    without PTI); ``views`` maps ``"user"`` (and ``"kernel"``) to :class:`CaptureView`;
+    ``metadata`` is ``capture.json``: packages, the QEMU command line, the kernel command line,
+    timings.
+    """
+
+    name: str
+    memory: GuestMemory
+    cpu: CpuState
+    kernel_cr3: int | None
+    views: dict[str, CaptureView]
+    table_gpas: tuple[int, ...]
+    metadata: dict[str, Any]
+    console: str
+
+    @property
+    def info_tlb(self) -> pd.DataFrame:
+        """QEMU's ``info tlb`` for the user view."""
+        return self.views["user"].info_tlb
+
+    @property
+    def info_mem(self) -> pd.DataFrame | None:
+        """QEMU's ``info mem`` for the user view, or None where it was not captured."""
+        return self.views["user"].info_mem
+
+    @property
+    def kernel_cpu(self) -> CpuState | None:
+        """The CPU state with the kernel CR3 loaded (PTI captures only)."""
+        view = self.views.get("kernel")
+        return None if view is None else view.cpu
+
+
+def list_captures(data_dir: Path | None = None) -> list[str]:
+    """Names of the captures under ``data/linux-guest/`` (folders holding ``capture.json``)."""
+    root = DATA_DIR if data_dir is None else data_dir
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "capture.json").is_file())
+
+
+def load_capture(name: str, data_dir: Path | None = None) -> Capture:
+    """Load capture ``name`` into guest memory and CPU state, in one call.
+
+    Raises :class:`MissingCaptureError` naming the captures that exist when there is no such
+    capture, and :class:`CaptureError` when a file is missing or does not parse.
+    """
+    root = DATA_DIR if data_dir is None else data_dir
+    folder = root / name
+    if not (folder / "capture.json").is_file():
+        known = list_captures(root)
+        hint = (
+            f"known captures: {', '.join(known)}"
+            if known
+            else f"{root} holds none; run scripts/capture_linux_guest.py to make them"
+        )
+        raise MissingCaptureError(f"no capture named {name!r} in {root}; {hint}")
+    metadata = _read_json(folder / "capture.json")
+    try:
+        maxphyaddr = int(metadata["maxphyaddr"])
+        ram_bytes = int(metadata["ram_mib"]) << 20
+        registers = metadata["registers"]
+        views_meta = metadata["views"]
+        base = CpuState(
+            cr0=_hex(registers["cr0"]),
+            cr3=_hex(registers["cr3"]),
+            cr4=_hex(registers["cr4"]),
+            efer=_hex(registers["efer"]),
+            cpl=int(registers["cpl"]),
+            rflags=_hex(registers.get("rfl", "0x2")),
+            maxphyaddr=maxphyaddr,
+            gbpages=bool(metadata["gbpages"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CaptureError(
+            f"{folder / 'capture.json'} lacks or garbles {exc}; rerun "
+            f"scripts/capture_linux_guest.py --only {name}"
+        ) from exc
+
+    memory = GuestMemory(ram_bytes, maxphyaddr=maxphyaddr)
+    gpas = _load_tables(folder / "tables.npz", memory)
+
+    views: dict[str, CaptureView] = {}
+    for view_name, files in views_meta.items():
+        tlb_text = _read_text(folder / files["info_tlb"])
+        mem_file = files.get("info_mem")
+        mem_text = None if mem_file is None else _read_text(folder / mem_file)
+        views[view_name] = CaptureView(
+            name=view_name,
+            cpu=replace(base, cr3=_hex(files["cr3"])),
+            info_tlb=parse_info_tlb(tlb_text),
+            info_mem=None if mem_text is None else parse_info_mem(mem_text),
+            info_tlb_text=tlb_text,
+            info_mem_text=mem_text,
+            info_registers=_read_text(folder / files["info_registers"]),
+        )
+    if "user" not in views:
+        raise CaptureError(f"{folder / 'capture.json'} has no 'user' view; rerun the capture")
+    kernel = views.get("kernel")
+    console_path = folder / "console.log"
+    return Capture(
+        name=name,
+        memory=memory,
+        cpu=views["user"].cpu,
+        kernel_cr3=None if kernel is None else kernel.cpu.cr3,
+        views=views,
+        table_gpas=gpas,
+        metadata=metadata,
+        console=console_path.read_text() if console_path.is_file() else "",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# QEMU's monitor output
+# --------------------------------------------------------------------------------------------
+
+
+def parse_info_tlb(text: str) -> pd.DataFrame:
+    """QEMU's ``info tlb`` as a DataFrame: one row per present leaf.
+
+    Columns: ``gva`` (canonical linear address), ``gpa`` (the leaf's physical address, masked
+    as QEMU masks it), ``flags`` (QEMU's nine characters ``XGPDACTUW``) and one bool column per
+    flag (``xd``, ``global``, ``ps``, ``dirty``, ``accessed``, ``pcd``, ``pwt``, ``user``,
+    ``writable``). Addresses are ``uint64``.
+    """
+    gvas: list[int] = []
+    gpas: list[int] = []
+    flags: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _TLB_LINE.fullmatch(line.strip())
+        if match is None:
+            raise CaptureError(f"info tlb line {number} does not parse: {line!r}")
+        gvas.append(int(match.group(1), 16))
+        gpas.append(int(match.group(2), 16))
+        flags.append(match.group(3))
+    frame = pd.DataFrame(
+        {
+            "gva": np.array(gvas, dtype=np.uint64),
+            "gpa": np.array(gpas, dtype=np.uint64),
+            "flags": pd.Series(flags, dtype=object),
+        }
+    )
+    for position, column in enumerate(TLB_FLAGS):
+        frame[column] = [f[position] != "-" for f in flags]
+    return frame
+
+
+def parse_info_mem(text: str) -> pd.DataFrame:
+    """QEMU's ``info mem`` as a DataFrame: one row per run of equal rights.
+
+    Columns: ``start``, ``end`` (exclusive) and ``size`` (``uint64``; QEMU prints ``end`` and
+    ``size`` through the same sign extension as ``start``, which is undone here so that
+    ``end - start == size``), ``user`` and ``writable`` (the AND of U/S and of R/W over every
+    level), and ``rights``, QEMU's three characters.
+    """
+    rows: list[tuple[int, int, bool, bool, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _MEM_LINE.fullmatch(line.strip())
+        if match is None:
+            raise CaptureError(f"info mem line {number} does not parse: {line!r}")
+        start = int(match.group(1), 16)
+        size = int(match.group(3), 16)
+        user, writable = match.group(4) == "u", match.group(5) == "w"
+        rows.append((start, start + size, user, writable, line.strip()[-3:]))
+    return pd.DataFrame(
+        {
+            "start": np.array([r[0] for r in rows], dtype=np.uint64),
+            "end": np.array([r[1] & (2**64 - 1) for r in rows], dtype=np.uint64),
+            "size": np.array([r[1] - r[0] for r in rows], dtype=np.uint64),
+            "user": [r[2] for r in rows],
+            "writable": [r[3] for r in rows],
+            "rights": pd.Series([r[4] for r in rows], dtype=object),
+        }
+    )
+
+
+def qemu_tlb_fields(pte: int, level: int) -> tuple[int, str]:
+    """The physical address and flags QEMU's ``info tlb`` prints for a leaf at ``level``.
+
+    ``print_pte`` masks the address by the page size and clears bit 7 of a 4 KiB PTE (it is
+    PAT there, not PS) before printing ``XGPDACTUW``; this is the same projection, so a
+    walker's leaf entry can be compared with a line of ``info tlb``.
+    """
+    if level == 1:
+        pte &= ~int(Pte.PAGE_SIZE)
+    return pte & QEMU_ADDRESS_MASK[level], describe_flags(pte)
+
+
+_FLAG_BITS = int(
+    Pte.XD
+    | Pte.GLOBAL
+    | Pte.PAGE_SIZE
+    | Pte.DIRTY
+    | Pte.ACCESSED
+    | Pte.PCD
+    | Pte.PWT
+    | Pte.USER
+    | Pte.WRITABLE
+)
+
+
+@functools.cache
+def _flag_string(flag_bits: int, level: int) -> str:
+    return qemu_tlb_fields(flag_bits, level)[1]
+
+
+def _qemu_tlb_fields_cached(pte: int, level: int) -> tuple[int, str]:
+    """:func:`qemu_tlb_fields`, with the flag string looked up by the entry's flag bits."""
+    return pte & QEMU_ADDRESS_MASK[level], _flag_string(pte & _FLAG_BITS, level)
+
+
+# --------------------------------------------------------------------------------------------
+# ptdump
+# --------------------------------------------------------------------------------------------
+
+
+def ptdump(memory: GuestMemory, cpu: CpuState) -> pd.DataFrame:
+    """Every present leaf reachable from ``cpu.cr3``, in address order (4- and 5-level paging).
+
+    The traversal of ``arch/x86/mm/dump_pagetables.c`` and of QEMU's ``info tlb``: it visits
+    every present entry, follows table pointers and stops at PTEs and at entries with PS set
+    at the PDE and PDPTE levels. It translates nothing and checks no rights or reserved bits;
+    that is the walker's job. Columns: ``gva``, ``level``, ``page_size``, ``pte`` (the full
+    leaf entry, ``uint64``), and ``gpa`` and ``flags`` as QEMU prints them.
+    """
+    levels = 5 if cpu.cr4 & Cr4.LA57 else 4
+    va_bits = 57 if levels == 5 else 48
+    address_mask = ((1 << cpu.maxphyaddr) - 1) & ~(PAGE_SIZE - 1)
+    rows: list[tuple[int, int, int]] = []
+
+    def visit(table: int, level: int, base: int) -> None:
+        words = memory.table_words(table >> PAGE_SHIFT)
+        if words is None:
+            raise CaptureError(f"table at gpa {table:#x} lies outside the captured memory")
+        shift = PAGE_SHIFT + 9 * (level - 1)
+        for index in range(512):
+            entry = int(words[index])
+            if not entry & Pte.PRESENT:
+                continue
+            gva = base | (index << shift)
+            if level == 1 or (level in (2, 3) and entry & Pte.PAGE_SIZE):
+                rows.append((canonicalize(gva, va_bits), level, entry))
+            else:
+                visit(entry & address_mask, level - 1, gva)
+
+    visit(cpu.cr3 & address_mask, levels, 0)
+    fields = [_qemu_tlb_fields_cached(pte, level) for _, level, pte in rows]
+    return pd.DataFrame(
+        {
+            "gva": np.array([r[0] for r in rows], dtype=np.uint64),
+            "level": np.array([r[1] for r in rows], dtype=np.int64),
+            "page_size": np.array(
+                [1 << (PAGE_SHIFT + 9 * (r[1] - 1)) for r in rows], dtype=np.int64
+            ),
+            "pte": np.array([r[2] for r in rows], dtype=np.uint64),
+            "gpa": np.array([f[0] for f in fields], dtype=np.uint64),
+            "flags": pd.Series([f[1] for f in fields], dtype=object),
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def _hex(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return int(value, 16)
+    raise ValueError(f"expected a hex string, got {value!r}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CaptureError(f"{path} does not load ({exc}); rerun the capture script") from exc
+    if not isinstance(data, dict):
+        raise CaptureError(f"{path} should hold a JSON object; rerun the capture script")
+    return data
+
+
+def _read_text(path: Path) -> str:
+    """A text file, xz-compressed if its name ends in ``.xz``."""
+    if not path.is_file():
+        raise CaptureError(f"{path} is missing; rerun scripts/capture_linux_guest.py")
+    raw = path.read_bytes()
+    return (lzma.decompress(raw) if path.suffix == ".xz" else raw).decode()
+
+
+def _load_tables(path: Path, memory: GuestMemory) -> tuple[int, ...]:
+    """Write the captured table pages (``gpa`` -> ``uint64[512]``) into guest memory."""
+    if not path.is_file():
+        raise CaptureError(f"{path} is missing; rerun scripts/capture_linux_guest.py")
+    with np.load(path) as npz:
+        gpas = npz["gpa"].astype(np.uint64)
+        pages = npz["pages"].astype("<u8")
+    if pages.shape != (len(gpas), 512):
+        raise CaptureError(f"{path}: pages has shape {pages.shape}, expected ({len(gpas)}, 512)")
+    for gpa, page in zip(gpas.tolist(), pages, strict=True):
+        if gpa % PAGE_SIZE:
+            raise CaptureError(f"{path}: table gpa {gpa:#x} is not page-aligned")
+        memory.page(gpa >> PAGE_SHIFT)[:] = page
+    return tuple(gpas.tolist())
+
+
+__all__ = [
+    "DATA_DIR",
+    "Capture",
+    "CaptureError",
+    "CaptureView",
+    "MissingCaptureError",
+    "list_captures",
+    "load_capture",
+    "parse_info_mem",
+    "parse_info_tlb",
+    "ptdump",
+    "qemu_tlb_fields",
+]

@@ -1,0 +1,869 @@
+"""The shadow MMU: page faults, fetch, direct maps, write protection, emulated writes, zapping.
+
+Mirrors ``arch/x86/kvm/mmu/mmu.c`` and the shadow half of ``paging_tmpl.h``. :class:`Mmu` holds
+what KVM keeps in ``struct kvm_arch`` (the hash of shadow pages, the active list, the page budget,
+the rmap, write tracking); the functions take the faulting vCPU, whose registers and roots play
+the part of ``struct kvm_mmu``.
+
+A page fault in a shadow-paging guest runs :func:`page_fault` (``FNAME(page_fault)``): walk the
+guest's tables; if the guest would fault, inject that fault; otherwise :func:`fetch` walks the
+shadow tables from the root, creating one *indirect* shadow page per guest table (its gfn is the
+table's frame, its role from the walk) and, below a guest large page that the host must back
+with smaller pages, *direct* shadow pages; the leaf spte gets the guest's rights. With TDP or
+paging off, :func:`direct_page_fault` maps the gfn with direct pages only (``direct_map``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from kvmmu import spte as S
+from kvmmu.errors import KvmmuError
+from kvmmu.memory import GuestMemory, Memslot
+from kvmmu.page import MmuPage, new_gfns
+from kvmmu.rmap import Rmap, Sptep, add_parent_pte, level_base, remove_parent_pte
+from kvmmu.role import MmuPageRole
+from kvmmu.stats import MmuStats
+from kvmmu.trace import Tracer
+from kvmmu.walk import PageFault, WalkResult, walk
+from kvmmu.x86 import PAGE_SHIFT, Acc, Access, Pte
+
+if TYPE_CHECKING:
+    from kvmmu.vcpu import Vcpu
+
+KVM_MIN_FREE_MMU_PAGES = 5
+KVM_REFILL_PAGES = 25
+KVM_MIN_ALLOC_MMU_PAGES = 64
+KVM_PERMILLE_MMU_PAGES = 20
+
+
+class MmuBudgetError(KvmmuError):
+    """The page budget cannot hold even the roots a vCPU needs (KVM returns -ENOSPC)."""
+
+
+class FaultOutcome(Enum):
+    """What a page fault handler returned (``RET_PF_*`` in ``mmu_internal.h``)."""
+
+    FIXED = "fixed"  # an spte was installed: retry the access (RET_PF_FIXED)
+    SPURIOUS = "spurious"  # the spte was already right (RET_PF_SPURIOUS)
+    EMULATE = "emulate"  # the access must be emulated (RET_PF_EMULATE)
+    GUEST = "guest"  # the guest's own tables fault: inject it (RET_PF_RETRY after inject)
+    MMIO = "mmio"  # emulate as MMIO: exit to userspace
+
+
+@dataclass(slots=True)
+class FaultResult:
+    """The outcome of one page fault, with the guest's walk when there was one."""
+
+    outcome: FaultOutcome
+    gpa: int = 0
+    fault: PageFault | None = None
+    walk: WalkResult | None = None
+
+
+class Mmu:
+    """A VM's MMU state (``struct kvm_arch``'s MMU fields).
+
+    ``page_hash`` is ``mmu_page_hash``: gfn -> shadow pages of that gfn, of any role.
+    ``active`` is ``active_mmu_pages`` in creation order (oldest first), what reclaim walks.
+    ``n_max_mmu_pages`` is the budget; ``None`` lets it follow KVM's default of 20 pages per
+    thousand guest pages (``kvm_mmu_calculate_default_mmu_pages``), at least 64.
+    """
+
+    def __init__(
+        self,
+        memory: GuestMemory,
+        *,
+        n_max_mmu_pages: int | None = None,
+        huge_pages: bool = True,
+        allow_unsync: bool = False,
+    ) -> None:
+        self.memory = memory
+        self.host = memory.host
+        self.page_hash: dict[int, list[MmuPage]] = {}
+        self.active: dict[MmuPage, None] = {}
+        self.by_pfn: dict[int, MmuPage] = {}
+        self.rmap = Rmap()
+        self.lpage_disallowed: dict[tuple[int, int], int] = {}
+        self.write_tracked: dict[int, int] = {}
+        self.indirect_shadow_pages = 0
+        self.n_used_mmu_pages = 0
+        self._n_max = n_max_mmu_pages
+        if n_max_mmu_pages is not None and n_max_mmu_pages < KVM_MIN_ALLOC_MMU_PAGES:
+            raise MmuBudgetError(
+                f"n_max_mmu_pages={n_max_mmu_pages} is below KVM's minimum of "
+                f"{KVM_MIN_ALLOC_MMU_PAGES} (KVM_MIN_ALLOC_MMU_PAGES); pass at least that"
+            )
+        self.huge_pages = huge_pages
+        self.allow_unsync = allow_unsync
+        self.mmu_valid_gen = 0
+        self.stats = MmuStats()
+        self.trace = Tracer()
+        self.tlb_flushers: list[Callable[[], None]] = []
+        self._serial = 0
+
+    # -- budget ----------------------------------------------------------------------------
+
+    @property
+    def n_max_mmu_pages(self) -> int:
+        """The page budget (``kvm->arch.n_max_mmu_pages``)."""
+        if self._n_max is not None:
+            return self._n_max
+        guest_pages = sum(slot.npages for slot in self.memory.slots)
+        return max(guest_pages * KVM_PERMILLE_MMU_PAGES // 1000, KVM_MIN_ALLOC_MMU_PAGES)
+
+    def available_pages(self) -> int:
+        """Pages left under the budget (``kvm_mmu_available_pages``)."""
+        return max(self.n_max_mmu_pages - self.n_used_mmu_pages, 0)
+
+    def make_pages_available(self) -> None:
+        """Reclaim the oldest pages when fewer than 5 are free (``make_mmu_pages_available``)."""
+        avail = self.available_pages()
+        if avail >= KVM_MIN_FREE_MMU_PAGES:
+            return
+        self.zap_oldest_pages(KVM_REFILL_PAGES - avail)
+        if not self.available_pages():
+            raise MmuBudgetError(
+                f"all {self.n_used_mmu_pages} shadow pages are in use as roots; raise "
+                f"n_max_mmu_pages above {self.n_max_mmu_pages}"
+            )
+
+    def zap_oldest_pages(self, nr_to_zap: int) -> int:
+        """Zap up to ``nr_to_zap`` of the oldest non-root pages.
+
+        ``kvm_mmu_zap_oldest_mmu_pages``: roots are skipped, the count goes to ``mmu_recycled``.
+        """
+        zapped = 0
+        while zapped < nr_to_zap:
+            victim = next((sp for sp in self.active if not sp.root_count), None)
+            if victim is None:
+                break
+            before = self.n_used_mmu_pages
+            self.zap_page(victim)
+            zapped += before - self.n_used_mmu_pages
+        self.stats.mmu_recycled += zapped
+        return zapped
+
+    # -- the hash of shadow pages ----------------------------------------------------------
+
+    def is_obsolete(self, sp: MmuPage) -> bool:
+        """True if the page is invalid or from before the last fast zap (``is_obsolete_sp``)."""
+        return sp.role.invalid or sp.mmu_valid_gen != self.mmu_valid_gen
+
+    def pages_of(self, gfn: int) -> list[MmuPage]:
+        """Valid indirect pages that shadow ``gfn`` (``for_each_gfn_valid_sp_with_gptes``)."""
+        return [
+            sp for sp in self.page_hash.get(gfn, ()) if not sp.direct and not self.is_obsolete(sp)
+        ]
+
+    def get_shadow_page(self, vcpu: Vcpu | None, gfn: int, role: MmuPageRole) -> MmuPage:
+        """Find the page for (gfn, role) or create it (``kvm_mmu_get_shadow_page``)."""
+        for sp in list(self.page_hash.get(gfn, ())):
+            if self.is_obsolete(sp):
+                continue
+            if sp.role != role:
+                # An upper-level table now lives where an unsync page table was: the unsync
+                # page must go, since the new page write-protects the gfn.
+                if role.level > 1 and sp.unsync:
+                    self.zap_page(sp)
+                continue
+            if sp.unsync and vcpu is not None:
+                from kvmmu.sync import sync_page_or_zap
+
+                if not sync_page_or_zap(vcpu, sp):
+                    continue
+            self.trace.emit(
+                "kvm_mmu_get_page", gfn=gfn, role=role.describe(), created=False, sp=sp.serial
+            )
+            return sp
+        return self._alloc_shadow_page(gfn, role)
+
+    def _alloc_shadow_page(self, gfn: int, role: MmuPageRole) -> MmuPage:
+        """Allocate and account a new page (``kvm_mmu_alloc_shadow_page``)."""
+        self.stats.mmu_cache_miss += 1
+        pfn = self.host.alloc_page()
+        self._serial += 1
+        sp = MmuPage(
+            gfn=gfn,
+            role=role,
+            pfn=pfn,
+            spt=self.host.page(pfn),
+            gfns=new_gfns(role.direct),
+            mmu_valid_gen=self.mmu_valid_gen,
+            serial=self._serial,
+        )
+        sp.spt[:] = 0
+        self.page_hash.setdefault(gfn, []).append(sp)
+        self.active[sp] = None
+        self.by_pfn[pfn] = sp
+        self.n_used_mmu_pages += 1
+        self.stats.pages = self.n_used_mmu_pages
+        if not role.direct:
+            self._account_shadowed(sp)
+        self.trace.emit(
+            "kvm_mmu_get_page", gfn=gfn, role=role.describe(), created=True, sp=sp.serial
+        )
+        return sp
+
+    def _free_page(self, sp: MmuPage) -> None:
+        """Release a zapped page with no users (``kvm_mmu_free_shadow_page``)."""
+        bucket = self.page_hash[sp.gfn]
+        bucket.remove(sp)
+        if not bucket:
+            del self.page_hash[sp.gfn]
+        self.active.pop(sp, None)
+        del self.by_pfn[sp.pfn]
+        self.host.free_page(sp.pfn)
+        self.n_used_mmu_pages -= 1
+        self.stats.pages = self.n_used_mmu_pages
+
+    def child_of(self, spte: int) -> MmuPage:
+        """The page a non-leaf spte points to (``spte_to_child_sp``)."""
+        return self.by_pfn[S.spte_to_pfn(spte)]
+
+    # -- write protection for shadowed gfns ------------------------------------------------
+
+    def _account_shadowed(self, sp: MmuPage) -> None:
+        """Protect the guest table a new indirect page shadows (``account_shadowed``).
+
+        Upper-level tables are write-tracked, so they can never go unsync; every shadowed gfn
+        forbids large mappings over it and loses its writable sptes.
+        """
+        self.indirect_shadow_pages += 1
+        if sp.level > 1:
+            self.write_tracked[sp.gfn] = self.write_tracked.get(sp.gfn, 0) + 1
+        self._disallow_lpage(sp.gfn, +1)
+        if self.write_protect_gfn(sp.gfn, mmu_protect=True):
+            self.flush_remote_tlbs()
+
+    def _unaccount_shadowed(self, sp: MmuPage) -> None:
+        """Undo :meth:`_account_shadowed` (``unaccount_shadowed``)."""
+        self.indirect_shadow_pages -= 1
+        if sp.level > 1:
+            left = self.write_tracked[sp.gfn] - 1
+            if left:
+                self.write_tracked[sp.gfn] = left
+            else:
+                del self.write_tracked[sp.gfn]
+        self._disallow_lpage(sp.gfn, -1)
+
+    def _disallow_lpage(self, gfn: int, delta: int) -> None:
+        """Count a reason not to map ``gfn`` with large pages (``kvm_mmu_gfn_disallow_lpage``)."""
+        for level in (2, 3):
+            key = (level, level_base(gfn, level))
+            count = self.lpage_disallowed.get(key, 0) + delta
+            if count:
+                self.lpage_disallowed[key] = count
+            else:
+                self.lpage_disallowed.pop(key, None)
+
+    def is_write_tracked(self, gfn: int) -> bool:
+        """True if an upper-level page shadows ``gfn`` (``kvm_gfn_is_write_tracked``)."""
+        return gfn in self.write_tracked
+
+    def write_protect_gfn(self, gfn: int, *, mmu_protect: bool) -> bool:
+        """Make every spte mapping ``gfn`` read-only (``kvm_mmu_slot_gfn_write_protect``).
+
+        ``mmu_protect`` also clears MMU-writable, as protecting a shadowed table must; dirty
+        logging leaves it so the next write can be fixed quickly. Returns True if any spte
+        changed, meaning TLBs must be flushed.
+        """
+        changed = False
+        for sp, index in self.rmap.all_levels(gfn):
+            spte = int(sp.spt[index])
+            if not spte & S.WRITABLE and not (mmu_protect and spte & S.MMU_WRITABLE):
+                continue
+            spte &= ~S.WRITABLE
+            if mmu_protect:
+                spte &= ~S.MMU_WRITABLE
+            sp.spt[index] = spte
+            changed = True
+        return changed
+
+    def try_to_unsync(self, gfn: int, *, can_unsync: bool) -> bool:
+        """May ``gfn`` be mapped writable? Unsync its pages if so (``mmu_try_to_unsync_pages``).
+
+        Returns False when the gfn must stay write-protected: it is write-tracked (an upper-level
+        table), or it has shadow pages and unsync is not allowed.
+        """
+        if self.is_write_tracked(gfn):
+            return False
+        pages = self.pages_of(gfn)
+        if pages and not (can_unsync and self.allow_unsync):
+            return False
+        for sp in pages:
+            if not sp.unsync:
+                from kvmmu.sync import unsync_page
+
+                unsync_page(self, sp)
+        return True
+
+    # -- sptes ------------------------------------------------------------------------------
+
+    def flush_remote_tlbs(self) -> None:
+        """Flush every vCPU's TLB after sptes lost rights (``kvm_flush_remote_tlbs``)."""
+        for flush in self.tlb_flushers:
+            flush()
+
+    def link_shadow_page(self, parent: MmuPage, index: int, child: MmuPage) -> None:
+        """Point spte ``index`` of ``parent`` at ``child`` (``link_shadow_page``).
+
+        A large leaf spte in the way is dropped first: the new table replaces it.
+        """
+        old = int(parent.spt[index])
+        if S.is_shadow_present(old):
+            self.drop_spte(parent, index)
+            self.flush_remote_tlbs()
+        parent.spt[index] = S.make_nonleaf_spte(child.pfn)
+        add_parent_pte(child, parent, index)
+        if child.unsync or child.unsync_children:
+            from kvmmu.sync import mark_unsync
+
+            mark_unsync(parent, index)
+
+    def drop_spte(self, sp: MmuPage, index: int) -> None:
+        """Clear one spte, undoing its rmap or parent link (``mmu_page_zap_pte``)."""
+        spte = int(sp.spt[index])
+        if S.is_shadow_present(spte):
+            if S.is_last(spte, sp.level):
+                self.rmap.remove(sp, index)
+            else:
+                child = self.child_of(spte)
+                remove_parent_pte(child, sp, index)
+                if index in sp.unsync_child_bitmap:
+                    from kvmmu.sync import clear_unsync_child_bit
+
+                    clear_unsync_child_bit(sp, index)
+        sp.spt[index] = 0
+
+    def set_spte(
+        self,
+        vcpu: Vcpu,
+        sp: MmuPage,
+        index: int,
+        access: int,
+        gfn: int,
+        *,
+        write_fault: bool,
+        prefetch: bool = False,
+        global_: bool = False,
+    ) -> FaultOutcome:
+        """Install a leaf spte for ``gfn`` (``mmu_set_spte`` with ``make_spte``).
+
+        No memslot: an MMIO spte. A write-protected gfn: a read-only spte, and a write fault
+        must be emulated. A read-only memslot: never writable. Dirty logging: record the write.
+        """
+        slot = self.memory.slots.find(gfn)
+        if slot is None:
+            sp.spt[index] = S.make_mmio_spte(gfn, access, self.memory.slots.generation)
+            self.stats.pf_mmio_spte_created += 1
+            self.trace.emit(
+                "mark_mmio_spte", gfn=gfn, access=int(access), gen=self.memory.slots.generation
+            )
+            return FaultOutcome.MMIO
+        pfn = slot.gfn_to_pfn(gfn)
+        old = int(sp.spt[index])
+        was_rmapped = False
+        if S.is_shadow_present(old):
+            if prefetch:
+                return FaultOutcome.SPURIOUS
+            if sp.level > 1 and not S.is_large(old):
+                self.drop_spte(sp, index)  # a table pointer replaced by a large page
+                self.flush_remote_tlbs()
+            elif S.spte_to_pfn(old) != pfn:
+                self.drop_spte(sp, index)
+                self.flush_remote_tlbs()
+            else:
+                was_rmapped = True
+        host_writable = not slot.readonly
+        writable = bool(access & Acc.WRITE) and host_writable
+        wrprot = False
+        if writable and not self.try_to_unsync(gfn, can_unsync=True):
+            writable, wrprot = False, True
+        new = S.make_spte(
+            pfn,
+            access,
+            large=sp.level > 1,
+            writable=writable,
+            mmu_writable=writable,
+            host_writable=host_writable,
+            accessed=not prefetch,
+            global_=global_,
+        )
+        outcome = FaultOutcome.FIXED
+        if new == old:
+            outcome = FaultOutcome.SPURIOUS
+        else:
+            if old & S.WRITABLE and not new & S.WRITABLE:
+                self.flush_remote_tlbs()
+            sp.spt[index] = new
+            self.trace.emit(
+                "kvm_mmu_set_spte", level=sp.level, gfn=gfn, spte=new, sp=sp.serial, index=index
+            )
+        if wrprot and write_fault:
+            outcome = FaultOutcome.EMULATE
+        if writable and slot.dirty_logging:
+            self.memory.mark_page_dirty(gfn)
+        if not was_rmapped:
+            sp.set_gfn(index, gfn)
+            self.rmap.add(sp, index)
+        return outcome
+
+    # -- zapping ----------------------------------------------------------------------------
+
+    def zap_page(self, sp: MmuPage) -> None:
+        """Zap a shadow page (``kvm_mmu_prepare_zap_page`` + ``kvm_mmu_commit_zap_page``).
+
+        Its sptes are dropped (rmap entries and child links go), its parents stop pointing at it,
+        and it is freed, unless it is some vCPU's root: then it stays, marked invalid, until the
+        last vCPU lets it go.
+        """
+        if sp.role.invalid and sp.root_count:
+            return
+        self.trace.emit(
+            "kvm_mmu_prepare_zap_page",
+            gfn=sp.gfn,
+            role=sp.role.describe(),
+            sp=sp.serial,
+            root_count=sp.root_count,
+        )
+        self.stats.mmu_shadow_zapped += 1
+        from kvmmu.sync import unlink_unsync_page, zap_unsync_children
+
+        zap_unsync_children(self, sp)
+        for index in sp.present_indices():
+            self.drop_spte(sp, int(index))
+        for parent, index in list(sp.parent_ptes):
+            self.drop_spte(parent, index)
+        if not sp.role.invalid and not sp.direct:
+            self._unaccount_shadowed(sp)
+        if sp.unsync:
+            unlink_unsync_page(self, sp)
+        sp.role = sp.role.with_invalid()
+        if sp.root_count:
+            self.active.pop(sp, None)
+        else:
+            self._free_page(sp)
+        self.flush_remote_tlbs()
+
+    def put_root(self, sp: MmuPage) -> None:
+        """Drop one reference to a root; free it if it was invalid (``mmu_free_root_page``)."""
+        sp.root_count -= 1
+        if not sp.root_count and sp.role.invalid:
+            self._free_page(sp)
+
+    def zap_all_fast(self) -> None:
+        """Invalidate every page at once by bumping the generation (``kvm_mmu_zap_all_fast``).
+
+        Pages of the old generation are obsolete: lookups skip them, vCPUs drop roots of the old
+        generation at their next entry, and the pages are zapped.
+        """
+        self.mmu_valid_gen += 1
+        self.trace.emit("kvm_mmu_zap_all_fast", gen=self.mmu_valid_gen)
+        for sp in list(self.active):
+            if sp in self.active and sp.mmu_valid_gen != self.mmu_valid_gen:
+                self.zap_page(sp)
+
+    # -- memslot changes and dirty logging ---------------------------------------------------
+
+    def flush_shadow_memslot(self, slot: Memslot, *, zap_all: bool = True) -> None:
+        """Forget every translation through a deleted or moved slot.
+
+        ``kvm_arch_flush_shadow_memslot``.
+
+        By default KVM zaps everything, fast (``KVM_X86_QUIRK_SLOT_ZAP_ALL``); without the quirk
+        it zaps only the slot's leaf sptes and the shadow pages of its gfns.
+        """
+        if zap_all:
+            self.zap_all_fast()
+            return
+        for sp in [sp for sp in self.active if slot.contains(sp.gfn) and not sp.direct]:
+            if sp in self.active:
+                self.zap_page(sp)
+        for (_, gfn), head in list(self.rmap.items()):
+            if slot.contains(gfn):
+                for sp, index in list(head):
+                    self.drop_spte(sp, index)
+        self.flush_remote_tlbs()
+
+    def slot_remove_write_access(self, slot: Memslot) -> None:
+        """Write-protect every spte of a slot whose dirty logging starts
+        (``kvm_mmu_slot_remove_write_access``); MMU-writable stays, so the next write only logs."""
+        changed = False
+        for (_, gfn), _head in list(self.rmap.items()):
+            if slot.contains(gfn):
+                changed |= self.write_protect_gfn(gfn, mmu_protect=False)
+        if changed:
+            self.flush_remote_tlbs()
+
+    def zap_collapsible_sptes(self, slot: Memslot) -> None:
+        """After dirty logging stops, drop 4 KiB sptes of direct pages that a large page could
+        map again (``kvm_mmu_zap_collapsible_sptes``)."""
+        for (level, gfn), head in list(self.rmap.items()):
+            if level != 1 or not slot.contains(gfn):
+                continue
+            for sp, index in list(head):
+                if sp.direct and self.max_mapping_level(slot, gfn, 3) > 1:
+                    self.drop_spte(sp, index)
+        self.flush_remote_tlbs()
+
+    def write_protect_dirty(self, gfns: list[int]) -> None:
+        """Re-protect gfns whose dirty bits were just collected
+        (``kvm_arch_mmu_enable_log_dirty_pt_masked``)."""
+        changed = [self.write_protect_gfn(gfn, mmu_protect=False) for gfn in gfns]
+        if any(changed):  # every gfn is protected: no short circuit
+            self.flush_remote_tlbs()
+
+    def zap_all(self) -> None:
+        """Zap every shadow page (``kvm_mmu_zap_all``)."""
+        for sp in list(self.active):
+            if sp in self.active:
+                self.zap_page(sp)
+
+    # -- emulated writes to shadowed guest tables -----------------------------------------
+
+    def track_write(self, vcpu: Vcpu, gpa: int, nbytes: int) -> None:
+        """React to an emulated guest write of ``nbytes`` at ``gpa`` (``kvm_mmu_track_write``).
+
+        Every shadow page of the written gfn is checked: a misaligned write or the third write
+        to an upper-level table that the guest has not used since (write flooding) zaps the
+        page; otherwise the sptes that shadow the written guest entries are refreshed in place
+        (leaf level, the 2010 kernel's ``mmu_pte_write_new_pte``) or zapped (upper levels).
+        """
+        if not self.indirect_shadow_pages:
+            return
+        gfn = gpa >> PAGE_SHIFT
+        pages = self.pages_of(gfn)
+        if not pages:
+            return
+        self.stats.mmu_pte_write += 1
+        self.trace.emit("kvm_mmu_track_write", gpa=gpa, bytes=nbytes, pages=len(pages))
+        flush = False
+        for sp in pages:
+            if self.is_obsolete(sp):
+                continue
+            if detect_write_misaligned(sp, gpa, nbytes) or detect_write_flooding(sp):
+                self.zap_page(sp)
+                self.stats.mmu_flooded += 1
+                continue
+            written = written_sptes(sp, gpa)
+            if written is None:
+                continue
+            for index in written:
+                old = int(sp.spt[index])
+                flush |= S.is_shadow_present(old)
+                self.drop_spte(sp, index)
+                if sp.level == 1:
+                    self._update_pte(vcpu, sp, index)
+                else:
+                    self.stats.mmu_pde_zapped += 1
+        if flush:
+            self.flush_remote_tlbs()
+
+    def _update_pte(self, vcpu: Vcpu, sp: MmuPage, index: int) -> None:
+        """Refresh a leaf spte from the new guest entry (``FNAME(update_pte)``, 2010 kernel)."""
+        gpte = read_gpte(self.memory, sp, index)
+        if gpte is None or not gpte & Pte.PRESENT or not gpte & Pte.ACCESSED:
+            return
+        if gpte_reserved(vcpu, gpte):
+            return
+        access = sp.role.access & gpte_access(gpte, vcpu)
+        if not gpte & Pte.DIRTY:
+            access &= ~Acc.WRITE
+        gfn = gpte_gfn(gpte, sp)
+        self.set_spte(
+            vcpu,
+            sp,
+            index,
+            access,
+            gfn,
+            write_fault=False,
+            prefetch=True,
+            global_=bool(gpte & Pte.GLOBAL) and vcpu.pge,
+        )
+        self.stats.mmu_pte_updated += 1
+
+    # -- large pages ------------------------------------------------------------------------
+
+    def max_mapping_level(self, slot: Memslot, gfn: int, max_level: int) -> int:
+        """The largest page that may map ``gfn`` (``kvm_mmu_max_mapping_level``).
+
+        Capped by the guest's own page size (``max_level``), by shadowed gfns inside the large
+        page (``disallow_lpage``), by dirty logging, and by the host: the large page must lie in
+        one memslot and be backed by an aligned run of host frames.
+        """
+        if slot.dirty_logging or not self.huge_pages:
+            return 1
+        for level in range(max_level, 1, -1):
+            base = level_base(gfn, level)
+            if self.lpage_disallowed.get((level, base)):
+                continue
+            npages = 1 << ((level - 1) * 9)
+            if base < slot.base_gfn or base + npages > slot.end_gfn:
+                continue
+            if slot.gfn_to_pfn(base) % npages:
+                continue
+            return level
+        return 1
+
+
+# ------------------------------------------------------------------------------------------
+# helpers on guest entries (paging_tmpl.h)
+# ------------------------------------------------------------------------------------------
+
+
+def detect_write_misaligned(sp: MmuPage, gpa: int, nbytes: int) -> bool:
+    """A write that is not one whole guest entry (``detect_write_misaligned``).
+
+    A one-byte write at the start of an entry is allowed: Linux clears bits with ``andb``.
+    """
+    offset = gpa & 0xFFF
+    size = 4 if sp.role.has_4_byte_gpte else 8
+    if not offset & (size - 1) and nbytes == 1:
+        return False
+    crosses = (offset ^ (offset + nbytes - 1)) & ~(size - 1)
+    return bool(crosses) or nbytes < 4
+
+
+def detect_write_flooding(sp: MmuPage) -> bool:
+    """The third write to an upper-level table without use in between (``detect_write_flooding``).
+
+    Leaf tables are exempt: they can go unsync instead.
+    """
+    if sp.level == 1:
+        return False
+    sp.write_flooding_count += 1
+    return sp.write_flooding_count >= 3
+
+
+def written_sptes(sp: MmuPage, gpa: int) -> list[int] | None:
+    """Indices of the sptes that shadow the guest entry at ``gpa`` (``get_written_sptes``).
+
+    A 4-byte guest entry sits at half the offset of its 8-byte shadow; a 32-bit guest PDE maps
+    4 MiB, so it is shadowed by two 2 MiB shadow PDEs. The quadrant picks the shadow page that
+    holds them, or None if this page does not.
+    """
+    offset = gpa & 0xFFF
+    count = 1
+    if sp.role.has_4_byte_gpte:
+        offset <<= 1
+        if sp.level == 2:
+            offset = (offset & ~7) << 1
+            count = 2
+        if offset >> PAGE_SHIFT != sp.role.quadrant:
+            return None
+        offset &= 0xFFF
+    first = offset // 8
+    return list(range(first, first + count))
+
+
+def read_gpte(memory: GuestMemory, sp: MmuPage, index: int) -> int | None:
+    """The guest entry that spte ``index`` of indirect page ``sp`` shadows, or None."""
+    if sp.role.has_4_byte_gpte:
+        entries_per_quadrant = 512 if sp.level == 1 else 256
+        gindex = sp.role.quadrant * entries_per_quadrant + (index if sp.level == 1 else index >> 1)
+        words = memory.table_words(sp.gfn, 4)
+    else:
+        gindex = index
+        words = memory.table_words(sp.gfn, 8)
+    return None if words is None else int(words[gindex])
+
+
+def gpte_access(gpte: int, vcpu: Vcpu) -> int:
+    """Rights one guest entry grants (``FNAME(gpte_access)``)."""
+    access = int(gpte & (Acc.WRITE | Acc.USER))
+    if not (vcpu.nx_active and gpte & Pte.XD):
+        access |= Acc.EXEC
+    return access
+
+
+def gpte_reserved(vcpu: Vcpu, gpte: int) -> bool:
+    """Reserved bits set in a leaf guest entry (``FNAME(is_rsvd_bits_set)`` at level 1)."""
+    from kvmmu.walk import reserved_mask
+
+    return bool(gpte & reserved_mask(vcpu.cpu, 1, bool(gpte & Pte.PAGE_SIZE)))
+
+
+def gpte_gfn(gpte: int, sp: MmuPage) -> int:
+    """The gfn a level-1 guest entry points to (``gpte_to_gfn``)."""
+    mask = 0xFFFF_F000 if sp.role.has_4_byte_gpte else ((1 << 52) - 1) & ~0xFFF
+    return (gpte & mask) >> PAGE_SHIFT
+
+
+# ------------------------------------------------------------------------------------------
+# fault handlers
+# ------------------------------------------------------------------------------------------
+
+
+def error_code_access(error_code: int) -> Access:
+    """The access kind encoded in a page-fault error code."""
+    if error_code & 0x10:
+        return Access.FETCH
+    if error_code & 0x2:
+        return Access.WRITE
+    return Access.READ
+
+
+def page_fault(vcpu: Vcpu, gva: int, access: Access, *, implicit: bool = False) -> FaultResult:
+    """Handle a shadow page fault in a shadow-paging guest (``FNAME(page_fault)``)."""
+    mmu = vcpu.mmu
+    cpu = vcpu.cpu
+    result = walk(vcpu.memory, cpu, gva, access, implicit=implicit)
+    mmu.trace.emit("kvm_mmu_pagetable_walk", addr=gva, access=access.value)
+    if isinstance(result, PageFault):
+        mmu.stats.pf_guest += 1
+        mmu.trace.emit("kvm_mmu_walker_error", addr=gva, pferr=int(result.error_code))
+        return FaultResult(FaultOutcome.GUEST, fault=result)
+    assert isinstance(result, WalkResult)
+    write = access is Access.WRITE
+    user = cpu.cpl == 3 and not implicit
+    gfn = result.gfn
+    slot = mmu.memory.slots.find(gfn)
+    if write and slot is not None and mmu.is_write_tracked(gfn):
+        # page_fault_handle_page_track: the guest writes one of its upper-level tables
+        mmu.stats.pf_emulate += 1
+        clear_flood_on_path(vcpu, gva)
+        return FaultResult(FaultOutcome.EMULATE, gpa=result.gpa, walk=result)
+    if slot is not None and write and slot.readonly:
+        mmu.stats.pf_emulate += 1
+        return FaultResult(FaultOutcome.MMIO, gpa=result.gpa, walk=result)
+    access_bits = int(result.access)
+    if not write and not result.pte & Pte.DIRTY:
+        access_bits &= ~Acc.WRITE  # FNAME(protect_clean_gpte): the first write must fault
+    if write and not access_bits & Acc.WRITE and not vcpu.cr0_wp and not user and slot is not None:
+        # CR0.WP=0: a supervisor write to a read-only page succeeds. Make the spte writable but
+        # supervisor-only (and not executable under SMEP), since the hardware runs with WP=1.
+        access_bits = (access_bits | Acc.WRITE) & ~Acc.USER
+        if vcpu.smep:
+            access_bits &= ~Acc.EXEC
+    mmu.make_pages_available()
+    outcome = fetch(vcpu, gva, result, access_bits, write)
+    if outcome is FaultOutcome.MMIO:
+        mmu.stats.mmio_exits += 1
+    elif outcome is FaultOutcome.EMULATE:
+        mmu.stats.pf_emulate += 1
+    else:
+        mmu.stats.pf_fixed += 1
+    return FaultResult(outcome, gpa=result.gpa, walk=result)
+
+
+def fetch(vcpu: Vcpu, gva: int, gw: WalkResult, access: int, write: bool) -> FaultOutcome:
+    """Build the shadow path for one guest translation (``FNAME(fetch)``).
+
+    Above the guest's leaf level every shadow page is indirect and shadows the guest table at
+    the same level; below it (a guest large page backed by smaller host pages) pages are direct.
+    """
+    mmu = vcpu.mmu
+    sp, level = vcpu.shadow_root_for(gva)
+    gfn = gw.gfn
+    slot = mmu.memory.slots.find(gfn)
+    while level > gw.level:
+        index = vcpu.shadow_index(gva, level)
+        sp.write_flooding_count = 0  # clear_sp_write_flooding_count: the guest uses this table
+        spte = int(sp.spt[index])
+        if S.is_shadow_present(spte) and not S.is_large(spte):
+            child = mmu.child_of(spte)
+        else:
+            table_gfn = gw.table_gfn(level - 1)
+            role = sp.role.child(
+                direct=False,
+                access=int(gw.pt_access(level - 1)),
+                quadrant=index & 1 if sp.role.has_4_byte_gpte else 0,
+            )
+            child = mmu.get_shadow_page(vcpu, table_gfn, role)
+            if child.unsync_children:
+                from kvmmu.sync import sync_children
+
+                sync_children(vcpu, child)
+            mmu.link_shadow_page(sp, index, child)
+        sp, level = child, level - 1
+    goal = (
+        1 if slot is None else mmu.max_mapping_level(slot, gfn, min(gw.level, vcpu.max_huge_level))
+    )
+    mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
+    while level > goal:
+        index = vcpu.shadow_index(gva, level)
+        sp.write_flooding_count = 0
+        spte = int(sp.spt[index])
+        if S.is_shadow_present(spte) and not S.is_large(spte):
+            child = mmu.child_of(spte)
+            if child.role.access == access:
+                sp, level = child, level - 1
+                continue
+            mmu.drop_spte(sp, index)  # validate_direct_spte: access changed
+            mmu.flush_remote_tlbs()
+        base = level_base(gfn, level)
+        role = sp.role.child(
+            direct=True, access=access, quadrant=index & 1 if sp.role.has_4_byte_gpte else 0
+        )
+        child = mmu.get_shadow_page(vcpu, base, role)
+        mmu.link_shadow_page(sp, index, child)
+        sp, level = child, level - 1
+    index = vcpu.shadow_index(gva, level)
+    return mmu.set_spte(
+        vcpu,
+        sp,
+        index,
+        access,
+        level_base(gfn, level),
+        write_fault=write,
+        global_=bool(gw.pte & Pte.GLOBAL) and vcpu.pge,
+    )
+
+
+def direct_page_fault(vcpu: Vcpu, gpa: int, access: Access) -> FaultOutcome:
+    """Map ``gpa`` with direct pages only (``direct_page_fault`` -> ``direct_map``).
+
+    Used with TDP (the fault is on a guest-physical address) and for guests with paging off.
+    """
+    mmu = vcpu.mmu
+    gfn = gpa >> PAGE_SHIFT
+    slot = mmu.memory.slots.find(gfn)
+    write = access is Access.WRITE
+    if slot is not None and write and slot.readonly:
+        mmu.stats.pf_emulate += 1
+        mmu.stats.mmio_exits += 1
+        return FaultOutcome.MMIO
+    mmu.make_pages_available()
+    sp, level = vcpu.shadow_root_for(gpa)
+    goal = 1 if slot is None else mmu.max_mapping_level(slot, gfn, vcpu.max_huge_level)
+    mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
+    while level > goal:
+        index = vcpu.shadow_index(gpa, level)
+        spte = int(sp.spt[index])
+        if S.is_shadow_present(spte) and not S.is_large(spte):
+            sp, level = mmu.child_of(spte), level - 1
+            continue
+        child = mmu.get_shadow_page(
+            vcpu, level_base(gfn, level), sp.role.child(direct=True, access=int(Acc.ALL))
+        )
+        mmu.link_shadow_page(sp, index, child)
+        sp, level = child, level - 1
+    outcome = mmu.set_spte(
+        vcpu,
+        sp,
+        vcpu.shadow_index(gpa, level),
+        int(Acc.ALL),
+        level_base(gfn, level),
+        write_fault=write,
+    )
+    if outcome is FaultOutcome.MMIO:
+        mmu.stats.mmio_exits += 1
+    else:
+        mmu.stats.pf_fixed += 1
+    return outcome
+
+
+def clear_flood_on_path(vcpu: Vcpu, gva: int) -> None:
+    """The guest used the tables on ``gva``'s path: reset their flood counts
+    (``shadow_page_table_clear_flood``)."""
+    for sp, _ in vcpu.shadow_path(gva):
+        sp.write_flooding_count = 0
+
+
+def sptes_of_gfn(mmu: Mmu, gfn: int) -> list[Sptep]:
+    """Every leaf spte that maps ``gfn``, at any level (an rmap walk)."""
+    return mmu.rmap.all_levels(gfn)

@@ -1,0 +1,108 @@
+"""The shadow page, ``struct kvm_mmu_page`` (``arch/x86/kvm/mmu/mmu_internal.h``).
+
+A shadow page holds 512 sptes (``spt``) in a host frame. An *indirect* page shadows one guest
+page table: its ``gfn`` is that table's frame and ``gfns[i]`` records the guest frame that the
+guest's entry ``i`` pointed to when spte ``i`` was made. A *direct* page shadows no guest table:
+it maps one linear run of guest-physical memory starting at ``gfn``, so entry ``i`` maps
+``gfn + (i << ((level - 1) * 9))`` and storing that would waste a page.
+
+This is the 2010 change "KVM: MMU: Don't allocate gfns page for direct mmu pages": ``gfns`` is
+``None`` for a direct page, and every reader goes through :meth:`MmuPage.get_gfn`
+(``kvm_mmu_page_get_gfn``), every writer through :meth:`MmuPage.set_gfn`
+(``kvm_mmu_page_set_gfn``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from kvmmu.errors import KvmmuError
+from kvmmu.role import MmuPageRole
+from kvmmu.x86 import ENTRIES_PER_TABLE
+
+LEVEL_BITS = 9  # SPTE_LEVEL_BITS: each shadow level indexes 9 address bits
+
+
+class GfnMismatchError(KvmmuError):
+    """``set_gfn`` on a direct page with a gfn other than the computed one.
+
+    The seed change made this a ``BUG_ON``; KVM later turned it into a warning. Either way it
+    means the MMU's bookkeeping is wrong, so kvmmu raises.
+    """
+
+
+@dataclass(eq=False, slots=True)
+class MmuPage:
+    """One shadow page. Identity matters (``eq=False``): two pages are never "equal"."""
+
+    gfn: int
+    role: MmuPageRole
+    pfn: int  # host frame holding spt
+    spt: npt.NDArray[np.uint64] = field(repr=False)
+    gfns: npt.NDArray[np.uint64] | None = field(repr=False)
+    parent_ptes: list[tuple[MmuPage, int]] = field(default_factory=list, repr=False)
+    root_count: int = 0
+    unsync: bool = False
+    unsync_children: int = 0
+    unsync_child_bitmap: set[int] = field(default_factory=set, repr=False)
+    write_flooding_count: int = 0
+    mmu_valid_gen: int = 0
+    serial: int = 0  # creation order: "age" for reclaim and a stable name for tables
+
+    @property
+    def direct(self) -> bool:
+        """``role.direct``: the page maps a linear gfn range and has no gfns array."""
+        return self.role.direct
+
+    @property
+    def level(self) -> int:
+        """``role.level``: 1 for a page of leaf sptes."""
+        return self.role.level
+
+    def get_gfn(self, index: int) -> int:
+        """The gfn behind spte ``index`` (``kvm_mmu_page_get_gfn``).
+
+        Direct pages compute it; indirect pages read what ``set_gfn`` stored. A passthrough
+        page (a root that shadows no guest table) answers its own gfn.
+        """
+        if self.role.passthrough:
+            return self.gfn
+        if self.gfns is not None:
+            return int(self.gfns[index])
+        return self.gfn + (index << ((self.role.level - 1) * LEVEL_BITS))
+
+    def set_gfn(self, index: int, gfn: int) -> None:
+        """Record the gfn behind spte ``index`` (``kvm_mmu_page_set_gfn``).
+
+        On a direct page nothing is stored: the value is checked against the computed one.
+        """
+        if self.gfns is None:
+            expected = self.get_gfn(index)
+            if gfn != expected:
+                raise GfnMismatchError(
+                    f"direct page gfn={self.gfn:#x} level={self.level}: entry {index} maps "
+                    f"gfn {expected:#x}, not {gfn:#x}; a direct page's gfns are linear"
+                )
+            return
+        self.gfns[index] = gfn
+
+    def present_indices(self) -> npt.NDArray[np.intp]:
+        """Indices of sptes that are not zero (present or MMIO)."""
+        return np.flatnonzero(self.spt)
+
+    @property
+    def gfns_bytes(self) -> int:
+        """Bytes this page's gfns array takes: 4096 for an indirect page, 0 for a direct one."""
+        return 0 if self.gfns is None else self.gfns.nbytes
+
+    def describe(self) -> str:
+        """``sp#serial gfn role`` for tables and traces."""
+        return f"sp#{self.serial} gfn={self.gfn:#x} {self.role.describe()}"
+
+
+def new_gfns(direct: bool) -> npt.NDArray[np.uint64] | None:
+    """The gfns array for a new page: ``None`` for direct pages (the seed change)."""
+    return None if direct else np.zeros(ENTRIES_PER_TABLE, dtype=np.uint64)

@@ -1,0 +1,75 @@
+"""Reverse maps: from a guest frame to the sptes that map it, and from a page to its parents.
+
+Mirrors the ``rmap_*`` and ``pte_list_*`` helpers of ``arch/x86/kvm/mmu/mmu.c``. KVM keeps one
+rmap head per gfn and page size in each memslot (``slot->arch.rmap[level]``); an spte that maps a
+large page is found under the first gfn of that page, at its level. kvmmu keys a dict the same
+way, by ``(level, base gfn of the large page)``.
+
+The rmap is what write protection, dirty logging and memslot changes use to find every spte of
+a gfn, and :meth:`Rmap.add` is where the seed change's ``get_gfn`` is read: the gfn of a new
+leaf spte comes from its page, computed for a direct page and stored for an indirect one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kvmmu.page import LEVEL_BITS, MmuPage
+
+Sptep = tuple[MmuPage, int]  # (shadow page, index): kvmmu's "u64 *sptep"
+
+
+def level_base(gfn: int, level: int) -> int:
+    """First gfn of the level-``level`` page containing ``gfn`` (``gfn_round_for_level``)."""
+    return gfn & ~((1 << ((level - 1) * LEVEL_BITS)) - 1)
+
+
+class Rmap:
+    """gfn -> the leaf sptes that map it (``rmap_add``, ``rmap_remove``, ``for_each_rmap_spte``)."""
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple[int, int], set[Sptep]] = {}
+
+    def add(self, sp: MmuPage, index: int) -> int:
+        """Record leaf spte ``index`` of ``sp``; return its gfn (``rmap_add``)."""
+        gfn = sp.get_gfn(index)
+        self._heads.setdefault((sp.level, gfn), set()).add((sp, index))
+        return gfn
+
+    def remove(self, sp: MmuPage, index: int) -> int:
+        """Forget leaf spte ``index`` of ``sp``; return its gfn (``rmap_remove``)."""
+        gfn = sp.get_gfn(index)
+        key = (sp.level, gfn)
+        head = self._heads[key]
+        head.discard((sp, index))
+        if not head:
+            del self._heads[key]
+        return gfn
+
+    def sptes(self, gfn: int, level: int) -> list[Sptep]:
+        """The sptes mapping ``gfn`` with pages of ``level`` (``gfn_to_rmap`` + iteration)."""
+        return list(self._heads.get((level, level_base(gfn, level)), ()))
+
+    def all_levels(self, gfn: int, max_level: int = 3) -> list[Sptep]:
+        """Every spte mapping ``gfn``, at every page size up to ``max_level``."""
+        out: list[Sptep] = []
+        for level in range(1, max_level + 1):
+            out.extend(self.sptes(gfn, level))
+        return out
+
+    def items(self) -> Iterator[tuple[tuple[int, int], set[Sptep]]]:
+        """Every (level, gfn) head and its sptes; for the audit."""
+        return iter(self._heads.items())
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._heads.values())
+
+
+def add_parent_pte(child: MmuPage, parent: MmuPage, index: int) -> None:
+    """Record that ``parent``'s spte ``index`` points to ``child`` (``mmu_page_add_parent_pte``)."""
+    child.parent_ptes.append((parent, index))
+
+
+def remove_parent_pte(child: MmuPage, parent: MmuPage, index: int) -> None:
+    """Forget a parent pointer (``mmu_page_remove_parent_pte``)."""
+    child.parent_ptes.remove((parent, index))

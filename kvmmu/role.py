@@ -1,0 +1,163 @@
+"""The role of a shadow page: ``union kvm_mmu_page_role`` (``arch/x86/include/asm/kvm_host.h``).
+
+Two shadow pages of the same guest frame are interchangeable only if everything that changes
+how the guest's entries must be translated is equal: the level, whether the guest entries are
+4 bytes wide, which part of a 32-bit guest table is shadowed (``quadrant``), whether the page
+shadows a guest table at all (``direct``), the rights inherited from the levels above
+(``access``), and the CPU state that changes permission semantics (``cr0_wp``, ``efer_nx``,
+``smep_andnot_wp``, ``smap_andnot_wp``). The role is part of the hash key, so a change of any
+of these in the guest makes the MMU build, or find, different shadow pages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from kvmmu.errors import ModeError
+from kvmmu.x86 import Acc, Cr0, Cr4, Efer, PagingMode, paging_mode
+
+# bit layout of the packed word, field -> (first bit, width), as in kvm_host.h
+ROLE_LAYOUT: dict[str, tuple[int, int]] = {
+    "level": (0, 4),
+    "has_4_byte_gpte": (4, 1),
+    "quadrant": (5, 2),
+    "direct": (7, 1),
+    "access": (8, 3),
+    "invalid": (11, 1),
+    "efer_nx": (12, 1),
+    "cr0_wp": (13, 1),
+    "smep_andnot_wp": (14, 1),
+    "smap_andnot_wp": (15, 1),
+    "ad_disabled": (16, 1),
+    "guest_mode": (17, 1),
+    "passthrough": (18, 1),
+    "smm": (24, 8),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MmuPageRole:
+    """Every field of ``union kvm_mmu_page_role``; :attr:`word` packs them as the kernel does.
+
+    ``invalid`` is kept out of the hash key by the MMU (an invalid page is never found again);
+    ``ad_disabled`` and ``guest_mode`` concern EPT without A/D bits and nested guests, which
+    kvmmu does not model, so they stay 0; ``smm`` is 0 outside System Management Mode.
+    """
+
+    level: int
+    has_4_byte_gpte: bool = False
+    quadrant: int = 0
+    direct: bool = False
+    access: int = int(Acc.ALL)
+    invalid: bool = False
+    efer_nx: bool = False
+    cr0_wp: bool = False
+    smep_andnot_wp: bool = False
+    smap_andnot_wp: bool = False
+    ad_disabled: bool = False
+    guest_mode: bool = False
+    passthrough: bool = False
+    smm: int = 0
+
+    def __post_init__(self) -> None:
+        for name, (_, width) in ROLE_LAYOUT.items():
+            value = int(getattr(self, name))
+            if not 0 <= value < (1 << width):
+                raise ModeError(f"role.{name}={value} does not fit its {width}-bit field")
+        if not 1 <= self.level <= 5:
+            raise ModeError(f"role.level={self.level} must be 1..5")
+
+    @property
+    def word(self) -> int:
+        """The packed 32-bit ``role.word`` the kernel hashes and compares."""
+        word = 0
+        for name, (shift, _) in ROLE_LAYOUT.items():
+            word |= int(getattr(self, name)) << shift
+        return word
+
+    @classmethod
+    def from_word(cls, word: int) -> MmuPageRole:
+        """Unpack a ``role.word``."""
+        values: dict[str, int | bool] = {}
+        for f in fields(cls):
+            shift, width = ROLE_LAYOUT[f.name]
+            v = (word >> shift) & ((1 << width) - 1)
+            values[f.name] = bool(v) if f.type in ("bool", bool) else v
+        return cls(**values)  # type: ignore[arg-type]
+
+    def child(self, *, direct: bool, access: int, quadrant: int = 0) -> MmuPageRole:
+        """The role of a page one level down (``kvm_mmu_child_role``).
+
+        A 32-bit guest's page table maps 4 MiB with 1024 entries; a PAE shadow table maps 2 MiB,
+        so two shadow tables shadow one guest table and ``quadrant`` (0 or 1, the low bit of the
+        parent's spte index) says which half. The caller computes it.
+        """
+        return replace(
+            self,
+            level=self.level - 1,
+            direct=direct,
+            access=access,
+            quadrant=quadrant,
+            passthrough=False,
+        )
+
+    def with_invalid(self) -> MmuPageRole:
+        """The same role with ``invalid`` set, as zapping does."""
+        return replace(self, invalid=True)
+
+    def describe(self) -> str:
+        """A compact one-line summary for tables and plots."""
+        bits = [f"L{self.level}", "direct" if self.direct else "indirect"]
+        if self.has_4_byte_gpte:
+            bits.append(f"4-byte q{self.quadrant}")
+        bits.append(
+            "acc="
+            + "".join(
+                c if self.access & b else "-"
+                for c, b in (("u", Acc.USER), ("w", Acc.WRITE), ("x", Acc.EXEC))
+            )
+        )
+        bits.append(f"wp={int(self.cr0_wp)}")
+        if self.invalid:
+            bits.append("invalid")
+        return " ".join(bits)
+
+
+def cpu_root_role(cr0: int, cr4: int, efer: int) -> MmuPageRole:
+    """The role describing the guest's own paging (``kvm_calc_cpu_role``'s base role).
+
+    With paging off the page is direct and the level meaningless; the MMU picks the level.
+    """
+    mode = paging_mode(cr0, cr4, efer)
+    wp = bool(cr0 & Cr0.WP)
+    if mode is PagingMode.NONE:
+        return MmuPageRole(level=1, direct=True)
+    return MmuPageRole(
+        level=mode.spec.root_level,
+        has_4_byte_gpte=mode is PagingMode.BITS32,
+        efer_nx=bool(efer & Efer.NXE),
+        cr0_wp=wp,
+        smep_andnot_wp=bool(cr4 & Cr4.SMEP) and not wp,
+        smap_andnot_wp=bool(cr4 & Cr4.SMAP) and not wp,
+    )
+
+
+def shadow_root_role(cr0: int, cr4: int, efer: int) -> MmuPageRole:
+    """The role of the shadow MMU's root (``kvm_init_shadow_mmu``).
+
+    KVM shadows every non-64-bit guest with PAE tables (root level at least 3: four PAE page
+    directories under a PDPT), and forces EFER.NX in the role because it may use the NX bit of
+    sptes itself, whatever the guest's EFER says. With paging off the root is direct.
+    """
+    role = cpu_root_role(cr0, cr4, efer)
+    if paging_mode(cr0, cr4, efer) is PagingMode.NONE:
+        return replace(role, level=3)
+    return replace(role, level=max(role.level, 3), efer_nx=True)
+
+
+def tdp_root_role(levels: int = 4) -> MmuPageRole:
+    """The role of a TDP root (``kvm_calc_tdp_mmu_root_page_role``): direct, all rights.
+
+    The guest's CR0/CR4 do not matter: the guest walks its own tables in hardware.
+    """
+    return MmuPageRole(level=levels, direct=True, efer_nx=True, cr0_wp=True)

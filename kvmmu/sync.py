@@ -1,0 +1,278 @@
+"""Unsync shadow pages and their synchronisation: ``sync_page``, invlpg, root sync.
+
+Mirrors ``mmu.c`` (``kvm_unsync_page``, ``mark_unsync``, ``mmu_unsync_walk``,
+``mmu_sync_children``, ``kvm_mmu_sync_roots``, ``__kvm_mmu_invalidate_addr``) and
+``paging_tmpl.h`` (``FNAME(sync_spte)``).
+
+Write-protecting every guest page table costs an exit per PTE write. KVM instead lets a
+last-level table go *unsync*: its sptes stay as they were, the guest writes the table freely,
+and the parents remember in ``unsync_child_bitmap`` that something below is stale. The x86 rules
+make that safe: a guest must flush the TLB (INVLPG, a CR3 load) before it may rely on a changed
+PTE, and that is when KVM re-reads the guest entries. :func:`sync_page` is where the seed change
+is read back: an spte whose guest PTE now names another gfn than ``get_gfn(i)`` is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvmmu import spte as S
+from kvmmu.page import MmuPage
+from kvmmu.x86 import Acc, Pte
+
+if TYPE_CHECKING:
+    from kvmmu.mmu import Mmu
+    from kvmmu.vcpu import Vcpu
+
+# role fields that may differ between a page and the vCPU that syncs it (kvm_sync_page_check)
+_SYNC_ROLE_IGNORED = ("level", "access", "quadrant", "passthrough", "invalid")
+
+
+def unsync_page(mmu: Mmu, sp: MmuPage) -> None:
+    """Let the guest write the table ``sp`` shadows without exits (``kvm_unsync_page``)."""
+    mmu.trace.emit("kvm_mmu_unsync_page", gfn=sp.gfn, sp=sp.serial)
+    mmu.stats.mmu_unsync += 1
+    sp.unsync = True
+    for parent, index in sp.parent_ptes:
+        mark_unsync(parent, index)
+
+
+def mark_unsync(parent: MmuPage, index: int) -> None:
+    """Record that spte ``index`` of ``parent`` leads to unsync pages (``mark_unsync``)."""
+    if index in parent.unsync_child_bitmap:
+        return
+    parent.unsync_child_bitmap.add(index)
+    parent.unsync_children += 1
+    if parent.unsync_children > 1:
+        return
+    for grand, gindex in parent.parent_ptes:
+        mark_unsync(grand, gindex)
+
+
+def clear_unsync_child_bit(sp: MmuPage, index: int) -> None:
+    """Forget that spte ``index`` leads to unsync pages (``clear_unsync_child_bit``)."""
+    sp.unsync_child_bitmap.discard(index)
+    sp.unsync_children -= 1
+
+
+def _clear_parents(sp: MmuPage) -> None:
+    """After ``sp`` was synced or zapped, clear the bits that pointed at it, upwards while a
+    parent has no other unsync child (``mmu_pages_clear_parents``)."""
+    for parent, index in sp.parent_ptes:
+        if index in parent.unsync_child_bitmap:
+            clear_unsync_child_bit(parent, index)
+            if not parent.unsync_children:
+                _clear_parents(parent)
+
+
+def unlink_unsync_page(mmu: Mmu, sp: MmuPage) -> None:
+    """Mark ``sp`` synced again (``kvm_unlink_unsync_page``)."""
+    mmu.trace.emit("kvm_mmu_sync_page", gfn=sp.gfn, sp=sp.serial)
+    sp.unsync = False
+    mmu.stats.mmu_unsync -= 1
+
+
+def unsync_walk(mmu: Mmu, sp: MmuPage) -> list[MmuPage]:
+    """The unsync leaf pages below ``sp``, found through the bitmaps (``mmu_unsync_walk``).
+
+    Stale bits (the child is gone or no longer unsync) are cleared on the way, as KVM does.
+    """
+    found: list[MmuPage] = []
+    for index in sorted(sp.unsync_child_bitmap):
+        spte = int(sp.spt[index])
+        if not S.is_shadow_present(spte) or S.is_large(spte):
+            clear_unsync_child_bit(sp, index)
+            continue
+        child = mmu.child_of(spte)
+        if child.unsync_children:
+            below = unsync_walk(mmu, child)
+            if below:
+                found.extend(below)
+            else:
+                clear_unsync_child_bit(sp, index)
+        elif child.unsync:
+            found.append(child)
+        else:
+            clear_unsync_child_bit(sp, index)
+    return found
+
+
+def zap_unsync_children(mmu: Mmu, parent: MmuPage) -> int:
+    """Zap every unsync page below ``parent`` (``mmu_zap_unsync_children``)."""
+    if parent.level == 1:
+        return 0
+    pages = unsync_walk(mmu, parent)
+    for sp in pages:
+        if not sp.role.invalid:
+            _clear_parents(sp)
+            mmu.zap_page(sp)
+    return len(pages)
+
+
+def sync_children(vcpu: Vcpu, parent: MmuPage) -> None:
+    """Sync every unsync page below ``parent`` (``mmu_sync_children``).
+
+    First write-protect each page's gfn again, then re-read its guest entries; a page that
+    cannot be synced for this vCPU's context is zapped.
+    """
+    mmu = vcpu.mmu
+    pages = unsync_walk(mmu, parent)
+    if not pages:
+        return
+    changed = [mmu.write_protect_gfn(sp.gfn, mmu_protect=True) for sp in pages]
+    if any(changed):  # protect every page: no short circuit
+        mmu.flush_remote_tlbs()
+    for sp in pages:
+        if sp.role.invalid or not sp.unsync:
+            continue
+        unlink_unsync_page(mmu, sp)
+        _clear_parents(sp)
+        if not sync_page(vcpu, sp):
+            mmu.zap_page(sp)
+
+
+def sync_page_or_zap(vcpu: Vcpu, sp: MmuPage) -> bool:
+    """Refresh an unsync page found by a lookup, leaving it unsync (``kvm_sync_page``).
+
+    Returns False if the page had to be zapped.
+    """
+    if sync_page(vcpu, sp):
+        return True
+    vcpu.mmu.zap_page(sp)
+    return False
+
+
+def _role_compatible(vcpu: Vcpu, sp: MmuPage) -> bool:
+    """Can this vCPU's context read ``sp``'s guest entries? (``kvm_sync_page_check``)."""
+    from kvmmu.role import shadow_root_role
+
+    if sp.direct or vcpu.vm.tdp:
+        return False
+    ours = shadow_root_role(vcpu.cpu.cr0, vcpu.cpu.cr4, vcpu.cpu.efer)
+    for name in (
+        "has_4_byte_gpte",
+        "efer_nx",
+        "cr0_wp",
+        "smep_andnot_wp",
+        "smap_andnot_wp",
+        "ad_disabled",
+        "guest_mode",
+        "smm",
+        "direct",
+    ):
+        if getattr(ours, name) != getattr(sp.role, name):
+            return False
+    return True
+
+
+def sync_page(vcpu: Vcpu, sp: MmuPage) -> bool:
+    """Re-read every guest entry behind ``sp`` and fix its sptes (``FNAME(sync_page)``).
+
+    Returns False if the page cannot be synced by this vCPU (its role belongs to another
+    paging context); the caller zaps it.
+    """
+    if not _role_compatible(vcpu, sp):
+        return False
+    vcpu.mmu.stats.sync_pages += 1
+    flush = False
+    for index in sp.present_indices():
+        flush |= sync_spte(vcpu, sp, int(index)) > 0
+    if flush:
+        vcpu.mmu.flush_remote_tlbs()
+    return True
+
+
+def sync_spte(vcpu: Vcpu, sp: MmuPage, index: int) -> int:
+    """Bring spte ``index`` in line with its guest entry (``FNAME(sync_spte)``).
+
+    0: unchanged; 1: changed or dropped (flush needed). The spte is dropped when the guest
+    entry is no longer present, not accessed, has reserved bits, or names another gfn than the
+    one recorded for the spte, read through ``get_gfn``.
+    """
+    from kvmmu.mmu import gpte_access, gpte_gfn, gpte_reserved, read_gpte
+
+    mmu = vcpu.mmu
+    spte = int(sp.spt[index])
+    if not spte:
+        return 0
+    gpte = read_gpte(vcpu.memory, sp, index)
+    if (
+        gpte is None
+        or not gpte & Pte.PRESENT
+        or not gpte & Pte.ACCESSED
+        or gpte_reserved(vcpu, gpte)
+    ):
+        mmu.drop_spte(sp, index)
+        return 1
+    gfn = gpte_gfn(gpte, sp)
+    access = sp.role.access & gpte_access(gpte, vcpu)
+    if not gpte & Pte.DIRTY:
+        access &= ~Acc.WRITE
+    if S.is_mmio(spte):
+        if gfn != S.mmio_gfn(spte):
+            sp.spt[index] = 0
+        else:
+            sp.spt[index] = S.make_mmio_spte(gfn, access, vcpu.memory.slots.generation)
+        return 0
+    if gfn != sp.get_gfn(index):
+        mmu.drop_spte(sp, index)
+        return 1
+    slot = vcpu.memory.slots.find(gfn)
+    host_writable = bool(spte & S.HOST_WRITABLE)
+    writable = bool(access & Acc.WRITE) and host_writable
+    if writable and not mmu.try_to_unsync(gfn, can_unsync=False):
+        writable = False
+    glob = bool(gpte & Pte.GLOBAL) and vcpu.pge
+    new = S.make_spte(
+        S.spte_to_pfn(spte),
+        access,
+        large=False,
+        writable=writable,
+        mmu_writable=writable,
+        host_writable=host_writable,
+        accessed=bool(spte & S.ACCESSED),
+        global_=glob,
+    )
+    if new == spte:
+        return 0
+    sp.spt[index] = new
+    if writable and slot is not None and slot.dirty_logging:
+        vcpu.memory.mark_page_dirty(gfn)
+    return (
+        1
+        if (spte & S.WRITABLE and not new & S.WRITABLE) or S.spte_to_pfn(new) != S.spte_to_pfn(spte)
+        else 0
+    )
+
+
+def invlpg_sync(vcpu: Vcpu, gva: int) -> None:
+    """Sync the one spte behind ``gva`` in each unsync page on its path
+    (``__kvm_mmu_invalidate_addr``), in the current root and the cached ones."""
+    if vcpu.vm.tdp:
+        return
+    vcpu.reload()
+    for root in vcpu.all_roots():
+        if root.direct:
+            continue
+        if root.level == 2 and (gva >> 30) & 3 != _pae_quarter(vcpu, root):
+            continue
+        for sp, index in vcpu.shadow_path(gva, root):
+            if sp.unsync:
+                sync_spte(vcpu, sp, index)
+            if not sp.unsync_children:
+                break
+
+
+def _pae_quarter(vcpu: Vcpu, root: MmuPage) -> int:
+    """Which quarter of the 32-bit address space a PAE root page directory covers."""
+    roots = vcpu.pae_root or []
+    return roots.index(root) if root in roots else -1
+
+
+def sync_roots(vcpu: Vcpu) -> None:
+    """Sync every unsync page reachable from the current roots (``kvm_mmu_sync_roots``)."""
+    if vcpu.vm.tdp:
+        return
+    for root in vcpu.current_roots():
+        if not root.direct and root.unsync_children:
+            sync_children(vcpu, root)

@@ -1,0 +1,69 @@
+"""Trace events named after ``arch/x86/kvm/mmu/mmutrace.h``, recorded in order.
+
+Tracing is off by default and costs one attribute test per event when off. When on, each
+event is a row: sequence number, event name (``kvm_mmu_pagetable_walk``, ``kvm_mmu_get_page``,
+``kvm_mmu_set_spte``, ``kvm_mmu_prepare_zap_page``, ...) and its fields, and
+:meth:`Tracer.frame` gives them as a pandas DataFrame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pandas as pd
+
+EVENTS = (
+    "kvm_mmu_pagetable_walk",
+    "kvm_mmu_paging_element",
+    "kvm_mmu_walker_error",
+    "kvm_mmu_get_page",
+    "kvm_mmu_set_spte",
+    "kvm_mmu_spte_requested",
+    "kvm_mmu_prepare_zap_page",
+    "kvm_mmu_sync_page",
+    "kvm_mmu_unsync_page",
+    "mark_mmio_spte",
+    "handle_mmio_page_fault",
+    "kvm_mmu_set_dirty_bit",
+    "fast_page_fault",
+    "kvm_mmu_zap_all_fast",
+    "check_mmio_spte",
+    "kvm_mmu_invalidate_addr",
+    "kvm_page_fault",
+    "kvm_mmu_track_write",
+)
+
+
+class Tracer:
+    """An in-memory trace buffer (the ``kvmmmu`` trace system, for one VM)."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Record ``event`` with ``fields`` if tracing is on."""
+        if self.enabled:
+            self.events.append({"seq": len(self.events), "event": event, **fields})
+
+    @contextmanager
+    def recording(self) -> Iterator[Tracer]:
+        """Enable tracing inside a ``with`` block, starting from an empty buffer."""
+        self.events = []
+        self.enabled = True
+        try:
+            yield self
+        finally:
+            self.enabled = False
+
+    def frame(self) -> pd.DataFrame:
+        """Recorded events as a DataFrame with columns ``seq``, ``event`` and the fields."""
+        if not self.events:
+            return pd.DataFrame(columns=["seq", "event"])
+        return pd.DataFrame(self.events).set_index("seq")
+
+    def clear(self) -> None:
+        """Drop every recorded event."""
+        self.events = []

@@ -1,0 +1,777 @@
+"""The VM and its vCPUs: registers, the guest TLB, CR3 switches, and the path of one access.
+
+Mirrors ``arch/x86/kvm/x86.c`` (register writes, ``kvm_mmu_reset_context``) and the parts of
+``mmu.c`` that load roots (``kvm_mmu_load``, ``mmu_alloc_shadow_roots``,
+``mmu_alloc_direct_roots``). :meth:`Vcpu.access` is what the CPU does for one guest access:
+
+1. look in the TLB; a hit needs no walk;
+2. walk the *shadow* tables from the current root, as the hardware would (with TDP: the guest's
+   own tables, each read translated through the TDP tables, a two-dimensional walk);
+3. on a fault there, run the MMU's page fault handler, which either fixes the shadow tables
+   (retry), reflects the guest's own fault, or asks for the access to be emulated.
+
+The TLB caches what the hardware walk found, keyed by the page and the kind of access; global
+entries survive a CR3 load while CR4.PGE is set. To let the simulated TLB know which
+translations are global, kvmmu copies the guest's G bit into leaf sptes; KVM never sets G in
+sptes, so real hardware under KVM drops global translations on a guest CR3 load, which the
+architecture permits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from kvmmu import spte as S
+from kvmmu.errors import AddressError, KvmmuError, MemslotError, ModeError
+from kvmmu.memory import GuestMemory, HostMemory, Memslot, MemslotFlag
+from kvmmu.mmu import FaultOutcome, Mmu, direct_page_fault, page_fault
+from kvmmu.page import MmuPage
+from kvmmu.role import MmuPageRole, shadow_root_role, tdp_root_role
+from kvmmu.stats import MmuStats
+from kvmmu.walk import CpuState, GeneralProtection, PageFault, WalkResult, load_cr3, walk
+from kvmmu.x86 import (
+    PAGE_SHIFT,
+    Access,
+    Cr0,
+    Cr4,
+    Efer,
+    PagingMode,
+    PfErr,
+    Pte,
+    Rflags,
+    is_canonical,
+)
+
+TLB_ENTRIES = 64
+KVM_MMU_NUM_PREV_ROOTS = 3
+
+Outcome = int | PageFault | GeneralProtection
+
+
+class HostPhysical(GuestMemory):
+    """Host memory as the CPU reads it when it walks shadow or TDP tables: frame = pfn."""
+
+    def __init__(self, host: HostMemory) -> None:
+        super().__init__(0, host=host)
+
+    def table_words(self, gfn: int, entry_size: int = 8) -> memoryview | None:
+        """The host frame ``gfn`` (a pfn here) as entries."""
+        return self.host.words(gfn, entry_size)
+
+
+@dataclass(slots=True)
+class Translation:
+    """Where an access landed: ``gpa``, and whether it was emulated or became an MMIO exit."""
+
+    gpa: int
+    emulated: bool = False
+    mmio: bool = False
+
+
+class Tlb:
+    """The guest-visible TLB: (page, level, access class) -> guest-physical page base.
+
+    An entry records one kind of access that succeeded; another kind misses and walks, so the
+    TLB never grants rights the tables did not. It holds ``capacity`` entries, oldest evicted.
+    """
+
+    def __init__(self, capacity: int = TLB_ENTRIES) -> None:
+        self.capacity = capacity
+        self.entries: dict[tuple[int, int, tuple[Access, bool, bool]], tuple[int, bool]] = {}
+
+    def lookup(self, gva: int, cls: tuple[Access, bool, bool]) -> int | None:
+        """The gpa for ``gva`` if cached for this access class."""
+        for level in (1, 2, 3):
+            shift = PAGE_SHIFT + 9 * (level - 1)
+            hit = self.entries.get((gva >> shift, level, cls))
+            if hit is not None:
+                return hit[0] | (gva & ((1 << shift) - 1))
+        return None
+
+    def insert(
+        self, gva: int, level: int, gpa: int, cls: tuple[Access, bool, bool], global_: bool
+    ) -> None:
+        """Cache a translation of a level-``level`` page."""
+        shift = PAGE_SHIFT + 9 * (level - 1)
+        if len(self.entries) >= self.capacity:
+            del self.entries[next(iter(self.entries))]
+        self.entries[(gva >> shift, level, cls)] = (gpa & ~((1 << shift) - 1), global_)
+
+    def invlpg(self, gva: int) -> None:
+        """Drop every entry covering ``gva``, global or not (INVLPG, SDM 4.10.4.1)."""
+        for key in [k for k in self.entries if k[0] == gva >> (PAGE_SHIFT + 9 * (k[1] - 1))]:
+            del self.entries[key]
+
+    def flush(self, *, keep_global: bool = False) -> None:
+        """Drop all entries, or all but the global ones (a CR3 load with CR4.PGE)."""
+        if keep_global:
+            self.entries = {k: v for k, v in self.entries.items() if v[1]}
+        else:
+            self.entries.clear()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class Vm:
+    """A virtual machine: guest memory with its memslots, the MMU state, and the vCPUs.
+
+    ``tdp`` selects two-dimensional paging (EPT/NPT) instead of shadow paging for every vCPU.
+    ``n_max_mmu_pages`` is the shadow page budget (None: KVM's default from the memory size).
+    ``huge_pages`` says whether the host backs guest memory with huge pages, so the MMU may
+    map it with large sptes. ``allow_unsync`` lets leaf guest tables go unsync, as KVM does.
+    """
+
+    def __init__(
+        self,
+        memory_size: int = 64 << 20,
+        *,
+        memory: GuestMemory | None = None,
+        tdp: bool = False,
+        n_max_mmu_pages: int | None = None,
+        huge_pages: bool = True,
+        allow_unsync: bool = True,
+        maxphyaddr: int = 40,
+        tdp_levels: int = 4,
+    ) -> None:
+        self.memory = (
+            memory if memory is not None else GuestMemory(memory_size, maxphyaddr=maxphyaddr)
+        )
+        if tdp_levels not in (4, 5):
+            raise ModeError(f"tdp_levels must be 4 or 5 (EPT/NPT levels), got {tdp_levels}")
+        self.tdp = tdp
+        self.tdp_levels = tdp_levels
+        self.mmu = Mmu(
+            self.memory,
+            n_max_mmu_pages=n_max_mmu_pages,
+            huge_pages=huge_pages,
+            allow_unsync=allow_unsync,
+        )
+        self.vcpus: list[Vcpu] = []
+        self.host_view = HostPhysical(self.memory.host)
+
+    def create_vcpu(self, cpu: CpuState | None = None) -> Vcpu:
+        """Add a vCPU with registers ``cpu``, paging off by default (``kvm_vm_ioctl_create_vcpu``)."""
+        vcpu = Vcpu(self, cpu if cpu is not None else CpuState(cr0=int(Cr0.PE)))
+        self.vcpus.append(vcpu)
+        self.mmu.tlb_flushers.append(vcpu.tlb.flush)
+        return vcpu
+
+    # -- memslots (KVM_SET_USER_MEMORY_REGION) and dirty logging ----------------------------
+
+    def add_memslot(
+        self, base_gfn: int, npages: int, flags: MemslotFlag = MemslotFlag.NONE
+    ) -> Memslot:
+        """Create a memslot (``KVM_MR_CREATE``). Nothing is zapped, but the memslot generation
+        moves, so MMIO sptes cached for these gfns are stale at their next use."""
+        slot = self.memory.slots.add(base_gfn, npages, flags)
+        self._memslots_changed()
+        return slot
+
+    def delete_memslot(self, slot_id: int, *, zap_all: bool = True) -> None:
+        """Delete a memslot (``KVM_MR_DELETE``): its translations are zapped."""
+        slot = self.memory.slots.get(slot_id)
+        self.mmu.flush_shadow_memslot(slot, zap_all=zap_all)
+        self.memory.slots.delete(slot_id)
+        self._memslots_changed()
+
+    def move_memslot(self, slot_id: int, new_base_gfn: int, *, zap_all: bool = True) -> None:
+        """Move a memslot to new gfns (``KVM_MR_MOVE``): the old translations are zapped."""
+        slot = self.memory.slots.get(slot_id)
+        self.mmu.flush_shadow_memslot(slot, zap_all=zap_all)
+        self.memory.slots.move(slot_id, new_base_gfn)
+        self._memslots_changed()
+
+    def set_memslot_flags(self, slot_id: int, flags: MemslotFlag) -> None:
+        """Change a slot's flags (``KVM_MR_FLAGS_ONLY``, ``kvm_mmu_slot_apply_flags``).
+
+        Starting dirty logging write-protects the slot's sptes (and forbids large mappings from
+        then on); stopping it drops small sptes that large pages could replace.
+        """
+        slot = self.memory.slots.get(slot_id)
+        was_logging = slot.dirty_logging
+        self.memory.slots.set_flags(slot_id, flags)
+        if slot.dirty_logging and not was_logging:
+            self.mmu.slot_remove_write_access(slot)
+        elif was_logging and not slot.dirty_logging:
+            self.mmu.zap_collapsible_sptes(slot)
+        self._memslots_changed()
+
+    def get_dirty_log(self, slot_id: int) -> list[int]:
+        """Return the gfns written since the last call, clear the log, and write-protect those
+        gfns again so the next write is seen (``KVM_GET_DIRTY_LOG``)."""
+        slot = self.memory.slots.get(slot_id)
+        if not slot.dirty_logging:
+            raise MemslotError(
+                f"slot {slot_id} is not logging dirty pages; set "
+                "MemslotFlag.LOG_DIRTY_PAGES with set_memslot_flags first"
+            )
+        gfns = [slot.base_gfn + int(i) for i in slot.dirty_bitmap.nonzero()[0]]
+        slot.dirty_bitmap[:] = False
+        self.mmu.write_protect_dirty(gfns)
+        return gfns
+
+    def _memslots_changed(self) -> None:
+        if not self.memory.slots.generation & S.MMIO_GEN_MASK:
+            self.mmu.zap_all_fast()  # the generation wrapped: MMIO sptes could look current
+        for vcpu in self.vcpus:
+            vcpu.tlb.flush()
+
+    @property
+    def stats(self) -> MmuStats:
+        """The MMU's counters (see :class:`kvmmu.stats.MmuStats`)."""
+        return self.mmu.stats
+
+
+class Vcpu:
+    """One virtual CPU: guest registers, a TLB, and the roots of its MMU context."""
+
+    def __init__(self, vm: Vm, cpu: CpuState) -> None:
+        self.vm = vm
+        self.mmu: Mmu = vm.mmu
+        self.memory = vm.memory
+        self.tlb = Tlb()
+        self.root: MmuPage | None = None
+        self.pae_root: list[MmuPage | None] | None = None
+        self.prev_roots: list[MmuPage] = []  # KVM_MMU_NUM_PREV_ROOTS cached 64-bit roots
+        self._hw_cpu: CpuState | None = None
+        self.last_refs = 0  # memory references of the last hardware walk
+        self.cpu = self._checked(cpu)
+
+    # -- registers -------------------------------------------------------------------------
+
+    def _checked(self, cpu: CpuState) -> CpuState:
+        if not self.vm.tdp and cpu.cr4 & Cr4.PKE and cpu.efer & Efer.LMA:
+            raise ModeError(
+                "CR4.PKE needs TDP: KVM does not offer protection keys to shadow-paging guests "
+                "(cpuid.c clears PKU when TDP is off); create the Vm with tdp=True"
+            )
+        return cpu
+
+    @property
+    def pge(self) -> bool:
+        """CR4.PGE of the guest: global translations survive CR3 loads."""
+        return bool(self.cpu.cr4 & Cr4.PGE)
+
+    @property
+    def mode(self) -> PagingMode:
+        """The guest's paging mode."""
+        return self.cpu.mode
+
+    @property
+    def cr0_wp(self) -> bool:
+        """CR0.WP of the guest."""
+        return bool(self.cpu.cr0 & Cr0.WP)
+
+    @property
+    def smep(self) -> bool:
+        """CR4.SMEP of the guest."""
+        return bool(self.cpu.cr4 & Cr4.SMEP)
+
+    @property
+    def nx_active(self) -> bool:
+        """True if the guest's XD bits mean something (EFER.NXE with 8-byte entries)."""
+        return bool(self.cpu.efer & Efer.NXE) and self.mode.spec.entry_size == 8
+
+    @property
+    def max_huge_level(self) -> int:
+        """The largest shadow page level the host tables allow: 1 GiB with 4/5-level tables."""
+        return 3 if self.vm.tdp or self.mode in (PagingMode.LEVEL4, PagingMode.LEVEL5) else 2
+
+    def set_registers(
+        self,
+        *,
+        cr0: int | None = None,
+        cr4: int | None = None,
+        efer: int | None = None,
+        cr3: int | None = None,
+    ) -> GeneralProtection | None:
+        """Write CR0/CR4/EFER (and CR3) together, as a guest switching modes does.
+
+        A change of paging mode or of a bit in the MMU role resets the MMU context
+        (``kvm_mmu_reset_context``): roots are dropped and the TLB flushed. Entering PAE mode
+        loads the PDPTEs; a bad one is a #GP and leaves the registers unchanged.
+        """
+        new = replace(
+            self.cpu,
+            cr0=self.cpu.cr0 if cr0 is None else cr0,
+            cr4=self.cpu.cr4 if cr4 is None else cr4,
+            efer=self.cpu.efer if efer is None else efer,
+            cr3=self.cpu.cr3 if cr3 is None else cr3,
+            pdptes=self.cpu.pdptes or (0, 0, 0, 0),
+        )
+        loaded = load_cr3(self.memory, new, new.cr3)
+        if isinstance(loaded, GeneralProtection):
+            return loaded
+        self.cpu = self._checked(loaded)
+        self._reset_context()
+        return None
+
+    def _reset_context(self) -> None:
+        """``kvm_mmu_reset_context``: drop every root, cached ones too, and flush the TLB."""
+        self._free_roots()
+        for sp in self.prev_roots:
+            self.mmu.put_root(sp)
+        self.prev_roots = []
+        self.tlb.flush()
+
+    def set_cr3(self, cr3: int) -> GeneralProtection | None:
+        """MOV to CR3 (``kvm_set_cr3`` -> ``kvm_mmu_new_pgd``): new root, TLB flushed.
+
+        Global translations survive when CR4.PGE is set. In PAE mode the PDPTEs are loaded
+        now; a reserved bit in one is a #GP.
+        """
+        loaded = load_cr3(self.memory, self.cpu, cr3)
+        if isinstance(loaded, GeneralProtection):
+            return loaded
+        same = loaded.cr3 == self.cpu.cr3 and self.mode is not PagingMode.PAE
+        self.cpu = loaded
+        if not self.vm.tdp and not same:
+            self._new_pgd()
+        self.tlb.flush(keep_global=self.pge)
+        self._hw_cpu = None
+        self.reload()
+        from kvmmu.sync import sync_roots
+
+        sync_roots(self)  # KVM_REQ_MMU_SYNC: the guest flushed its TLB
+        return None
+
+    def _new_pgd(self) -> None:
+        """Switch roots for a new CR3, reusing a cached one if it fits (``kvm_mmu_new_pgd``).
+
+        Only 4/5-level roots are cached (``fast_pgd_switch``); PAE roots are rebuilt. The current
+        root moves to the front of the cache; the oldest falls out when nothing matched.
+        """
+        if self.root is None or self.mode not in (PagingMode.LEVEL4, PagingMode.LEVEL5):
+            self._free_roots()
+            return
+        role = shadow_root_role(self.cpu.cr0, self.cpu.cr4, self.cpu.efer)
+        gfn = self.cpu.root_gpa >> PAGE_SHIFT
+
+        def usable(sp: MmuPage) -> bool:
+            return sp.gfn == gfn and sp.role == role and not self.mmu.is_obsolete(sp)
+
+        if usable(self.root):
+            return
+        cache = [self.root, *self.prev_roots]
+        hit = next((sp for sp in self.prev_roots if usable(sp)), None)
+        if hit is not None:
+            self.mmu.stats.root_cache_hits += 1
+            cache.remove(hit)
+            self.root = hit
+        else:
+            self.mmu.stats.root_cache_misses += 1
+            self.root = None
+        while len(cache) > KVM_MMU_NUM_PREV_ROOTS:
+            self.mmu.put_root(cache.pop())
+        self.prev_roots = cache
+
+    def set_cpl(self, cpl: int) -> None:
+        """Change the privilege level (no TLB effect)."""
+        self.cpu = replace(self.cpu, cpl=cpl)
+        self._hw_cpu = None
+
+    def set_ac(self, ac: bool) -> None:
+        """Set or clear RFLAGS.AC (SMAP override for explicit supervisor accesses)."""
+        rflags = (self.cpu.rflags | Rflags.AC) if ac else (self.cpu.rflags & ~Rflags.AC)
+        self.cpu = replace(self.cpu, rflags=int(rflags))
+        self._hw_cpu = None
+
+    def set_pkru(self, pkru: int) -> None:
+        """WRPKRU. The CPU checks PKRU on every access, TLB hits included; kvmmu flushes its TLB
+        instead of storing keys in it, which gives the same outcomes."""
+        self.cpu = replace(self.cpu, pkru=pkru)
+        self.tlb.flush()
+
+    def invlpg(self, gva: int) -> None:
+        """INVLPG: drop the TLB entries for ``gva`` (``kvm_mmu_invlpg``); sync comes with unsync."""
+        self.tlb.invlpg(gva)
+        from kvmmu.sync import invlpg_sync
+
+        invlpg_sync(self, gva)
+
+    # -- roots -----------------------------------------------------------------------------
+
+    def _roots(self) -> list[MmuPage]:
+        if self.root is not None:
+            return [self.root]
+        return [sp for sp in self.pae_root or () if sp is not None]
+
+    def current_roots(self) -> list[MmuPage]:
+        """The roots in use: one page, or up to four PAE page directories."""
+        return self._roots()
+
+    def all_roots(self) -> list[MmuPage]:
+        """The roots in use and the cached previous roots."""
+        return self._roots() + list(self.prev_roots)
+
+    def _roots_valid(self) -> bool:
+        roots = self._roots()
+        return bool(roots) and not any(self.mmu.is_obsolete(sp) for sp in roots)
+
+    def _free_roots(self) -> None:
+        """Release this vCPU's roots (``kvm_mmu_free_roots``)."""
+        for sp in self._roots():
+            self.mmu.put_root(sp)
+        self.root, self.pae_root = None, None
+        self._hw_cpu = None
+
+    def reload(self) -> None:
+        """Make sure valid roots are loaded (``kvm_mmu_reload`` / ``kvm_mmu_load``)."""
+        if self._roots_valid():
+            return
+        self._free_roots()
+        for sp in [sp for sp in self.prev_roots if self.mmu.is_obsolete(sp)]:
+            self.prev_roots.remove(sp)  # kvm_mmu_free_obsolete_roots
+            self.mmu.put_root(sp)
+        self.mmu.make_pages_available()
+        mode = self.mode
+        if self.vm.tdp:
+            self.root = self._get_root(0, tdp_root_role(self.vm.tdp_levels))
+        elif mode in (PagingMode.LEVEL4, PagingMode.LEVEL5):
+            role = shadow_root_role(self.cpu.cr0, self.cpu.cr4, self.cpu.efer)
+            self.root = self._get_root(self.cpu.root_gpa >> PAGE_SHIFT, role)
+        else:
+            self.pae_root = self._alloc_pae_roots(mode)
+        from kvmmu.sync import sync_roots
+
+        sync_roots(self)
+
+    def _get_root(self, gfn: int, role: MmuPageRole) -> MmuPage:
+        sp = self.mmu.get_shadow_page(self, gfn, role)
+        sp.root_count += 1
+        return sp
+
+    def _alloc_pae_roots(self, mode: PagingMode) -> list[MmuPage | None]:
+        """Four PAE page directories under a PDPT of KVM's (``mmu_alloc_shadow_roots``)."""
+        base = replace(shadow_root_role(self.cpu.cr0, self.cpu.cr4, self.cpu.efer), level=2)
+        roots: list[MmuPage | None] = []
+        for i in range(4):
+            if mode is PagingMode.NONE:
+                roots.append(self._get_root(i << 18, base))  # 1 GiB of guest-physical each
+            elif mode is PagingMode.PAE:
+                assert self.cpu.pdptes is not None
+                pdpte = self.cpu.pdptes[i]
+                gfn = (pdpte & ((1 << 52) - 1) & ~0xFFF) >> PAGE_SHIFT
+                roots.append(self._get_root(gfn, base) if pdpte & Pte.PRESENT else None)
+            else:  # 32-bit guest: each PAE directory shadows a quarter of the guest's directory
+                roots.append(
+                    self._get_root(self.cpu.root_gpa >> PAGE_SHIFT, replace(base, quadrant=i))
+                )
+        return roots
+
+    def shadow_root_for(self, addr: int) -> tuple[MmuPage, int]:
+        """The shadow page where a walk for ``addr`` starts, and its level."""
+        if self.root is not None:
+            return self.root, self.root.level
+        assert self.pae_root is not None
+        sp = self.pae_root[(addr >> 30) & 3]
+        if sp is None:
+            raise KvmmuError(f"no PAE root for {addr:#x}: the guest's PDPTE is not present")
+        return sp, 2
+
+    @staticmethod
+    def shadow_index(addr: int, level: int) -> int:
+        """Index of ``addr`` in a shadow page of ``level`` (``SPTE_INDEX``)."""
+        return (addr >> (PAGE_SHIFT + 9 * (level - 1))) & 511
+
+    def shadow_path(self, addr: int, root: MmuPage | None = None) -> list[tuple[MmuPage, int]]:
+        """The shadow pages and indices a walk for ``addr`` visits, from ``root`` (default: the
+        current root for ``addr``) downwards."""
+        path: list[tuple[MmuPage, int]] = []
+        if root is not None:
+            sp, level = root, root.level
+        else:
+            self.reload()
+            try:
+                sp, level = self.shadow_root_for(addr)
+            except KvmmuError:
+                return path
+        while True:
+            index = self.shadow_index(addr, level)
+            path.append((sp, index))
+            spte = int(sp.spt[index])
+            if not S.is_shadow_present(spte) or S.is_last(spte, level):
+                return path
+            sp, level = self.mmu.child_of(spte), level - 1
+
+    def hardware_cpu(self) -> CpuState:
+        """The registers the CPU runs with while it walks the shadow tables.
+
+        CR0.WP is always 1 under shadow paging and EFER.NX always on; SMEP and SMAP follow the
+        guest while its paging is on. 4/5-level guests get tables of their own depth, every
+        other guest KVM's PAE tables.
+        """
+        if self._hw_cpu is None:
+            self.reload()
+            guest = self.cpu
+            paging = guest.mode is not PagingMode.NONE
+            cr4 = int(Cr4.PAE) | (int(guest.cr4 & (Cr4.SMEP | Cr4.SMAP)) if paging else 0)
+            cr0 = int(Cr0.PE | Cr0.PG | Cr0.WP)
+            if self.root is not None:
+                efer = int(Efer.LME | Efer.LMA | Efer.NXE)
+                if self.root.level == 5:
+                    cr4 |= Cr4.LA57
+                self._hw_cpu = CpuState(
+                    cr0,
+                    self.root.pfn << PAGE_SHIFT,
+                    cr4,
+                    efer,
+                    guest.cpl,
+                    guest.rflags,
+                    0,
+                    S.HOST_MAXPHYADDR,
+                )
+            else:
+                assert self.pae_root is not None
+                pdptes = tuple(
+                    (sp.pfn << PAGE_SHIFT) | 1 if sp is not None else 0 for sp in self.pae_root
+                )
+                self._hw_cpu = CpuState(
+                    cr0,
+                    0,
+                    cr4,
+                    int(Efer.NXE),
+                    guest.cpl,
+                    guest.rflags,
+                    0,
+                    S.HOST_MAXPHYADDR,
+                    True,
+                    (pdptes[0], pdptes[1], pdptes[2], pdptes[3]),
+                )
+        return self._hw_cpu
+
+    # -- one access ------------------------------------------------------------------------
+
+    def access(
+        self,
+        gva: int,
+        kind: Access = Access.READ,
+        cpl: int | None = None,
+        *,
+        implicit: bool = False,
+    ) -> Outcome:
+        """One guest access: the gpa it reaches, or the fault the guest receives.
+
+        ``cpl`` overrides the vCPU's privilege level for this access only.
+        """
+        result = self.translate(gva, kind, cpl, implicit=implicit)
+        return result.gpa if isinstance(result, Translation) else result
+
+    def translate(
+        self,
+        gva: int,
+        kind: Access = Access.READ,
+        cpl: int | None = None,
+        *,
+        implicit: bool = False,
+    ) -> Translation | PageFault | GeneralProtection:
+        """Like :meth:`access`, but says whether the access was emulated or an MMIO exit."""
+        if cpl is not None and cpl != self.cpu.cpl:
+            saved = self.cpu
+            self.set_cpl(cpl)
+            try:
+                return self.translate(gva, kind, None, implicit=implicit)
+            finally:
+                self.cpu = saved
+                self._hw_cpu = None
+        spec = self.mode.spec
+        if isinstance(gva, bool) or not isinstance(gva, int) or gva < 0 or gva >> 64:
+            raise AddressError(f"gva={gva!r} must be a 64-bit unsigned int")
+        if spec.va_bits == 32 and gva >> 32:
+            raise AddressError(f"gva={gva:#x} does not fit in 32 bits in {spec.mode.value} mode")
+        if spec.va_bits > 32 and not is_canonical(gva, spec.va_bits):
+            return GeneralProtection(
+                gva, f"{gva:#x} is not canonical for {spec.va_bits}-bit addresses"
+            )
+        cls = (
+            kind,
+            self.cpu.cpl == 3 and not implicit,
+            implicit or not self.cpu.rflags & Rflags.AC,
+        )
+        stats = self.mmu.stats
+        hit = self.tlb.lookup(gva, cls)
+        if hit is not None:
+            stats.tlb_hits += 1
+            return Translation(hit)
+        stats.tlb_misses += 1
+        for _ in range(16):
+            step = (
+                self._tdp_step(gva, kind, implicit, cls)
+                if self.vm.tdp
+                else self._shadow_step(gva, kind, implicit, cls)
+            )
+            if step is not None:
+                return step
+        raise KvmmuError(
+            f"the MMU made no progress on {gva:#x} ({kind.value}): this is a kvmmu bug"
+        )
+
+    def _shadow_step(
+        self, gva: int, kind: Access, implicit: bool, cls: tuple[Access, bool, bool]
+    ) -> Translation | PageFault | GeneralProtection | None:
+        """One try of the hardware walk over the shadow tables; None means "retry"."""
+        hw_cpu = self.hardware_cpu()
+        hw = walk(self.vm.host_view, hw_cpu, gva, kind, implicit=implicit, set_ad=False)
+        if isinstance(hw, WalkResult):
+            self.last_refs = len(hw.raw)
+            gpa = self._gpa_of(hw, gva)
+            self.tlb.insert(gva, hw.level, gpa, cls, bool(hw.pte & Pte.GLOBAL))
+            return Translation(gpa)
+        if isinstance(hw, GeneralProtection):
+            return hw
+        if hw.error_code & PfErr.RSVD:
+            mmio = self._mmio_fault(gva, kind, implicit, hw)
+            if mmio is not None:
+                return mmio
+        result = page_fault(self, gva, kind, implicit=implicit)
+        if result.outcome is FaultOutcome.GUEST:
+            return result.fault
+        if result.outcome is FaultOutcome.EMULATE:
+            return Translation(result.gpa, emulated=True)
+        if result.outcome is FaultOutcome.MMIO:
+            return Translation(result.gpa, mmio=True)
+        return None
+
+    def _gpa_of(self, hw: WalkResult, gva: int) -> int:
+        """The gpa behind a hardware walk: the leaf shadow page's ``get_gfn`` (the rmap view)."""
+        level, entry_hpa, index, _, _ = hw.raw[-1]
+        sp = self.mmu.by_pfn[entry_hpa >> PAGE_SHIFT]
+        gfn = sp.get_gfn(index) + ((gva >> PAGE_SHIFT) & ((1 << (9 * (level - 1))) - 1))
+        return (gfn << PAGE_SHIFT) | (gva & 0xFFF)
+
+    def _mmio_fault(
+        self, gva: int, kind: Access, implicit: bool, hw: PageFault
+    ) -> Translation | PageFault | None:
+        """A reserved-bit fault on an MMIO spte (``handle_mmio_page_fault``).
+
+        A stale generation means a memslot changed: fall back to the full fault path. Otherwise
+        the emulator translates the address again with the guest's rights and exits to userspace.
+        """
+        spte = hw.steps[-1].entry if hw.steps else 0
+        if not S.is_mmio(spte):
+            raise KvmmuError(f"reserved-bit fault on a non-MMIO spte {spte:#x}: a kvmmu bug")
+        self.mmu.trace.emit("handle_mmio_page_fault", addr=gva, gfn=S.mmio_gfn(spte))
+        if S.mmio_generation(spte) != self.memory.slots.generation & S.MMIO_GEN_MASK:
+            self.mmu.trace.emit("check_mmio_spte", spte=spte, stale=True)
+            return None
+        target = walk(self.memory, self.cpu, gva, kind, implicit=implicit)
+        if isinstance(target, PageFault):
+            self.mmu.stats.pf_guest += 1
+            return target
+        assert isinstance(target, WalkResult)
+        self.mmu.stats.mmio_exits += 1
+        return Translation(target.gpa, mmio=True)
+
+    def _tdp_step(
+        self, gva: int, kind: Access, implicit: bool, cls: tuple[Access, bool, bool]
+    ) -> Translation | PageFault | GeneralProtection | None:
+        """One try of a two-dimensional walk; None means a TDP fault was fixed: retry."""
+        probe = walk(self.memory, self.cpu, gva, kind, implicit=implicit, set_ad=False)
+        if isinstance(probe, GeneralProtection):
+            return probe
+        refs = 0
+        steps = probe.steps if isinstance(probe, PageFault) else probe.trace
+        for step in steps:
+            if self.mode is PagingMode.PAE and step.level == 3:
+                continue  # the PDPTEs were read at CR3 load
+            tdp = self._tdp_translate(step.entry_gpa, Access.READ)
+            if tdp is None:
+                return None
+            refs += tdp + 1
+        if isinstance(probe, PageFault):
+            return probe  # delivered by the hardware, no exit
+        result = walk(self.memory, self.cpu, gva, kind, implicit=implicit)
+        assert isinstance(result, WalkResult)
+        tdp = self._tdp_translate(result.gpa, kind)
+        if tdp is None:
+            return None
+        if tdp < 0:
+            return Translation(result.gpa, mmio=True)
+        self.last_refs = refs + tdp
+        self.tlb.insert(
+            gva,
+            result.level if result.level else 1,
+            result.gpa,
+            cls,
+            bool(result.pte & Pte.GLOBAL) and bool(self.cpu.cr4 & Cr4.PGE),
+        )
+        return Translation(result.gpa)
+
+    def _tdp_cpu(self, write: bool) -> CpuState:
+        cr4 = int(Cr4.PAE | (Cr4.LA57 if self.vm.tdp_levels == 5 else 0))
+        root = self.shadow_root_for(0)[0]
+        return CpuState(
+            int(Cr0.PE | Cr0.PG | Cr0.WP),
+            root.pfn << PAGE_SHIFT,
+            cr4,
+            int(Efer.LME | Efer.LMA | Efer.NXE),
+            0,
+            int(Rflags.FIXED),
+            0,
+            S.HOST_MAXPHYADDR,
+        )
+
+    def _tdp_translate(self, gpa: int, kind: Access) -> int | None:
+        """Walk the TDP tables for ``gpa``: the references made, None after fixing a TDP fault,
+        or -1 for an MMIO exit."""
+        self.reload()
+        hw = walk(
+            self.vm.host_view,
+            self._tdp_cpu(kind is Access.WRITE),
+            gpa,
+            Access.WRITE if kind is Access.WRITE else Access.READ,
+            set_ad=False,
+        )
+        if isinstance(hw, WalkResult):
+            return len(hw.raw)
+        assert isinstance(hw, PageFault)
+        if hw.error_code & PfErr.RSVD:
+            spte = hw.steps[-1].entry if hw.steps else 0
+            if (
+                S.is_mmio(spte)
+                and S.mmio_generation(spte) == self.memory.slots.generation & S.MMIO_GEN_MASK
+            ):
+                self.mmu.stats.mmio_exits += 1
+                return -1
+        outcome = direct_page_fault(self, gpa, kind)
+        if outcome is FaultOutcome.MMIO:
+            return -1
+        return None
+
+    # -- loads and stores ------------------------------------------------------------------
+
+    def read(
+        self, gva: int, size: int = 8, cpl: int | None = None
+    ) -> int | PageFault | GeneralProtection:
+        """A guest load of ``size`` bytes; an MMIO read returns all ones (no device behind it)."""
+        _check_in_page(gva, size)
+        t = self.translate(gva, Access.READ, cpl)
+        if not isinstance(t, Translation):
+            return t
+        if t.mmio:
+            return (1 << (8 * size)) - 1
+        return self.memory.read(t.gpa, size)
+
+    def write(
+        self, gva: int, value: int, size: int = 8, cpl: int | None = None
+    ) -> PageFault | GeneralProtection | None:
+        """A guest store; a store to a shadowed guest table is emulated and tracked by the MMU."""
+        _check_in_page(gva, size)
+        t = self.translate(gva, Access.WRITE, cpl)
+        if not isinstance(t, Translation):
+            return t
+        if t.mmio:
+            return None
+        self.memory.write(t.gpa, value, size)
+        if t.emulated:
+            self.memory.mark_page_dirty(t.gpa >> PAGE_SHIFT)
+            self.mmu.track_write(self, t.gpa, size)
+        return None
+
+
+def _check_in_page(gva: int, size: int) -> None:
+    if size not in (1, 2, 4, 8):
+        raise AddressError(f"size must be 1, 2, 4 or 8 bytes, got {size!r}")
+    if isinstance(gva, int) and (gva & 0xFFF) + size > 0x1000:
+        raise AddressError(f"a {size}-byte access at {gva:#x} crosses a page; split it in two")

@@ -1,0 +1,615 @@
+"""The guest page-table walker, after ``FNAME(walk_addr_generic)`` in ``paging_tmpl.h``.
+
+One walker serves every mode; a :class:`~kvmmu.x86.ModeSpec` supplies the geometry, as the
+``PTTYPE`` template parameter does in the kernel. The order of checks is KVM's, level by level
+from the root: the entry must be present, then have no reserved bit set; the rights of all
+levels are combined (AND of R/W and U/S, OR of XD); at the leaf, one permission check decides.
+Only when the walk succeeds are the accessed bits (and, for a write, the leaf's dirty bit) set.
+
+Where KVM and hardware may differ, KVM wins and the docstring says so:
+
+* hardware may set accessed bits on upper levels even when the access then faults; KVM (and
+  this walker) set them only after the permission check passes;
+* a table that lies outside every memslot cannot be read; KVM's walker then injects a
+  not-present fault (``kvm_is_error_hva`` -> ``goto error``), and so does this one. Real
+  hardware would read whatever the bus returns. A table that points back to itself cannot
+  make the walk loop: a walk visits each level once;
+* accessed/dirty bits are not written into a read-only memslot (KVM skips them when the host
+  mapping is not writable, ``pte_writable``).
+
+Guest-visible faults are values: :class:`PageFault` carries the architectural error code and
+CR2; a non-canonical address is a :class:`GeneralProtection`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from kvmmu.errors import AddressError, MemslotError, ModeError, check_int
+from kvmmu.memory import GuestMemory
+from kvmmu.x86 import (
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PKEY_MASK,
+    PKEY_SHIFT,
+    Acc,
+    Access,
+    Cr0,
+    Cr4,
+    Efer,
+    ModeSpec,
+    PagingMode,
+    PfErr,
+    Pte,
+    Rflags,
+    check_maxphyaddr,
+    is_canonical,
+    paging_mode,
+    pdpte_rsvd_mask,
+    rsvd_bits,
+)
+
+_P, _W, _U, _A, _D, _PS = 1, 2, 4, 1 << 5, 1 << 6, 1 << 7
+_XD = 1 << 63
+_RSVD, _FETCH, _PK = int(PfErr.RSVD), int(PfErr.FETCH), int(PfErr.PK)
+_AC = int(Rflags.AC)
+_ACC = tuple(Acc(i) for i in range(8))
+
+
+# --------------------------------------------------------------------------------------------
+# CPU state
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CpuState:
+    """The vCPU registers a page walk depends on.
+
+    ``maxphyaddr`` is CPUID's physical-address width (QEMU's default for TCG is 40);
+    ``gbpages`` says whether 1 GiB pages are supported (CPUID.80000001H:EDX.Page1GB).
+    In PAE mode ``pdptes`` holds the four PDPTEs the CPU loaded with CR3: build the state with
+    :func:`load_cr3` so that they are read, and checked, the way a MOV to CR3 does.
+    """
+
+    cr0: int = 0
+    cr3: int = 0
+    cr4: int = 0
+    efer: int = 0
+    cpl: int = 0
+    rflags: int = int(Rflags.FIXED)
+    pkru: int = 0
+    maxphyaddr: int = 40
+    gbpages: bool = True
+    pdptes: tuple[int, int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cr0", "cr3", "cr4", "efer", "rflags"):
+            check_int(name, getattr(self, name))
+        check_int("pkru", self.pkru, bits=32)
+        # Fix: True passed as CPL 1 (bool is an int subclass).
+        if isinstance(self.cpl, bool) or not (isinstance(self.cpl, int) and 0 <= self.cpl <= 3):
+            raise ModeError(f"cpl must be 0, 1, 2 or 3, got {self.cpl!r}")
+        check_maxphyaddr(self.maxphyaddr)
+        if not isinstance(self.gbpages, bool):
+            raise ModeError(f"gbpages must be True or False, got {self.gbpages!r}")
+        mode = paging_mode(self.cr0, self.cr4, self.efer)
+        if mode is PagingMode.PAE and self.pdptes is None:
+            raise ModeError("PAE paging needs its four PDPTEs: create the state with load_cr3()")
+        if self.pdptes is not None:
+            self._check_pdptes(self.pdptes)
+
+    def _check_pdptes(self, pdptes: object) -> None:
+        # Fix: PDPTE registers holding a present entry with reserved bits were accepted and
+        # then walked without any reserved-bit check. No CPU can be in that state: the MOV to
+        # CR3 that loads them #GPs instead (SDM 4.4.1), so it is an impossible combination.
+        if not (isinstance(pdptes, tuple) and len(pdptes) == 4):
+            raise ModeError(f"pdptes must be a tuple of four PDPTEs, got {pdptes!r}")
+        bad = pdpte_rsvd_mask(self.maxphyaddr)
+        for i, e in enumerate(pdptes):
+            check_int(f"pdptes[{i}]", e)
+            if e & _P and e & bad:
+                raise ModeError(
+                    f"PDPTE{i}={e:#x} sets reserved bits {e & bad:#x}; a MOV to CR3 would #GP "
+                    "instead of loading it (build PAE states with load_cr3())"
+                )
+
+    @property
+    def mode(self) -> PagingMode:
+        """The paging mode these registers select."""
+        return paging_mode(self.cr0, self.cr4, self.efer)
+
+    @property
+    def root_gpa(self) -> int:
+        """Guest physical address of the top-level table (the PDPT in PAE mode)."""
+        return self.cr3 & _cr3_mask(self.mode, self.maxphyaddr)
+
+
+def cpu_for_mode(
+    mode: PagingMode,
+    *,
+    cr3: int = 0,
+    wp: bool = True,
+    nxe: bool = True,
+    pse: bool = True,
+    pge: bool = False,
+    smep: bool = False,
+    smap: bool = False,
+    pke: bool = False,
+    cpl: int = 0,
+    ac: bool = False,
+    pkru: int = 0,
+    maxphyaddr: int = 40,
+    pdptes: tuple[int, int, int, int] | None = None,
+) -> CpuState:
+    """Registers that put the CPU in ``mode`` with the given features enabled.
+
+    What a guest kernel writes to CR0, CR4 and EFER on its way into a paging mode
+    (``kvm_set_cr0``/``kvm_set_cr4``/``kvm_set_efer``). For PAE, pass ``pdptes`` or use
+    :func:`load_cr3` afterwards.
+    """
+    cr0 = int(Cr0.PE | (Cr0.PG if mode is not PagingMode.NONE else 0) | (Cr0.WP if wp else 0))
+    cr4 = 0
+    efer = int(Efer.NXE) if nxe else 0
+    if mode is PagingMode.BITS32 and pse:
+        cr4 |= Cr4.PSE
+    if mode in (PagingMode.PAE, PagingMode.LEVEL4, PagingMode.LEVEL5):
+        cr4 |= Cr4.PAE
+    if mode in (PagingMode.LEVEL4, PagingMode.LEVEL5):
+        efer |= Efer.LME | Efer.LMA
+    if mode is PagingMode.LEVEL5:
+        cr4 |= Cr4.LA57
+    for flag, on in ((Cr4.PGE, pge), (Cr4.SMEP, smep), (Cr4.SMAP, smap), (Cr4.PKE, pke)):
+        if on:
+            cr4 |= flag
+    rflags = int(Rflags.FIXED | (Rflags.AC if ac else 0))
+    if mode is PagingMode.PAE and pdptes is None:
+        pdptes = (0, 0, 0, 0)
+    return CpuState(cr0, cr3, int(cr4), int(efer), cpl, rflags, pkru, maxphyaddr, True, pdptes)
+
+
+@dataclass(frozen=True, slots=True)
+class GeneralProtection:
+    """A #GP the guest receives (vector 13): a non-canonical address, a bad CR3 or PDPTE."""
+
+    address: int
+    reason: str
+    vector: int = 13
+
+
+def _check_memory_and_cpu(memory: object, cpu: object) -> None:
+    # Fix: a wrong memory or cpu argument used to escape as AttributeError.
+    if not isinstance(memory, GuestMemory):
+        raise MemslotError(f"memory must be a GuestMemory, got {type(memory).__name__}")
+    if not isinstance(cpu, CpuState):
+        raise ModeError(
+            f"cpu must be a CpuState (see cpu_for_mode and load_cr3), got {type(cpu).__name__}"
+        )
+
+
+def load_cr3(memory: GuestMemory, cpu: CpuState, cr3: int) -> CpuState | GeneralProtection:
+    """The state after a MOV to CR3 (``kvm_set_cr3``, and ``load_pdptrs`` in PAE mode).
+
+    In long mode, CR3 bits at or above MAXPHYADDR make the MOV #GP (bit 63 is the PCID
+    no-flush hint and is not stored). In PAE mode the four PDPTEs are read now, from the
+    32-byte-aligned table CR3 names, and a present one with a reserved bit set, or a table
+    outside guest memory, makes the MOV #GP; later walks use these loaded copies.
+    """
+    _check_memory_and_cpu(memory, cpu)
+    check_int("cr3", cr3)
+    mode = cpu.mode
+    if mode in (PagingMode.LEVEL4, PagingMode.LEVEL5):
+        if cpu.cr4 & Cr4.PCIDE:
+            cr3 &= ~(1 << 63)
+        if cr3 >> cpu.maxphyaddr:
+            return GeneralProtection(cr3, f"CR3 bits above MAXPHYADDR={cpu.maxphyaddr} are reserved")
+        return replace(cpu, cr3=cr3)
+    if mode is not PagingMode.PAE:
+        return replace(cpu, cr3=cr3 & 0xFFFF_FFFF, pdptes=None)
+    base = cr3 & 0xFFFF_FFE0
+    words = memory.table_words(base >> PAGE_SHIFT)
+    if words is None:
+        return GeneralProtection(cr3, f"PDPT at {base:#x} is outside guest memory")
+    first = (base & PAGE_MASK) >> 3
+    pdptes = tuple(int(words[first + i]) for i in range(4))
+    bad = pdpte_rsvd_mask(cpu.maxphyaddr)
+    for i, e in enumerate(pdptes):
+        if e & _P and e & bad:
+            return GeneralProtection(cr3, f"PDPTE{i}={e:#x} sets reserved bits {e & bad:#x}")
+    return replace(cpu, cr3=cr3 & 0xFFFF_FFFF, pdptes=(pdptes[0], pdptes[1], pdptes[2], pdptes[3]))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-mode context: reserved masks and switches, computed once per register combination
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    spec: ModeSpec
+    shifts: tuple[int, ...]  # index shift per level (index 0 unused)
+    index_masks: tuple[int, ...]
+    rsvd: tuple[tuple[int, ...], tuple[int, ...]]  # [bit 7][level] as KVM's rsvd_bits_mask
+    large_ok: tuple[bool, ...]  # PS is honoured at this level
+    addr_mask: int  # address bits of a table pointer
+    nx: bool  # XD is honoured
+    wp: bool
+    smep: bool
+    smap: bool
+    pke: bool
+    fetch_errcode: bool  # report I/D in the error code
+    pse36_bits: int  # 32-bit paging: physical-address bits above 31 in a 4 MiB PDE
+    cr3_mask: int  # CR3 bits that address the root table
+
+
+_CONTEXTS: dict[tuple[int, int, int, int, bool], _Context] = {}
+
+
+def _context(cpu: CpuState) -> _Context:
+    key = (cpu.cr0, cpu.cr4, cpu.efer, cpu.maxphyaddr, cpu.gbpages)
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        ctx = _CONTEXTS[key] = _build_context(cpu)
+    return ctx
+
+
+def _build_context(cpu: CpuState) -> _Context:
+    """Reserved bits per level, as ``__reset_rsvds_bits_mask`` computes them (SDM 4.3-4.5)."""
+    spec = cpu.mode.spec
+    levels = spec.root_level
+    m = cpu.maxphyaddr
+    nxe = bool(cpu.efer & Efer.NXE)
+    leaf: list[int] = [0] * (levels + 1)  # bit 7 set (large page, or PAT at level 1)
+    table: list[int] = [0] * (levels + 1)  # bit 7 clear
+    large_ok = [False] * (levels + 1)
+    pse36_bits = 0
+    addr_mask = rsvd_bits(PAGE_SHIFT, 51)
+    if spec.mode is PagingMode.BITS32:
+        addr_mask = 0xFFFF_F000
+        if cpu.cr4 & Cr4.PSE:  # SDM 4.3: PS honoured only with CR4.PSE
+            large_ok[2] = True
+            pse36_bits = min(m, 40) - 32
+            leaf[2] = rsvd_bits(13 + pse36_bits, 21)
+    elif spec.mode is not PagingMode.NONE:
+        high = rsvd_bits(m, 62 if spec.mode is PagingMode.PAE else 51)
+        if not nxe:  # XD is reserved unless EFER.NXE (SDM 4.4.2, 4.5.4)
+            high |= _XD
+        for level in range(1, levels + 1):
+            table[level] = leaf[level] = high
+        leaf[2] |= rsvd_bits(13, 20)  # 2 MiB page: low address bits
+        large_ok[2] = True
+        if spec.mode is not PagingMode.PAE:
+            large_ok[3] = True
+            leaf[3] |= rsvd_bits(13, 29)  # 1 GiB page: low address bits
+            if not cpu.gbpages:
+                leaf[3] |= _PS
+            for level in range(4, levels + 1):  # PML4E/PML5E: PS is reserved
+                table[level] |= _PS
+                leaf[level] = table[level]
+        # level 3 in PAE mode is the PDPT, read at CR3 load and not walked here
+    shifts = tuple([0] + [spec.shift(lv) for lv in range(1, levels + 1)])
+    masks = [0] + [(1 << spec.index_bits) - 1] * levels
+    if spec.mode is PagingMode.PAE:
+        masks[3] = 3
+    return _Context(
+        spec=spec,
+        shifts=shifts,
+        index_masks=tuple(masks),
+        rsvd=(tuple(table), tuple(leaf)),
+        large_ok=tuple(large_ok),
+        addr_mask=addr_mask,
+        nx=nxe and spec.entry_size == 8,
+        wp=bool(cpu.cr0 & Cr0.WP),
+        smep=bool(cpu.cr4 & Cr4.SMEP),
+        smap=bool(cpu.cr4 & Cr4.SMAP),
+        pke=bool(cpu.cr4 & Cr4.PKE) and bool(cpu.efer & Efer.LMA),
+        # SDM 4.7: I/D is reported when SMEP is on, or NXE with PAE/4-level/5-level paging.
+        fetch_errcode=bool(cpu.cr4 & Cr4.SMEP) or (nxe and spec.entry_size == 8),
+        pse36_bits=pse36_bits,
+        cr3_mask=_cr3_mask(spec.mode, m),
+    )
+
+
+def _cr3_mask(mode: PagingMode, maxphyaddr: int) -> int:
+    if mode is PagingMode.PAE:
+        return 0xFFFF_FFE0
+    if mode is PagingMode.BITS32:
+        return 0xFFFF_F000
+    return rsvd_bits(PAGE_SHIFT, maxphyaddr - 1)
+
+
+def reserved_mask(cpu: CpuState, level: int, large: bool) -> int:
+    """Reserved bits of an entry at ``level`` (bit 7 set when ``large``) for these registers."""
+    ctx = _context(cpu)
+    if not 1 <= level <= ctx.spec.root_level:
+        raise ModeError(f"level {level} does not exist in {ctx.spec.mode.value} paging")
+    return ctx.rsvd[int(large)][level]
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WalkStep:
+    """One level of a walk: where the entry was read, what it held, and what the walker decided."""
+
+    level: int
+    name: str  # PML5E, PML4E, PDPTE, PDE or PTE
+    entry_gpa: int
+    index: int
+    entry: int
+    decision: str
+
+    def describe(self) -> str:
+        """One readable line, in the spirit of OSTEP's ``-c`` answers."""
+        return f"{self.name}[{self.index:#05x}] @ {self.entry_gpa:#x} = {self.entry:#018x}: {self.decision}"
+
+
+# raw step: (level, entry gpa, index, entry, rights accumulated above this level)
+_RawStep = tuple[int, int, int, int, int]
+
+
+def _trace(spec: ModeSpec, raw: list[_RawStep], leaf_level: int, outcome: str) -> tuple[WalkStep, ...]:
+    steps = []
+    for i, (level, gpa, index, entry, _) in enumerate(raw):
+        last = i == len(raw) - 1
+        if last:
+            decision = outcome
+        elif spec.mode is PagingMode.PAE and level == 3:
+            decision = f"present -> page directory at {entry & rsvd_bits(12, 51):#x}"
+        else:
+            nxt = entry & (0xFFFF_F000 if spec.entry_size == 4 else rsvd_bits(12, 51))
+            decision = f"present, {_rights(entry, spec)} -> next table at {nxt:#x}"
+        steps.append(WalkStep(level, spec.entry_name(level), gpa, index, entry, decision))
+    del leaf_level
+    return tuple(steps)
+
+
+def _rights(entry: int, spec: ModeSpec) -> str:
+    w = "rw" if entry & _W else "ro"
+    u = "user" if entry & _U else "supervisor"
+    x = ", XD" if spec.entry_size == 8 and entry & _XD else ""
+    return f"{w}, {u}{x}"
+
+
+@dataclass(slots=True)
+class WalkResult:
+    """A successful walk: where the access lands and why.
+
+    ``level`` is the level of the leaf (1 for a 4 KiB page, 2 for 2/4 MiB, 3 for 1 GiB, 0 with
+    paging off); ``access`` the rights the translation grants, combined over every level
+    (``walker->pte_access``); ``pte`` the leaf entry as read; ``pkey`` its protection key.
+    """
+
+    gva: int
+    gpa: int
+    level: int
+    page_size: int
+    access: Acc
+    pte: int
+    pkey: int
+    mode: PagingMode
+    raw: list[_RawStep] = field(repr=False)
+
+    @property
+    def gfn(self) -> int:
+        """The guest frame reached (``walker->gfn``)."""
+        return self.gpa >> PAGE_SHIFT
+
+    @property
+    def trace(self) -> tuple[WalkStep, ...]:
+        """Each level's table address, index, entry and decision, root first."""
+        return _trace(self.mode.spec, self.raw, self.level, f"leaf, {self.page_size >> 10} KiB page, rights {_acc_str(self.access)} -> gpa {self.gpa:#x}")
+
+    def table_gfn(self, level: int) -> int:
+        """Gfn of the guest table read at ``level`` (``walker->table_gfn[level - 1]``)."""
+        return self._step(level)[1] >> PAGE_SHIFT
+
+    def gpte(self, level: int) -> int:
+        """The guest entry read at ``level`` (``walker->ptes[level - 1]``)."""
+        return self._step(level)[3]
+
+    def pt_access(self, level: int) -> Acc:
+        """Rights combined over the levels above ``level`` (``walker->pt_access[level - 1]``)."""
+        return Acc(self._step(level)[4])
+
+    def _step(self, level: int) -> _RawStep:
+        for step in self.raw:
+            if step[0] == level:
+                return step
+        raise ModeError(f"this walk read no entry at level {level}")
+
+
+def _acc_str(acc: int) -> str:
+    return "".join(c if acc & b else "-" for c, b in (("u", Acc.USER), ("w", Acc.WRITE), ("x", Acc.EXEC)))
+
+
+@dataclass(frozen=True, slots=True)
+class PageFault:
+    """A #PF the guest receives (vector 14): the error code and the address that goes to CR2."""
+
+    error_code: PfErr
+    address: int
+    reason: str = ""
+    steps: tuple[WalkStep, ...] = field(default=(), compare=False, repr=False)
+    vector: int = 14
+
+    @property
+    def cr2(self) -> int:
+        """CR2 holds the faulting linear address."""
+        return self.address
+
+
+# --------------------------------------------------------------------------------------------
+# The walk
+# --------------------------------------------------------------------------------------------
+
+
+def walk(
+    memory: GuestMemory,
+    cpu: CpuState,
+    gva: int,
+    access: Access = Access.READ,
+    *,
+    implicit: bool = False,
+    set_ad: bool = True,
+) -> WalkResult | PageFault | GeneralProtection:
+    """Translate ``gva`` for one access, as the CPU would (``FNAME(walk_addr_generic)``).
+
+    ``access`` is a data read, a data write or an instruction fetch; it is a user access when
+    ``cpu.cpl == 3`` unless ``implicit`` marks a supervisor access the CPU makes on its own
+    (descriptor tables, for example: SDM 4.6, these ignore EFLAGS.AC for SMAP). With ``set_ad``
+    a successful walk sets accessed bits on every entry used and the leaf's dirty bit on a
+    write, writing them back to guest memory; without it memory is left untouched.
+    """
+    if not isinstance(access, Access):
+        raise ModeError(f"access must be Access.READ, Access.WRITE or Access.FETCH, got {access!r}")
+    _check_memory_and_cpu(memory, cpu)
+    check_int("gva", gva)
+    ctx = _context(cpu)
+    spec = ctx.spec
+    if spec.root_level == 0:
+        if gva >> 32:
+            raise AddressError(f"gva={gva:#x} does not fit in 32 bits; with paging off addresses are 32-bit")
+        return WalkResult(gva, gva, 0, 4096, Acc.ALL, 0, 0, spec.mode, [])
+    if spec.va_bits == 32:
+        if gva >> 32:
+            raise AddressError(f"gva={gva:#x} does not fit in 32 bits, the linear-address width of {spec.mode.value} paging")
+    elif not is_canonical(gva, spec.va_bits):
+        return GeneralProtection(gva, f"{gva:#x} is not canonical for {spec.va_bits}-bit addresses")
+
+    write = access is Access.WRITE
+    fetch = access is Access.FETCH
+    user = cpu.cpl == 3 and not implicit
+    err = (_W if write else 0) | (_U if user else 0) | (_FETCH if fetch and ctx.fetch_errcode else 0)
+    raw: list[_RawStep] = []
+    acc = 7  # ACC_ALL
+    level = spec.root_level
+    entry_size = spec.entry_size
+    if spec.mode is PagingMode.PAE:
+        pdptes = cpu.pdptes
+        assert pdptes is not None  # guaranteed by CpuState
+        index = (gva >> 30) & 3
+        pte = pdptes[index]
+        raw.append((3, (cpu.cr3 & 0xFFFF_FFE0) + index * 8, index, pte, acc))
+        if not pte & _P:
+            return _fault(spec, err, gva, raw, "PDPTE not present")
+        table = pte & ctx.addr_mask
+        level = 2
+    else:
+        table = cpu.cr3 & ctx.cr3_mask
+
+    shifts, masks, large_ok = ctx.shifts, ctx.index_masks, ctx.large_ok
+    rsvd_table, rsvd_leaf = ctx.rsvd
+    nx = ctx.nx
+    while True:
+        words = memory.table_words(table >> PAGE_SHIFT, entry_size)
+        index = (gva >> shifts[level]) & masks[level]
+        entry_gpa = table + index * entry_size
+        if words is None:
+            raw.append((level, entry_gpa, index, 0, acc))
+            return _fault(spec, err, gva, raw, "table outside guest memory (KVM: not present)")
+        pte = words[index]
+        raw.append((level, entry_gpa, index, pte, acc))
+        if not pte & _P:
+            return _fault(spec, err, gva, raw, "not present")
+        if pte & (rsvd_leaf[level] if pte & _PS else rsvd_table[level]):
+            return _fault(spec, err | _P | _RSVD, gva, raw, "reserved bit set")
+        acc &= (pte & 6) | (0 if nx and pte & _XD else 1)
+        if level == 1 or (pte & _PS and large_ok[level]):
+            break
+        table = pte & ctx.addr_mask
+        level -= 1
+
+    # permission_fault(): the rights of every level against this access
+    fault, why = False, ""
+    if user and not acc & _U:
+        fault, why = True, "user access to a supervisor page"
+    elif write and not acc & _W and (user or ctx.wp):
+        fault, why = True, "write to a read-only page" + ("" if user else " (CR0.WP=1)")
+    elif fetch and not acc & 1:
+        fault, why = True, "fetch from an XD page"
+    elif fetch and not user and ctx.smep and acc & _U:
+        fault, why = True, "supervisor fetch from a user page (SMEP)"
+    elif (
+        not fetch
+        and not user
+        and ctx.smap
+        and acc & _U
+        and (implicit or not cpu.rflags & _AC)
+    ):
+        fault, why = True, "supervisor data access to a user page (SMAP)"
+    pkey = (pte >> PKEY_SHIFT) & PKEY_MASK if entry_size == 8 else 0
+    pk = 0
+    if ctx.pke and not fetch and acc & _U:
+        bits = (cpu.pkru >> (2 * pkey)) & 3
+        if bits & 1 or (bits & 2 and write and (user or ctx.wp)):
+            pk = _PK
+            if not fault:
+                why = f"protection key {pkey} denies the access (PKRU)"
+            fault = True
+    if fault:
+        return _fault(spec, err | _P | pk, gva, raw, why)
+
+    size = 1 << shifts[level]
+    if level == 1:
+        gpa = (pte & ctx.addr_mask) | (gva & PAGE_MASK)
+    elif entry_size == 4:  # 32-bit PSE page, PSE-36 bits 13.. hold address bits 32..
+        high = (pte >> 13) & ((1 << ctx.pse36_bits) - 1)
+        gpa = (pte & 0xFFC0_0000) | (high << 32) | (gva & (size - 1))
+    else:
+        gpa = (pte & ctx.addr_mask & ~(size - 1)) | (gva & (size - 1))
+    if set_ad:
+        _update_accessed_dirty(memory, raw, spec, write)
+    return WalkResult(gva, gpa, level, size, _ACC[acc], pte, pkey, spec.mode, raw)
+
+
+def _fault(spec: ModeSpec, err: int, gva: int, raw: list[_RawStep], why: str) -> PageFault:
+    steps = _trace(spec, raw, 0, f"fault: {why}")
+    return PageFault(PfErr(err), gva, why, steps)
+
+
+def _update_accessed_dirty(memory: GuestMemory, raw: list[_RawStep], spec: ModeSpec, write: bool) -> None:
+    """Set A on every entry used and D on the leaf of a write (``update_accessed_dirty_bits``).
+
+    The PAE PDPTEs have no accessed bit and are skipped. Entries in a read-only memslot are
+    left alone, as KVM leaves them when the host mapping is not writable.
+    """
+    last = len(raw) - 1
+    for i, (level, entry_gpa, index, pte, _) in enumerate(raw):
+        if spec.mode is PagingMode.PAE and level == 3:
+            continue
+        want = _A | (_D if write and i == last else 0)
+        if pte & want == want:
+            continue
+        gfn = entry_gpa >> PAGE_SHIFT
+        slot = memory.slots.find(gfn)
+        if slot is None or slot.readonly:
+            continue
+        words = memory.table_words(gfn, spec.entry_size)
+        assert words is not None
+        words[index] = pte | want
+        memory.mark_page_dirty(gfn)
+
+
+def walk_many(
+    memory: GuestMemory, cpu: CpuState, gvas: list[int], access: Access = Access.READ
+) -> list[WalkResult | PageFault | GeneralProtection]:
+    """Walk several addresses with the same registers; a convenience for tables and plots."""
+    return [walk(memory, cpu, gva, access) for gva in gvas]
+
+
+__all__ = [
+    "CpuState",
+    "GeneralProtection",
+    "PageFault",
+    "WalkResult",
+    "WalkStep",
+    "cpu_for_mode",
+    "load_cr3",
+    "reserved_mask",
+    "walk",
+    "walk_many",
+    "Pte",
+]

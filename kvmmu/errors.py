@@ -31,5 +31,7 @@ def check_int(name: str, value: object, *, bits: int = 64) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise AddressError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < 0 or value >> bits:
-        raise AddressError(f"{name}={value:#x} does not fit in {bits} bits; pass 0 <= {name} < 2**{bits}")
+        raise AddressError(
+            f"{name}={value:#x} does not fit in {bits} bits; pass 0 <= {name} < 2**{bits}"
+        )
     return value

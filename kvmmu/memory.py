@@ -26,7 +26,9 @@ from kvmmu.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, check_maxphyaddr
 Page = npt.NDArray[np.uint64]
 
 if sys.byteorder != "little":  # pragma: no cover - x86 guests are little-endian, so is the host
-    raise ImportError("kvmmu keeps page contents in native byte order and needs a little-endian host")
+    raise ImportError(
+        "kvmmu keeps page contents in native byte order and needs a little-endian host"
+    )
 
 MAX_GFN_BITS = 52 - PAGE_SHIFT  # the architectural limit of physical addresses
 
@@ -206,10 +208,15 @@ class Memslots:
                 f"{self.maxphyaddr} (last gfn {limit - 1:#x}); use a lower base or fewer pages"
             )
         for other in self._slots:
-            if other is not ignore and base_gfn < other.end_gfn and other.base_gfn < base_gfn + npages:
+            if (
+                other is not ignore
+                and base_gfn < other.end_gfn
+                and other.base_gfn < base_gfn + npages
+            ):
                 raise MemslotError(
                     f"slot gfns {base_gfn:#x}..{base_gfn + npages - 1:#x} overlap slot "
-                    f"{other.slot_id} ({other.base_gfn:#x}..{other.end_gfn - 1:#x}); delete or move it first"
+                    f"{other.slot_id} ({other.base_gfn:#x}..{other.end_gfn - 1:#x}); "
+                    "delete or move it first"
                 )
 
     def _commit(self) -> None:
@@ -220,7 +227,9 @@ class Memslots:
     def add(self, base_gfn: int, npages: int, flags: MemslotFlag = MemslotFlag.NONE) -> Memslot:
         """Create a slot backed by fresh, zeroed host frames (``KVM_SET_USER_MEMORY_REGION``)."""
         self._check_range(base_gfn, npages)
-        slot = Memslot(self._next_id, base_gfn, npages, self.host.alloc_range(npages), MemslotFlag(flags))
+        slot = Memslot(
+            self._next_id, base_gfn, npages, self.host.alloc_range(npages), MemslotFlag(flags)
+        )
         self._next_id += 1
         if slot.dirty_logging:
             slot.dirty_bitmap = np.zeros(npages, dtype=bool)
@@ -266,7 +275,9 @@ class GuestMemory:
     and the MMU ask :meth:`table_words` / ``slots.find`` first and turn it into what KVM does.
     """
 
-    def __init__(self, size: int = 0, *, host: HostMemory | None = None, maxphyaddr: int = 52) -> None:
+    def __init__(
+        self, size: int = 0, *, host: HostMemory | None = None, maxphyaddr: int = 52
+    ) -> None:
         self.host = host if host is not None else HostMemory()
         self.slots = Memslots(self.host, maxphyaddr)
         self._words_cache: dict[tuple[int, int], memoryview] = {}
@@ -281,6 +292,7 @@ class GuestMemory:
 
     def slot_of(self, gfn: int) -> Memslot:
         """The slot holding ``gfn``; :class:`AddressError` naming the gfn if none does."""
+        check_int("gfn", gfn, bits=MAX_GFN_BITS)  # Fix: a non-int gfn escaped as TypeError
         slot = self.slots.find(gfn)
         if slot is None:
             raise AddressError(
@@ -330,7 +342,7 @@ class GuestMemory:
             gpa, size = gpa + n, size - n
         return bytes(out)
 
-    def write_bytes(self, gpa: int, data: bytes) -> None:
+    def write_bytes(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` at ``gpa``, crossing pages if needed."""
         check_int("gpa", gpa, bits=52)
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -362,7 +374,7 @@ class GuestMemory:
     # -- dirty logging -------------------------------------------------------------------------
 
     def mark_page_dirty(self, gfn: int) -> None:
-        """Record a write to ``gfn`` in its slot's dirty bitmap, if logging (``mark_page_dirty``)."""
+        """Record a write to ``gfn`` in its slot's dirty log, if enabled (``mark_page_dirty``)."""
         slot = self.slots.find(gfn)
         if slot is not None and slot.dirty_logging:
             slot.dirty_bitmap[gfn - slot.base_gfn] = True

@@ -358,6 +358,11 @@ class Mmu:
         """
         slot = self.memory.slots.find(gfn)
         if slot is None:
+            # Fix: an MMIO spte used to overwrite a present spte, leaving its rmap entry (or
+            # child link) behind. mmu_set_spte drops the old spte first, then marks MMIO.
+            if S.is_shadow_present(int(sp.spt[index])):
+                self.drop_spte(sp, index)
+                self.flush_remote_tlbs()
             sp.spt[index] = S.make_mmio_spte(gfn, access, self.memory.slots.generation)
             self.stats.pf_mmio_spte_created += 1
             self.trace.emit(
@@ -552,14 +557,18 @@ class Mmu:
             written = written_sptes(sp, gpa)
             if written is None:
                 continue
+            gentry = written_gentry(self.memory, sp, gpa)
             for index in written:
                 old = int(sp.spt[index])
                 flush |= S.is_shadow_present(old)
                 self.drop_spte(sp, index)
-                if sp.level == 1:
-                    self._update_pte(vcpu, sp, index)
-                else:
+                if not gentry:
+                    continue
+                if sp.level > 1:
                     self.stats.mmu_pde_zapped += 1
+                elif _same_context(vcpu, sp):
+                    self.stats.mmu_pte_updated += 1
+                    self._update_pte(vcpu, sp, index)
         if flush:
             self.flush_remote_tlbs()
 
@@ -584,7 +593,6 @@ class Mmu:
             prefetch=True,
             global_=bool(gpte & Pte.GLOBAL) and vcpu.pge,
         )
-        self.stats.mmu_pte_updated += 1
 
     # -- large pages ------------------------------------------------------------------------
 
@@ -658,6 +666,24 @@ def written_sptes(sp: MmuPage, gpa: int) -> list[int] | None:
         offset &= 0xFFF
     first = offset // 8
     return list(range(first, first + count))
+
+
+def written_gentry(memory: GuestMemory, sp: MmuPage, gpa: int) -> int:
+    """The whole guest entry containing ``gpa`` after the write (``mmu_pte_write_fetch_gpte``);
+    0 if it cannot be read. A 4-byte half of an 8-byte entry reads the whole entry."""
+    size = 4 if sp.role.has_4_byte_gpte else 8
+    try:
+        return memory.read(gpa & ~(size - 1), size)
+    except KvmmuError:
+        return 0
+
+
+def _same_context(vcpu: Vcpu, sp: MmuPage) -> bool:
+    """May the writing vCPU refresh ``sp``'s sptes? Only if the page's role matches its paging
+    context, ignoring level, access and quadrant (``role_ign`` in ``kvm_mmu_pte_write``)."""
+    from kvmmu.sync import role_compatible
+
+    return role_compatible(vcpu, sp)
 
 
 def read_gpte(memory: GuestMemory, sp: MmuPage, index: int) -> int | None:

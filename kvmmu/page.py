@@ -70,16 +70,17 @@ class MmuPage:
         """
         if self.role.passthrough:
             return self.gfn
-        if self.gfns is not None:
-            return int(self.gfns[index])
-        return self.gfn + (index << ((self.role.level - 1) * LEVEL_BITS))
+        if self.role.direct:  # decided by the role, as the kernel does: gfns is never touched
+            return self.gfn + (index << ((self.role.level - 1) * LEVEL_BITS))
+        assert self.gfns is not None, "an indirect page always has a gfns array"
+        return int(self.gfns[index])
 
     def set_gfn(self, index: int, gfn: int) -> None:
         """Record the gfn behind spte ``index`` (``kvm_mmu_page_set_gfn``).
 
         On a direct page nothing is stored: the value is checked against the computed one.
         """
-        if self.gfns is None:
+        if self.role.direct:
             expected = self.get_gfn(index)
             if gfn != expected:
                 raise GfnMismatchError(
@@ -87,6 +88,7 @@ class MmuPage:
                     f"gfn {expected:#x}, not {gfn:#x}; a direct page's gfns are linear"
                 )
             return
+        assert self.gfns is not None, "an indirect page always has a gfns array"
         self.gfns[index] = gfn
 
     def present_indices(self) -> npt.NDArray[np.intp]:

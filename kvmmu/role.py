@@ -150,9 +150,8 @@ def shadow_root_role(cr0: int, cr4: int, efer: int) -> MmuPageRole:
     sptes itself, whatever the guest's EFER says. With paging off the root is direct.
     """
     role = cpu_root_role(cr0, cr4, efer)
-    if paging_mode(cr0, cr4, efer) is PagingMode.NONE:
-        return replace(role, level=3)
-    return replace(role, level=max(role.level, 3), efer_nx=True)
+    level = 3 if role.direct else max(role.level, 3)
+    return replace(role, level=level, efer_nx=True)
 
 
 def tdp_root_role(levels: int = 4) -> MmuPageRole:

@@ -142,7 +142,7 @@ def sync_page_or_zap(vcpu: Vcpu, sp: MmuPage) -> bool:
     return False
 
 
-def _role_compatible(vcpu: Vcpu, sp: MmuPage) -> bool:
+def role_compatible(vcpu: Vcpu, sp: MmuPage) -> bool:
     """Can this vCPU's context read ``sp``'s guest entries? (``kvm_sync_page_check``)."""
     from kvmmu.role import shadow_root_role
 
@@ -171,7 +171,7 @@ def sync_page(vcpu: Vcpu, sp: MmuPage) -> bool:
     Returns False if the page cannot be synced by this vCPU (its role belongs to another
     paging context); the caller zaps it.
     """
-    if not _role_compatible(vcpu, sp):
+    if not role_compatible(vcpu, sp):
         return False
     vcpu.mmu.stats.sync_pages += 1
     flush = False

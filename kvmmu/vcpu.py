@@ -151,7 +151,7 @@ class Vm:
         self.host_view = HostPhysical(self.memory.host)
 
     def create_vcpu(self, cpu: CpuState | None = None) -> Vcpu:
-        """Add a vCPU with registers ``cpu``, paging off by default (``kvm_vm_ioctl_create_vcpu``)."""
+        """Add a vCPU with registers ``cpu`` (default: paging off); ``kvm_vm_ioctl_create_vcpu``."""
         vcpu = Vcpu(self, cpu if cpu is not None else CpuState(cr0=int(Cr0.PE)))
         self.vcpus.append(vcpu)
         self.mmu.tlb_flushers.append(vcpu.tlb.flush)
@@ -502,8 +502,8 @@ class Vcpu:
         guest while its paging is on. 4/5-level guests get tables of their own depth, every
         other guest KVM's PAE tables.
         """
+        self.reload()
         if self._hw_cpu is None:
-            self.reload()
             guest = self.cpu
             paging = guest.mode is not PagingMode.NONE
             cr4 = int(Cr4.PAE) | (int(guest.cr4 & (Cr4.SMEP | Cr4.SMAP)) if paging else 0)
@@ -624,6 +624,11 @@ class Vcpu:
             mmio = self._mmio_fault(gva, kind, implicit, hw)
             if mmio is not None:
                 return mmio
+        if self.mode is PagingMode.NONE:
+            # nonpaging_page_fault: with paging off gva == gpa, mapped by direct pages only
+            if direct_page_fault(self, gva, kind) is FaultOutcome.MMIO:
+                return Translation(gva, mmio=True)
+            return None
         result = page_fault(self, gva, kind, implicit=implicit)
         if result.outcome is FaultOutcome.GUEST:
             return result.fault
@@ -689,9 +694,11 @@ class Vcpu:
         if tdp < 0:
             return Translation(result.gpa, mmio=True)
         self.last_refs = refs + tdp
+        # the TLB holds the smaller of the guest page and the TDP page that maps it
+        tdp_level = self.vm.tdp_levels + 1 - tdp
         self.tlb.insert(
             gva,
-            result.level if result.level else 1,
+            min(result.level or 1, tdp_level),
             result.gpa,
             cls,
             bool(result.pte & Pte.GLOBAL) and bool(self.cpu.cr4 & Cr4.PGE),

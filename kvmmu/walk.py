@@ -95,7 +95,7 @@ class CpuState:
         mode = paging_mode(self.cr0, self.cr4, self.efer)
         if mode is PagingMode.PAE and self.pdptes is None:
             raise ModeError("PAE paging needs its four PDPTEs: create the state with load_cr3()")
-        if self.pdptes is not None:
+        if mode is PagingMode.PAE:
             self._check_pdptes(self.pdptes)
 
     def _check_pdptes(self, pdptes: object) -> None:
@@ -201,7 +201,9 @@ def load_cr3(memory: GuestMemory, cpu: CpuState, cr3: int) -> CpuState | General
         if cpu.cr4 & Cr4.PCIDE:
             cr3 &= ~(1 << 63)
         if cr3 >> cpu.maxphyaddr:
-            return GeneralProtection(cr3, f"CR3 bits above MAXPHYADDR={cpu.maxphyaddr} are reserved")
+            return GeneralProtection(
+                cr3, f"CR3 bits above MAXPHYADDR={cpu.maxphyaddr} are reserved"
+            )
         return replace(cpu, cr3=cr3)
     if mode is not PagingMode.PAE:
         return replace(cpu, cr3=cr3 & 0xFFFF_FFFF, pdptes=None)
@@ -343,14 +345,17 @@ class WalkStep:
 
     def describe(self) -> str:
         """One readable line, in the spirit of OSTEP's ``-c`` answers."""
-        return f"{self.name}[{self.index:#05x}] @ {self.entry_gpa:#x} = {self.entry:#018x}: {self.decision}"
+        where = f"{self.name}[{self.index:#05x}] @ {self.entry_gpa:#x}"
+        return f"{where} = {self.entry:#018x}: {self.decision}"
 
 
 # raw step: (level, entry gpa, index, entry, rights accumulated above this level)
 _RawStep = tuple[int, int, int, int, int]
 
 
-def _trace(spec: ModeSpec, raw: list[_RawStep], leaf_level: int, outcome: str) -> tuple[WalkStep, ...]:
+def _trace(
+    spec: ModeSpec, raw: list[_RawStep], leaf_level: int, outcome: str
+) -> tuple[WalkStep, ...]:
     steps = []
     for i, (level, gpa, index, entry, _) in enumerate(raw):
         last = i == len(raw) - 1
@@ -400,7 +405,13 @@ class WalkResult:
     @property
     def trace(self) -> tuple[WalkStep, ...]:
         """Each level's table address, index, entry and decision, root first."""
-        return _trace(self.mode.spec, self.raw, self.level, f"leaf, {self.page_size >> 10} KiB page, rights {_acc_str(self.access)} -> gpa {self.gpa:#x}")
+        return _trace(
+            self.mode.spec,
+            self.raw,
+            self.level,
+            f"leaf, {self.page_size >> 10} KiB page, rights {_acc_str(self.access)} "
+            f"-> gpa {self.gpa:#x}",
+        )
 
     def table_gfn(self, level: int) -> int:
         """Gfn of the guest table read at ``level`` (``walker->table_gfn[level - 1]``)."""
@@ -422,7 +433,9 @@ class WalkResult:
 
 
 def _acc_str(acc: int) -> str:
-    return "".join(c if acc & b else "-" for c, b in (("u", Acc.USER), ("w", Acc.WRITE), ("x", Acc.EXEC)))
+    return "".join(
+        c if acc & b else "-" for c, b in (("u", Acc.USER), ("w", Acc.WRITE), ("x", Acc.EXEC))
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,18 +484,25 @@ def walk(
     spec = ctx.spec
     if spec.root_level == 0:
         if gva >> 32:
-            raise AddressError(f"gva={gva:#x} does not fit in 32 bits; with paging off addresses are 32-bit")
+            raise AddressError(
+                f"gva={gva:#x} does not fit in 32 bits; with paging off addresses are 32-bit"
+            )
         return WalkResult(gva, gva, 0, 4096, Acc.ALL, 0, 0, spec.mode, [])
     if spec.va_bits == 32:
         if gva >> 32:
-            raise AddressError(f"gva={gva:#x} does not fit in 32 bits, the linear-address width of {spec.mode.value} paging")
+            raise AddressError(
+                f"gva={gva:#x} does not fit in 32 bits, the linear-address width of "
+                f"{spec.mode.value} paging"
+            )
     elif not is_canonical(gva, spec.va_bits):
         return GeneralProtection(gva, f"{gva:#x} is not canonical for {spec.va_bits}-bit addresses")
 
     write = access is Access.WRITE
     fetch = access is Access.FETCH
     user = cpu.cpl == 3 and not implicit
-    err = (_W if write else 0) | (_U if user else 0) | (_FETCH if fetch and ctx.fetch_errcode else 0)
+    err = (
+        (_W if write else 0) | (_U if user else 0) | (_FETCH if fetch and ctx.fetch_errcode else 0)
+    )
     raw: list[_RawStep] = []
     acc = 7  # ACC_ALL
     level = spec.root_level
@@ -532,13 +552,7 @@ def walk(
         fault, why = True, "fetch from an XD page"
     elif fetch and not user and ctx.smep and acc & _U:
         fault, why = True, "supervisor fetch from a user page (SMEP)"
-    elif (
-        not fetch
-        and not user
-        and ctx.smap
-        and acc & _U
-        and (implicit or not cpu.rflags & _AC)
-    ):
+    elif not fetch and not user and ctx.smap and acc & _U and (implicit or not cpu.rflags & _AC):
         fault, why = True, "supervisor data access to a user page (SMAP)"
     pkey = (pte >> PKEY_SHIFT) & PKEY_MASK if entry_size == 8 else 0
     pk = 0
@@ -570,7 +584,9 @@ def _fault(spec: ModeSpec, err: int, gva: int, raw: list[_RawStep], why: str) ->
     return PageFault(PfErr(err), gva, why, steps)
 
 
-def _update_accessed_dirty(memory: GuestMemory, raw: list[_RawStep], spec: ModeSpec, write: bool) -> None:
+def _update_accessed_dirty(
+    memory: GuestMemory, raw: list[_RawStep], spec: ModeSpec, write: bool
+) -> None:
     """Set A on every entry used and D on the leaf of a write (``update_accessed_dirty_bits``).
 
     The PAE PDPTEs have no accessed bit and are skipped. Entries in a read-only memslot are
@@ -604,6 +620,7 @@ __all__ = [
     "CpuState",
     "GeneralProtection",
     "PageFault",
+    "Pte",
     "WalkResult",
     "WalkStep",
     "cpu_for_mode",
@@ -611,5 +628,4 @@ __all__ = [
     "reserved_mask",
     "walk",
     "walk_many",
-    "Pte",
 ]

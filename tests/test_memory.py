@@ -180,6 +180,16 @@ def test_page_view_is_uint64_512_and_shares_storage() -> None:
     assert mem.page(3)[1] == 0x42  # a second view sees the same storage
 
 
+@pytest.mark.parametrize("gfn", ["3", -1, 3.0, None, 1 << 40])
+def test_page_needs_an_int_gfn(gfn: object) -> None:
+    """page(gfn) and gfn_to_pfn(gfn) take a gfn below 2**40 (52-bit physical addresses)."""
+    mem = GuestMemory(MiB)
+    with pytest.raises(AddressError, match="gfn"):
+        mem.page(gfn)  # type: ignore[arg-type]
+    with pytest.raises(AddressError, match="gfn"):
+        mem.gfn_to_pfn(gfn)  # type: ignore[arg-type]
+
+
 def test_table_words_share_storage_and_come_in_both_entry_sizes() -> None:
     """table_words is the walker's view: 512 8-byte or 1024 4-byte entries of one frame."""
     mem = GuestMemory(MiB)
@@ -225,9 +235,7 @@ def test_add_creates_a_slot_and_maps_gfns_to_host_frames() -> None:
     slot = mem.slots.add(0x100, 16)
     assert isinstance(slot, Memslot)
     assert (slot.base_gfn, slot.npages, slot.end_gfn) == (0x100, 16, 0x110)
-    assert [mem.gfn_to_pfn(0x100 + i) - mem.gfn_to_pfn(0x100) for i in range(16)] == list(
-        range(16)
-    )
+    assert [mem.gfn_to_pfn(0x100 + i) - mem.gfn_to_pfn(0x100) for i in range(16)] == list(range(16))
     assert mem.slots.find(0x100) is slot and mem.slots.find(0x10F) is slot
     assert mem.slots.find(0xFF) is None and mem.slots.find(0x110) is None
 

@@ -172,3 +172,9 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "set -euo pipefail" in script
     lines = [line.strip() for line in script.splitlines()]
     assert TEST_COMMAND in lines, "`.ci/run` must run the README's test command, verbatim"
+
+
+# conda-forge names of two more PyPI packages: nbconvert-core is nbconvert without pandoc (the
+# HTML export needs none), and the Playwright for Python package is playwright-python there.
+CONDA_NAME["nbconvert"] = "nbconvert-core"
+CONDA_NAME["playwright"] = "playwright-python"

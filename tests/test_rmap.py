@@ -1,0 +1,184 @@
+"""Specification of ``kvmmu.rmap``: the reverse map and parent pointers.
+
+Rules from ``arch/x86/kvm/mmu/mmu.c``: ``rmap_add`` files a leaf spte under the gfn that
+``kvm_mmu_page_get_gfn`` gives for it, in the rmap of its page size (``gfn_to_rmap``: a large
+spte is found under the first gfn of its large page); ``rmap_remove`` takes it out the same way;
+``mmu_page_add_parent_pte`` / ``mmu_page_remove_parent_pte`` keep each child's parent list.
+"""
+
+import numpy as np
+import pytest
+
+from kvmmu import spte as S
+from kvmmu.guest import GuestPageTables
+from kvmmu.page import MmuPage, new_gfns
+from kvmmu.rmap import Rmap, add_parent_pte, level_base, remove_parent_pte
+from kvmmu.role import MmuPageRole
+from kvmmu.vcpu import Vm
+from kvmmu.x86 import Access, PagingMode
+
+MiB = 1 << 20
+
+
+def _page(gfn: int, level: int, *, direct: bool) -> MmuPage:
+    return MmuPage(
+        gfn=gfn,
+        role=MmuPageRole(level=level, direct=direct),
+        pfn=0,
+        spt=np.zeros(512, dtype=np.uint64),
+        gfns=new_gfns(direct),
+    )
+
+
+@pytest.mark.parametrize(
+    ("gfn", "level", "base"),
+    [(0x12345, 1, 0x12345), (0x12345, 2, 0x12200), (0x12345, 3, 0x00000), (0x40123, 3, 0x40000)],
+)
+def test_level_base_rounds_down_to_the_page_of_that_level(gfn: int, level: int, base: int) -> None:
+    """``gfn_round_for_level``: 512 frames per 2 MiB page, 512 * 512 per 1 GiB page."""
+    assert level_base(gfn, level) == base
+
+
+def test_add_files_a_direct_spte_under_its_computed_gfn() -> None:
+    """``rmap_add`` reads the gfn through ``get_gfn``: for a direct page, computed."""
+    rmap = Rmap()
+    sp = _page(0x400, 1, direct=True)
+    assert rmap.add(sp, 7) == 0x407
+    assert rmap.sptes(0x407, 1) == [(sp, 7)]
+    assert rmap.sptes(0x406, 1) == []
+    assert len(rmap) == 1
+
+
+def test_add_files_an_indirect_spte_under_its_stored_gfn() -> None:
+    """For an indirect page the gfn is whatever ``set_gfn`` stored for that index."""
+    rmap = Rmap()
+    sp = _page(0x3FC3, 1, direct=False)
+    sp.set_gfn(2, 0xABC)
+    assert rmap.add(sp, 2) == 0xABC
+    assert rmap.sptes(0xABC, 1) == [(sp, 2)]
+    assert rmap.all_levels(0xABC) == [(sp, 2)]
+
+
+def test_large_spte_is_found_from_every_gfn_it_covers() -> None:
+    """A level-2 spte maps 512 frames and is filed once, under ``(2, base gfn)``; looking up
+    any gfn inside finds it at level 2 and not at level 1."""
+    rmap = Rmap()
+    sp = _page(0, 2, direct=True)  # spte 3 maps gfns 0x600..0x7ff
+    assert rmap.add(sp, 3) == 0x600
+    for gfn in (0x600, 0x601, 0x7FF):
+        assert rmap.sptes(gfn, 2) == [(sp, 3)]
+        assert rmap.sptes(gfn, 1) == []
+        assert rmap.all_levels(gfn) == [(sp, 3)]
+    assert rmap.sptes(0x800, 2) == []
+    assert dict(rmap.items()) == {(2, 0x600): {(sp, 3)}}
+
+
+def test_remove_undoes_add_and_drops_empty_heads() -> None:
+    """``rmap_remove``: the spte goes; a head with nothing left disappears."""
+    rmap = Rmap()
+    a, b = _page(0x400, 1, direct=True), _page(0x400, 1, direct=True)
+    rmap.add(a, 1)
+    rmap.add(b, 1)
+    assert sorted(id(sp) for sp, _ in rmap.sptes(0x401, 1)) == sorted([id(a), id(b)])
+    assert rmap.remove(a, 1) == 0x401
+    assert rmap.sptes(0x401, 1) == [(b, 1)]
+    rmap.remove(b, 1)
+    assert rmap.sptes(0x401, 1) == [] and len(rmap) == 0
+    assert list(rmap.items()) == []
+
+
+def test_parent_ptes_add_and_remove() -> None:
+    """``mmu_page_add_parent_pte`` / ``mmu_page_remove_parent_pte``: one entry per parent spte
+    that points to the child; a child shared by two parents lists both."""
+    child = _page(0x10, 1, direct=False)
+    p1, p2 = _page(0x20, 2, direct=False), _page(0x21, 2, direct=False)
+    add_parent_pte(child, p1, 4)
+    add_parent_pte(child, p2, 9)
+    assert child.parent_ptes == [(p1, 4), (p2, 9)]
+    remove_parent_pte(child, p1, 4)
+    assert child.parent_ptes == [(p2, 9)]
+    with pytest.raises(ValueError):
+        remove_parent_pte(child, p1, 4)
+
+
+# --------------------------------------------------------------------------------------------
+# The rmap and parent pointers the MMU keeps
+# --------------------------------------------------------------------------------------------
+
+
+def _leaf_sptes(vm: Vm) -> set[tuple[int, int, int]]:
+    """(level, get_gfn, id(sp) * 512 + index) of every present leaf spte in the MMU."""
+    out = set()
+    for sp in vm.mmu.active:
+        for i in sp.present_indices().tolist():
+            spte = int(sp.spt[i])
+            if S.is_shadow_present(spte) and S.is_last(spte, sp.level):
+                out.add((sp.level, sp.get_gfn(i), id(sp) * 512 + i))
+    return out
+
+
+def _rmap_entries(vm: Vm) -> set[tuple[int, int, int]]:
+    return {
+        (level, gfn, id(sp) * 512 + i)
+        for (level, gfn), head in vm.mmu.rmap.items()
+        for sp, i in head
+    }
+
+
+@pytest.mark.parametrize("tdp", [False, True])
+def test_mmu_rmap_holds_exactly_the_present_leaf_sptes(tdp: bool) -> None:
+    """After faults (4 KiB, 2 MiB guest pages, large sptes) and a zap, the rmap holds each
+    present leaf spte exactly once, under ``(level, get_gfn(i))``."""
+    vm = Vm(64 * MiB, tdp=tdp)
+    pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
+    pt.map(0x400000, 0x100000, length=0x8000, writable=True)
+    pt.map(0x40000000, 0x1000000, "2M", length=4 * MiB, writable=True)
+    vcpu = vm.create_vcpu(pt.cpu())
+    for gva in [*range(0x400000, 0x408000, 0x1000), 0x40000000, 0x40234000, 0x40345000]:
+        vcpu.access(gva, Access.WRITE)
+    assert _rmap_entries(vm) == _leaf_sptes(vm)
+    assert any(level == 2 for level, _, _ in _rmap_entries(vm))  # a large spte is there
+    victim = min((sp for sp in vm.mmu.active if not sp.root_count), key=lambda sp: sp.level)
+    assert any(sp is victim for head in dict(vm.mmu.rmap.items()).values() for sp, _ in head)
+    vm.mmu.zap_page(victim)
+    assert _rmap_entries(vm) == _leaf_sptes(vm)
+    assert not any(sp is victim for head in dict(vm.mmu.rmap.items()).values() for sp, _ in head)
+    assert len(vm.mmu.rmap) == len(_leaf_sptes(vm))
+
+
+def test_rmap_lookup_finds_the_large_spte_of_a_guest_2m_page() -> None:
+    """A guest 2 MiB page mapped by a large spte is found from a gfn in its middle."""
+    vm = Vm(64 * MiB)
+    pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
+    pt.map(0x40000000, 0x1000000, "2M", writable=True, dirty=True)
+    vcpu = vm.create_vcpu(pt.cpu())
+    vcpu.access(0x40000000 + 0x12345)
+    (hit,) = vm.mmu.rmap.all_levels(0x1000 + 0x77)
+    sp, index = hit
+    assert sp.level == 2 and S.is_large(int(sp.spt[index]))
+    assert sp.get_gfn(index) == 0x1000
+
+
+def test_mmu_parent_ptes_point_back_at_the_linking_spte() -> None:
+    """Every non-root page lists in ``parent_ptes`` the sptes that point to it, and only
+    those: ``parent.spt[index]`` is a table spte with the child's pfn."""
+    vm = Vm(64 * MiB)
+    pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
+    pt.map(0x400000, 0x100000, length=0x3000)
+    pt.map(0x7F0000000000, 0x200000)
+    vcpu = vm.create_vcpu(pt.cpu())
+    for gva in (0x400000, 0x401000, 0x402000, 0x7F0000000000):
+        vcpu.access(gva)
+    links = 0
+    for sp in vm.mmu.active:
+        for i in sp.present_indices().tolist():
+            spte = int(sp.spt[i])
+            if not S.is_last(spte, sp.level):
+                child = vm.mmu.child_of(spte)
+                assert (sp, i) in child.parent_ptes
+                links += 1
+    assert links == sum(len(sp.parent_ptes) for sp in vm.mmu.active) == 6  # two L3, two L2, two L1
+    for sp in vm.mmu.active:
+        for parent, i in sp.parent_ptes:
+            assert S.spte_to_pfn(int(parent.spt[i])) == sp.pfn
+    assert vcpu.root is not None and vcpu.root.parent_ptes == []

@@ -1,0 +1,172 @@
+"""Specification of ``kvmmu.stats`` and ``kvmmu.trace``: KVM's counters and trace events.
+
+The counter names are those of ``struct kvm_vm_stat`` / ``kvm_vcpu_stat`` (debugfs); the events
+those of ``arch/x86/kvm/mmu/mmutrace.h``, emitted where the kernel emits them:
+``kvm_mmu_pagetable_walk`` at the start of ``FNAME(walk_addr_generic)``, ``kvm_mmu_get_page``
+in ``kvm_mmu_get_shadow_page``, ``kvm_mmu_spte_requested`` once ``FNAME(fetch)`` knows the
+level it will map at, ``kvm_mmu_set_spte`` in ``mmu_set_spte``.
+"""
+
+import pandas as pd
+
+from kvmmu.guest import GuestPageTables
+from kvmmu.stats import GAUGES, MmuStats
+from kvmmu.trace import EVENTS, Tracer
+from kvmmu.vcpu import Vm
+from kvmmu.x86 import Access, PagingMode
+
+MiB = 1 << 20
+KERNEL_COUNTERS = (
+    "pf_fixed",
+    "pf_guest",
+    "pf_emulate",
+    "pf_mmio_spte_created",
+    "mmu_cache_miss",
+    "mmu_pte_write",
+    "mmu_pte_updated",
+    "mmu_pde_zapped",
+    "mmu_flooded",
+    "mmu_shadow_zapped",
+    "mmu_recycled",
+    "mmu_unsync",
+    "pages",
+)
+
+
+def _guest() -> tuple[Vm, GuestPageTables]:
+    vm = Vm(64 * MiB)
+    pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
+    pt.map(0x400000, 0x100000, length=0x2000, writable=True)
+    return vm, pt
+
+
+# --------------------------------------------------------------------------------------------
+# Counters
+# --------------------------------------------------------------------------------------------
+
+
+def test_counters_are_a_pandas_series_with_kernel_names() -> None:
+    """``as_series``: int64 counts indexed by name, the kernel's names first."""
+    series = MmuStats().as_series()
+    assert isinstance(series, pd.Series)
+    assert series.dtype == "int64" and series.name == "count"
+    assert list(series.index[: len(KERNEL_COUNTERS)]) == list(KERNEL_COUNTERS)
+    assert (series == 0).all()
+
+
+def test_counters_count_one_fault() -> None:
+    """One first access: four shadow pages made (``mmu_cache_miss``, ``pages``), one fault
+    fixed (``pf_fixed``), one TLB miss; the series shows it and the Vm exposes the same."""
+    vm, pt = _guest()
+    vcpu = vm.create_vcpu(pt.cpu())
+    vcpu.access(0x400000)
+    series = vm.mmu.stats.as_series()
+    assert series["pf_fixed"] == 1 and series["mmu_cache_miss"] == 4 and series["pages"] == 4
+    assert series["tlb_misses"] == 1 and series["tlb_hits"] == 0
+    assert series["pf_guest"] == 0
+    assert vm.stats is vm.mmu.stats
+    vcpu.access(0x400000)
+    assert vm.mmu.stats.as_series()["tlb_hits"] == 1
+    assert series["tlb_hits"] == 0  # a snapshot, not a live view
+
+
+def test_reset_zeroes_events_and_keeps_gauges() -> None:
+    """``pages`` and ``mmu_unsync`` describe the current state (gauges) and survive a reset."""
+    vm, pt = _guest()
+    vm.create_vcpu(pt.cpu()).access(0x400000)
+    vm.mmu.stats.reset()
+    series = vm.mmu.stats.as_series()
+    assert set(GAUGES) == {"pages", "mmu_unsync"}
+    assert series["pages"] == 4
+    assert (series.drop(list(GAUGES)) == 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Trace events
+# --------------------------------------------------------------------------------------------
+
+
+def test_tracing_is_off_by_default_and_records_nothing() -> None:
+    """Like a disabled tracepoint: faults, zaps and writes leave the buffer empty."""
+    vm, pt = _guest()
+    vcpu = vm.create_vcpu(pt.cpu())
+    vcpu.access(0x400000, Access.WRITE)
+    vm.mmu.zap_all()
+    vcpu.access(0x401000)
+    assert not vm.mmu.trace.enabled
+    assert vm.mmu.trace.events == []
+    frame = vm.mmu.trace.frame()
+    assert frame.empty and list(frame.columns) == ["seq", "event"]
+
+
+def test_recording_one_fault_gives_the_kernel_events_in_order() -> None:
+    """Inside ``recording()`` one fault that builds three shadow pages records, in order:
+    the guest walk, a ``kvm_mmu_get_page`` per page built (level 3, 2, 1, all created), the
+    requested level, and the spte installed at level 1 for the gfn."""
+    vm, pt = _guest()
+    vcpu = vm.create_vcpu(pt.cpu())
+    vcpu.reload()  # the root exists before the fault, as when a vCPU has entered the guest
+    with vm.mmu.trace.recording() as trace:
+        assert vcpu.access(0x400000) == 0x100000
+    assert not trace.enabled
+    frame = trace.frame()
+    assert list(frame["event"]) == [
+        "kvm_mmu_pagetable_walk",
+        "kvm_mmu_get_page",
+        "kvm_mmu_get_page",
+        "kvm_mmu_get_page",
+        "kvm_mmu_spte_requested",
+        "kvm_mmu_set_spte",
+    ]
+    assert list(frame.index) == list(range(6))
+    walk = frame.iloc[0]
+    assert walk["addr"] == 0x400000 and walk["access"] == "read"
+    pages = frame[frame["event"] == "kvm_mmu_get_page"]
+    assert list(pages["created"]) == [True, True, True]
+    assert [role.split()[0] for role in pages["role"]] == ["L3", "L2", "L1"]
+    spte = frame.iloc[-1]
+    assert spte["gfn"] == 0x100 and spte["level"] == 1
+    assert set(frame["event"]) <= set(EVENTS)
+
+
+def test_a_second_fault_finds_the_pages_and_records_no_get_page_creation() -> None:
+    """A fault in the same leaf table finds every shadow page: no ``kvm_mmu_get_page``."""
+    vm, pt = _guest()
+    vcpu = vm.create_vcpu(pt.cpu())
+    vcpu.access(0x400000)
+    with vm.mmu.trace.recording() as trace:
+        vcpu.access(0x401000)
+    assert list(trace.frame()["event"]) == [
+        "kvm_mmu_pagetable_walk",
+        "kvm_mmu_spte_requested",
+        "kvm_mmu_set_spte",
+    ]
+
+
+def test_recording_starts_from_an_empty_buffer() -> None:
+    """Each ``recording()`` block begins empty; events stay readable after the block."""
+    tracer = Tracer()
+    tracer.emit("kvm_mmu_get_page", gfn=1)
+    assert tracer.events == []
+    with tracer.recording():
+        tracer.emit("kvm_mmu_get_page", gfn=1)
+    with tracer.recording():
+        tracer.emit("kvm_mmu_set_spte", gfn=2)
+    assert [e["event"] for e in tracer.events] == ["kvm_mmu_set_spte"]
+    tracer.emit("kvm_mmu_set_spte", gfn=3)  # off again
+    assert len(tracer.events) == 1
+    tracer.clear()
+    assert tracer.events == []
+
+
+def test_zap_is_traced_as_prepare_zap_page() -> None:
+    """``kvm_mmu_prepare_zap_page`` names the page zapped."""
+    vm, pt = _guest()
+    vcpu = vm.create_vcpu(pt.cpu())
+    vcpu.access(0x400000)
+    leaf = next(sp for sp in vm.mmu.active if sp.level == 1)
+    with vm.mmu.trace.recording() as trace:
+        vm.mmu.zap_page(leaf)
+    zaps = trace.frame()
+    assert list(zaps["event"]) == ["kvm_mmu_prepare_zap_page"]
+    assert zaps.iloc[0]["sp"] == leaf.serial and zaps.iloc[0]["gfn"] == leaf.gfn

@@ -108,3 +108,18 @@ class MmuPage:
 def new_gfns(direct: bool) -> npt.NDArray[np.uint64] | None:
     """The gfns array for a new page: ``None`` for direct pages (the seed change)."""
     return None if direct else np.zeros(ENTRIES_PER_TABLE, dtype=np.uint64)
+
+
+def standalone_page(gfn: int, level: int, *, direct: bool) -> MmuPage:
+    """A shadow page outside any MMU, with zeroed sptes, for experiments and tests.
+
+    No kernel counterpart: KVM always allocates through ``kvm_mmu_alloc_shadow_page``. The page
+    has the role's ``direct`` and ``level`` and everything else at its default.
+    """
+    return MmuPage(
+        gfn=gfn,
+        role=MmuPageRole(level=level, direct=direct),
+        pfn=0,
+        spt=np.zeros(ENTRIES_PER_TABLE, dtype=np.uint64),
+        gfns=new_gfns(direct),
+    )

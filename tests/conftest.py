@@ -1,4 +1,4 @@
-"""Shared test configuration: Hypothesis profiles.
+"""Shared test configuration: Hypothesis profiles and a small guest fixture.
 
 ``dev`` is the default. ``ci`` is chosen when the ``CI`` environment variable is set: it is
 derandomized, so a failure in CI reproduces on any machine, and keeps no example database.
@@ -8,8 +8,22 @@ for timing-based failures to be noise. Pick one by hand with ``--hypothesis-prof
 
 import os
 
+import pytest
 from hypothesis import settings
+
+from kvmmu.guest import GuestPageTables
+from kvmmu.memory import GuestMemory
+from kvmmu.x86 import PagingMode
 
 settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(scope="module")
+def guest() -> tuple[GuestMemory, GuestPageTables]:
+    """8 MiB of guest memory with 4-level tables mapping one user page at 0x400000."""
+    memory = GuestMemory(8 << 20)
+    pt = GuestPageTables(memory, PagingMode.LEVEL4)
+    pt.map(0x400000, 0x100000, user=True)
+    return memory, pt

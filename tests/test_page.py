@@ -22,23 +22,13 @@ import kvmmu.mmu as mmu_module
 from kvmmu.audit import audit_violations
 from kvmmu.guest import GuestPageTables
 from kvmmu.memory import MemslotFlag
-from kvmmu.page import GfnMismatchError, MmuPage, new_gfns
+from kvmmu.page import GfnMismatchError, MmuPage, new_gfns, standalone_page
 from kvmmu.role import MmuPageRole
 from kvmmu.vcpu import Vm
 from kvmmu.x86 import PagingMode, Pte
 
 MiB = 1 << 20
 KVMMU_DIR = Path(kvmmu.__file__).parent
-
-
-def _page(gfn: int, level: int, *, direct: bool) -> MmuPage:
-    return MmuPage(
-        gfn=gfn,
-        role=MmuPageRole(level=level, direct=direct),
-        pfn=0,
-        spt=np.zeros(512, dtype=np.uint64),
-        gfns=new_gfns(direct),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,22 +42,22 @@ def test_direct_page_computes_its_gfns(level: int, index: int) -> None:
     """``kvm_mmu_page_get_gfn``: a direct page's spte ``i`` maps
     ``gfn + (i << 9 * (level - 1))``; nothing is stored (``gfns is None``)."""
     base = 0x40000  # aligned for every level up to 3 (a 1 GiB page is 0x40000 frames)
-    sp = _page(base, level, direct=True)
+    sp = standalone_page(base, level, direct=True)
     assert sp.gfns is None
     assert sp.get_gfn(index) == base + (index << (9 * (level - 1)))
 
 
 def test_direct_page_gfns_at_each_level_by_example() -> None:
     """Spte 3 covers the fourth 4 KiB page, 2 MiB page and 1 GiB page at levels 1, 2, 3."""
-    assert _page(0x200, 1, direct=True).get_gfn(3) == 0x203
-    assert _page(0, 2, direct=True).get_gfn(3) == 3 * 512
-    assert _page(0, 3, direct=True).get_gfn(3) == 3 * 512 * 512
+    assert standalone_page(0x200, 1, direct=True).get_gfn(3) == 0x203
+    assert standalone_page(0, 2, direct=True).get_gfn(3) == 3 * 512
+    assert standalone_page(0, 3, direct=True).get_gfn(3) == 3 * 512 * 512
 
 
 def test_indirect_page_stores_its_gfns() -> None:
     """An indirect page records what ``set_gfn`` wrote: the gfn the guest entry named when the
     spte was made, which need not follow any pattern."""
-    sp = _page(0x1234, 1, direct=False)
+    sp = standalone_page(0x1234, 1, direct=False)
     assert sp.gfns is not None and sp.gfns.shape == (512,) and sp.gfns.dtype == np.uint64
     sp.set_gfn(5, 0x9999)
     sp.set_gfn(6, 0x17)
@@ -78,7 +68,7 @@ def test_indirect_page_stores_its_gfns() -> None:
 def test_set_gfn_on_a_direct_page_checks_and_stores_nothing() -> None:
     """``kvm_mmu_page_set_gfn`` on a direct page: the right gfn is accepted (nothing to store),
     a wrong one is the kernel's ``BUG_ON``, here :class:`GfnMismatchError`."""
-    sp = _page(0x400, 2, direct=True)
+    sp = standalone_page(0x400, 2, direct=True)
     sp.set_gfn(2, 0x400 + 2 * 512)
     assert sp.gfns is None
     with pytest.raises(GfnMismatchError, match=r"entry 2 maps gfn 0x800, not 0x801"):
@@ -100,8 +90,8 @@ def test_passthrough_page_answers_its_own_gfn() -> None:
 
 def test_gfns_bytes_saved_per_direct_page() -> None:
     """The saving of the seed change: 4096 bytes (512 gfns of 8 bytes) per direct page."""
-    assert _page(0, 1, direct=False).gfns_bytes == 4096
-    assert _page(0, 1, direct=True).gfns_bytes == 0
+    assert standalone_page(0, 1, direct=False).gfns_bytes == 4096
+    assert standalone_page(0, 1, direct=True).gfns_bytes == 0
 
 
 def test_tdp_vm_allocates_no_gfns_arrays() -> None:

@@ -6,28 +6,16 @@ spte is found under the first gfn of its large page); ``rmap_remove`` takes it o
 ``mmu_page_add_parent_pte`` / ``mmu_page_remove_parent_pte`` keep each child's parent list.
 """
 
-import numpy as np
 import pytest
 
 from kvmmu import spte as S
 from kvmmu.guest import GuestPageTables
-from kvmmu.page import MmuPage, new_gfns
+from kvmmu.page import standalone_page
 from kvmmu.rmap import Rmap, add_parent_pte, level_base, remove_parent_pte
-from kvmmu.role import MmuPageRole
 from kvmmu.vcpu import Vm
 from kvmmu.x86 import Access, PagingMode
 
 MiB = 1 << 20
-
-
-def _page(gfn: int, level: int, *, direct: bool) -> MmuPage:
-    return MmuPage(
-        gfn=gfn,
-        role=MmuPageRole(level=level, direct=direct),
-        pfn=0,
-        spt=np.zeros(512, dtype=np.uint64),
-        gfns=new_gfns(direct),
-    )
 
 
 @pytest.mark.parametrize(
@@ -42,7 +30,7 @@ def test_level_base_rounds_down_to_the_page_of_that_level(gfn: int, level: int, 
 def test_add_files_a_direct_spte_under_its_computed_gfn() -> None:
     """``rmap_add`` reads the gfn through ``get_gfn``: for a direct page, computed."""
     rmap = Rmap()
-    sp = _page(0x400, 1, direct=True)
+    sp = standalone_page(0x400, 1, direct=True)
     assert rmap.add(sp, 7) == 0x407
     assert rmap.sptes(0x407, 1) == [(sp, 7)]
     assert rmap.sptes(0x406, 1) == []
@@ -52,7 +40,7 @@ def test_add_files_a_direct_spte_under_its_computed_gfn() -> None:
 def test_add_files_an_indirect_spte_under_its_stored_gfn() -> None:
     """For an indirect page the gfn is whatever ``set_gfn`` stored for that index."""
     rmap = Rmap()
-    sp = _page(0x3FC3, 1, direct=False)
+    sp = standalone_page(0x3FC3, 1, direct=False)
     sp.set_gfn(2, 0xABC)
     assert rmap.add(sp, 2) == 0xABC
     assert rmap.sptes(0xABC, 1) == [(sp, 2)]
@@ -63,7 +51,7 @@ def test_large_spte_is_found_from_every_gfn_it_covers() -> None:
     """A level-2 spte maps 512 frames and is filed once, under ``(2, base gfn)``; looking up
     any gfn inside finds it at level 2 and not at level 1."""
     rmap = Rmap()
-    sp = _page(0, 2, direct=True)  # spte 3 maps gfns 0x600..0x7ff
+    sp = standalone_page(0, 2, direct=True)  # spte 3 maps gfns 0x600..0x7ff
     assert rmap.add(sp, 3) == 0x600
     for gfn in (0x600, 0x601, 0x7FF):
         assert rmap.sptes(gfn, 2) == [(sp, 3)]
@@ -76,7 +64,7 @@ def test_large_spte_is_found_from_every_gfn_it_covers() -> None:
 def test_remove_undoes_add_and_drops_empty_heads() -> None:
     """``rmap_remove``: the spte goes; a head with nothing left disappears."""
     rmap = Rmap()
-    a, b = _page(0x400, 1, direct=True), _page(0x400, 1, direct=True)
+    a, b = standalone_page(0x400, 1, direct=True), standalone_page(0x400, 1, direct=True)
     rmap.add(a, 1)
     rmap.add(b, 1)
     assert sorted(id(sp) for sp, _ in rmap.sptes(0x401, 1)) == sorted([id(a), id(b)])
@@ -90,8 +78,8 @@ def test_remove_undoes_add_and_drops_empty_heads() -> None:
 def test_parent_ptes_add_and_remove() -> None:
     """``mmu_page_add_parent_pte`` / ``mmu_page_remove_parent_pte``: one entry per parent spte
     that points to the child; a child shared by two parents lists both."""
-    child = _page(0x10, 1, direct=False)
-    p1, p2 = _page(0x20, 2, direct=False), _page(0x21, 2, direct=False)
+    child = standalone_page(0x10, 1, direct=False)
+    p1, p2 = standalone_page(0x20, 2, direct=False), standalone_page(0x21, 2, direct=False)
     add_parent_pte(child, p1, 4)
     add_parent_pte(child, p2, 9)
     assert child.parent_ptes == [(p1, 4), (p2, 9)]

@@ -8,18 +8,8 @@ from matplotlib.figure import Figure
 from kvmmu import viz
 from kvmmu.capture import load_capture, ptdump
 from kvmmu.errors import AddressError, KvmmuError, ModeError
-from kvmmu.guest import GuestPageTables
-from kvmmu.memory import GuestMemory
 from kvmmu.vcpu import Vm
-from kvmmu.x86 import Access, PagingMode
-
-
-@pytest.fixture(scope="module")
-def guest() -> tuple[GuestMemory, GuestPageTables]:
-    memory = GuestMemory(8 << 20)
-    pt = GuestPageTables(memory, PagingMode.LEVEL4)
-    pt.map(0x400000, 0x100000, user=True)
-    return memory, pt
+from kvmmu.x86 import Access
 
 
 def test_parse_address_reads_hex_decimal_and_underscores() -> None:

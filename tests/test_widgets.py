@@ -6,12 +6,8 @@ import time
 from typing import Any
 
 import pandas as pd
-import pytest
 
 from kvmmu import viz, widgets
-from kvmmu.guest import GuestPageTables
-from kvmmu.memory import GuestMemory
-from kvmmu.x86 import PagingMode
 
 
 def _shown(widget: Any) -> list[str]:
@@ -28,14 +24,6 @@ def _shown(widget: Any) -> list[str]:
 
 def _controls(widget: Any) -> list[Any]:
     return list(widget.children[0].children)
-
-
-@pytest.fixture(scope="module")
-def guest() -> tuple[GuestMemory, GuestPageTables]:
-    memory = GuestMemory(8 << 20)
-    pt = GuestPageTables(memory, PagingMode.LEVEL4)
-    pt.map(0x400000, 0x100000, user=True)
-    return memory, pt
 
 
 def test_walk_widget_shows_the_walk_for_the_typed_address(guest) -> None:  # type: ignore[no-untyped-def]

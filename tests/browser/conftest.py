@@ -12,6 +12,7 @@ both with the command that installs one. Set ``KVMMU_CHROMIUM`` to use another e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -52,7 +53,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1280, "height": 900}
+VIEWPORT: Any = {"width": 1280, "height": 900}  # playwright ViewportSize
 SERVER_START_SECONDS = 60.0
 
 # JupyterLab settings for the test session: every cell stays in the page (the default windowing
@@ -203,7 +204,12 @@ def start_lab(base: Path) -> LabServer:
     log = base / "jupyterlab.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            command, cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=root,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = LabServer(f"http://127.0.0.1:{port}", token, root, log, process)
     deadline = time.monotonic() + SERVER_START_SECONDS
@@ -232,15 +238,11 @@ def stop_lab(server: LabServer) -> None:
         except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
             pass
         server.process.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             server.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
     # The server's process group holds anything it started that outlived it.
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(server.process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     server.process.wait(timeout=15)
 
 
@@ -349,9 +351,9 @@ class LabNotebook:
         page.on("pageerror", lambda error: self.console_errors.append(str(error)))
         page.on(
             "console",
-            lambda message: self.console_errors.append(message.text)
-            if message.type == "error"
-            else None,
+            lambda message: (
+                self.console_errors.append(message.text) if message.type == "error" else None
+            ),
         )
 
     def _watch_kernel_socket(self, socket: Any) -> None:

@@ -70,7 +70,9 @@ def notebook_variables(name: str, last_cell: str) -> Namespace:
                 if cell["cell_type"] != "code":
                     continue
                 lines = "".join(cell["source"]).splitlines()
-                source = "\n".join(line for line in lines if not line.lstrip().startswith(("%", "!")))
+                source = "\n".join(
+                    line for line in lines if not line.lstrip().startswith(("%", "!"))
+                )
                 exec(compile(source, f"{name}, cell {number}", "exec"), namespace)
                 if last_cell in source:
                     break
@@ -110,6 +112,19 @@ def type_text(control: str, text: str) -> Callable[[Any], None]:
     return change
 
 
+def move_slider(control: str, value: int) -> Callable[[Any], None]:
+    """Type ``value`` into the readout of the slider described ``control``, as a student can."""
+
+    def change(widget: Any) -> None:
+        readout = labelled(widget, "slider", control).locator(".widget-readout")
+        readout.click()
+        readout.press("Control+a")
+        readout.press_sequentially(str(value))
+        readout.press("Enter")
+
+    return change
+
+
 def welcome_translation(variables: Namespace) -> str:
     # Notebook 00 teaches with a function of its own, before the package appears.
     return str(variables["translate"](0x402123))
@@ -121,16 +136,31 @@ def walk_of_another_address(variables: Namespace) -> str:
     return viz.walk_text(variables["memory"], variables["cpu"], "0x600abc", "read", 3)
 
 
+def gfn_of_entry_37(variables: Namespace) -> str:
+    from kvmmu import viz
+
+    return viz.gfn_lookup(variables["vm"], variables["direct"].serial, 37)
+
+
+def savings_of_a_16_gib_guest(variables: Namespace) -> str:
+    from kvmmu import viz
+
+    text, _, _ = viz.savings_view(16, "TDP", "4 KiB")
+    return text
+
+
 CASES = [
-    WidgetCase(
-        "00", "VBox([picker", "gva", select_option("gva", "0x402123"), welcome_translation
-    ),
+    WidgetCase("00", "VBox([picker", "gva", select_option("gva", "0x402123"), welcome_translation),
     WidgetCase(
         "01",
         "make_walk_widget(",
         "address",
         type_text("address", "0x600abc"),
         walk_of_another_address,
+    ),
+    WidgetCase("04", "make_gfn_widget(", "index", move_slider("index", 37), gfn_of_entry_37),
+    WidgetCase(
+        "07", "make_savings_widget(", "GiB", move_slider("GiB", 16), savings_of_a_16_gib_guest
     ),
 ]
 

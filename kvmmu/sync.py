@@ -209,7 +209,12 @@ def sync_spte(vcpu: Vcpu, sp: MmuPage, index: int) -> int:
     if not gpte & Pte.DIRTY:
         access &= ~Acc.WRITE
     if S.is_mmio(spte):
-        if gfn != S.mmio_gfn(spte):
+        # Fix: the refresh used to stamp the current generation even when a memslot had been
+        # created over the gfn since, turning a stale MMIO spte into a current one, so RAM
+        # became an MMIO exit for good. KVM's sync_mmio_spte refreshes too but its emulator
+        # still reaches the RAM; kvmmu exits, so the spte is dropped and the next access maps
+        # the memory.
+        if gfn != S.mmio_gfn(spte) or vcpu.memory.slots.find(gfn) is not None:
             sp.spt[index] = 0
         else:
             sp.spt[index] = S.make_mmio_spte(gfn, access, vcpu.memory.slots.generation)

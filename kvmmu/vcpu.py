@@ -254,9 +254,19 @@ class Vcpu:
         return bool(self.cpu.cr4 & Cr4.PGE)
 
     @property
+    def cpu(self) -> CpuState:
+        """The guest's registers. Setting them also caches the paging mode they select."""
+        return self._cpu
+
+    @cpu.setter
+    def cpu(self, cpu: CpuState) -> None:
+        self._cpu = cpu
+        self._mode = cpu.mode
+
+    @property
     def mode(self) -> PagingMode:
-        """The guest's paging mode."""
-        return self.cpu.mode
+        """The guest's paging mode (cached: computing it from the registers is not free)."""
+        return self._mode
 
     @property
     def cr0_wp(self) -> bool:

@@ -731,3 +731,32 @@ def test_mmu_set_spte_drops_a_present_spte_before_marking_mmio() -> None:
     assert isinstance(got, Translation) and got.mmio and got.gpa == UNBACKED
     assert vm.mmu.rmap.sptes(0x100, 1) == []
     assert audit_report(vm) == []
+
+
+def test_sync_mmio_spte_does_not_revive_an_mmio_spte_over_new_memory() -> None:
+    """FNAME(sync_spte) / sync_mmio_spte: syncing an unsync page must not restamp an MMIO spte
+    with the current memslot generation once a memslot holds its gfn, or the RAM there would
+    stay an MMIO exit. Found by the 32-bit machine with a data slot moved away and back."""
+    vm = Vm(RAM, n_max_mmu_pages=64)
+    os = ModelOs(vm.memory, PagingMode.LEVEL4)
+    cpu = load_cr3(vm.memory, cpu_for_mode(PagingMode.LEVEL4, cr3=os.roots[0]), os.roots[0])
+    assert isinstance(cpu, CpuState)
+    vcpu = vm.create_vcpu(cpu)
+
+    def store(gpa: int, value: int, size: int) -> None:
+        assert vcpu.write(gpa, value, size, cpl=0) is None
+
+    os.store = store
+    gva, data_gpa = 0x4000_0000, DATA_BASES[0] << 12
+    entry_gpa = os.slot(0, gva, 1, create=True)
+    assert entry_gpa is not None
+    os.store(entry_gpa, data_gpa | P | W | U, 8)
+    got = vcpu.translate(gva, READ, cpl=3)
+    assert isinstance(got, Translation) and got.mmio  # no memslot yet: an MMIO spte
+    os.store(entry_gpa + 8, 0x10_0000 | P | U, 8)  # the leaf table goes unsync
+    assert any(sp.unsync for sp in vm.mmu.active)
+    vm.add_memslot(DATA_BASES[0], DATA_PAGES)  # memory appears at the gfn
+    vcpu.invlpg(gva)  # syncs the spte behind gva in the unsync page
+    assert audit_report(vm) == []
+    got = vcpu.translate(gva, READ, cpl=3)
+    assert isinstance(got, Translation) and got.gpa == data_gpa and not got.mmio

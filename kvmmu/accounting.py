@@ -13,7 +13,8 @@ in ``arch/x86/kvm/mmu/mmu.c`` allocate for one shadow page:
 
 Each era also allocates the ``struct kvm_mmu_page`` header from a slab cache
 (``mmu_page_header_cache``). Its size is **approximate**, added up by hand from the field list
-on x86-64 with natural alignment (the kernel never printed it):
+on x86-64 with natural alignment (the kernel never printed it). The figures, with their
+sources, live in ``data/reference/kernel_eras.csv``:
 
 * 2010 (``arch/x86/include/asm/kvm_host.h``, v2.6.35): ``link`` and ``hash_link`` (16 each),
   ``gfn`` (8), ``role`` (4, padded to 8), ``spt`` and ``gfns`` (8 each), ``slot_bitmap``
@@ -40,14 +41,16 @@ import pandas as pd
 from kvmmu.errors import KvmmuError
 from kvmmu.mmu import Mmu
 from kvmmu.page import MmuPage
-from kvmmu.x86 import ENTRIES_PER_TABLE, PAGE_SIZE
+from kvmmu.reference import kernel_eras
+from kvmmu.x86 import PAGE_SIZE
 
-ERAS: tuple[str, ...] = ("pre-2010", "2010 seed", "today")
+ERAS: tuple[str, ...] = tuple(kernel_eras().index)
 """The kernel eras, oldest first."""
 
 SPT_BYTES = PAGE_SIZE  # the page of 512 sptes
-GFNS_BYTES = ENTRIES_PER_TABLE * 8  # gfns (gfn_t) or shadowed_translation (u64): 512 x 8
-STRUCT_BYTES: dict[str, int] = {"pre-2010": 160, "2010 seed": 160, "today": 184}
+STRUCT_BYTES: dict[str, int] = {
+    str(era): int(n) for era, n in kernel_eras()["struct_bytes_approx"].items()
+}
 """Approximate ``sizeof(struct kvm_mmu_page)`` on x86-64 per era (see the module docstring)."""
 
 COLUMNS = (
@@ -83,9 +86,9 @@ def gfns_bytes(era: str, direct: bool) -> int:
     The allocation decision of ``kvm_mmu_alloc_page`` / ``kvm_mmu_alloc_shadow_page``: before
     2010 every page had one; since the seed change only indirect pages do.
     """
-    check_era(era)
-    if era == "pre-2010" or not direct:
-        return GFNS_BYTES
+    row = kernel_eras().loc[check_era(era)]
+    if not direct or bool(row["gfns_for_direct_pages"]):
+        return int(str(row["gfns_bytes_indirect"]))
     return 0
 
 

@@ -5,7 +5,8 @@ DataFrames. Every number comes from the simulation (the fault path, or the batch
 tests prove equal to it); where a closed form exists it is computed independently beside it, and
 a ``match`` column says whether the two agree.
 
-Scenarios (``SCENARIOS``) name a guest that maps all its memory at gva = gpa and touches it:
+Scenarios (``SCENARIOS``, from ``data/workloads/scenarios.csv``) name a guest that maps all its
+memory at gva = gpa and touches it:
 
 * ``tdp-4k``: TDP, host memory in 4 KiB pages, so every TDP leaf is 4 KiB: direct pages only;
 * ``tdp-huge``: TDP, host memory in huge pages: 2 MiB or 1 GiB TDP leaves;
@@ -21,11 +22,13 @@ import pandas as pd
 from kvmmu.accounting import ERAS, expected_bytes, memory_by_era, memory_from_counts
 from kvmmu.batch import BatchSummary, plan_direct, plan_shadow
 from kvmmu.errors import KvmmuError
+from kvmmu.reference import scenario as scenario_spec
+from kvmmu.reference import scenarios
 from kvmmu.tdp import walk_cost_table
 from kvmmu.vcpu import Vm
 from kvmmu.workloads import fast_identity_tables, many_processes, pte_writer
 
-SCENARIOS: tuple[str, ...] = ("tdp-4k", "tdp-huge", "shadow-4k", "shadow-2m")
+SCENARIOS: tuple[str, ...] = tuple(scenarios().index)
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -60,11 +63,11 @@ def batch_summary(scenario: str, size: int) -> BatchSummary:
     _check_scenario(scenario)
     _check_size(size)
     budget = 1 << 22
-    if scenario.startswith("tdp"):
-        vm = Vm(size, tdp=True, huge_pages=scenario == "tdp-huge", n_max_mmu_pages=budget)
+    spec = scenario_spec(scenario)
+    vm = Vm(size, tdp=spec.tdp, huge_pages=spec.host_huge_pages, n_max_mmu_pages=budget)
+    if spec.tdp:
         return plan_direct(vm.create_vcpu(), detail=False).summary()
-    vm = Vm(size, huge_pages=scenario == "shadow-2m", n_max_mmu_pages=budget)
-    vcpu = fast_identity_tables(vm, size, 4096 if scenario == "shadow-4k" else 2 * MIB)
+    vcpu = fast_identity_tables(vm, size, spec.guest_page_size)
     return plan_shadow(vcpu, detail=False).summary()
 
 

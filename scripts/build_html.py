@@ -8,6 +8,8 @@ Each page is nbconvert's JupyterLab-styled HTML of one notebook. The stored outp
 widgets' state, which the page embeds; a browser that can load the ipywidgets HTML manager (from
 a CDN, or from ``--widget-renderer-url``) draws each widget in its default state, and any other
 reader still sees the default state, which each widget cell prints as text before the widget.
+For pages that work offline, point ``--widget-renderer-url`` and ``--require-js-url`` at copies
+of ``@jupyter-widgets/html-manager``'s ``dist/embed-amd.js`` and of ``require.js``.
 The notebooks on disk are never modified. No kernel counterpart: this is a publishing recipe.
 """
 
@@ -59,7 +61,14 @@ def execute(notebook: Any, timeout: int) -> None:
     client.execute()
 
 
-def build(paths: list[Path], output: Path, *, run: bool, renderer: str | None) -> list[str]:
+def build(
+    paths: list[Path],
+    output: Path,
+    *,
+    run: bool = False,
+    renderer: str | None = None,
+    require_js: str | None = None,
+) -> list[str]:
     """Write one HTML page per notebook and ``index.html``; return the problems found."""
     import nbformat
     from nbconvert import HTMLExporter
@@ -67,6 +76,8 @@ def build(paths: list[Path], output: Path, *, run: bool, renderer: str | None) -
     exporter = HTMLExporter(template_name="lab")  # type: ignore[no-untyped-call]
     if renderer:
         exporter.widget_renderer_url = renderer
+    if require_js:
+        exporter.require_js_url = require_js
     output.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
     entries: list[tuple[str, str]] = []
@@ -110,12 +121,19 @@ def main(argv: list[str] | None = None) -> int:
         "--widget-renderer-url",
         help="where pages load the ipywidgets HTML manager (embed-amd.js) from; default: a CDN",
     )
+    parser.add_argument("--require-js-url", help="where pages load require.js from; default: a CDN")
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     missing = [str(p) for p in paths if not p.is_file()]
     if missing or not paths:
         parser.error(f"no such notebook: {', '.join(missing)}" if missing else "no notebooks")
-    problems = build(paths, args.output, run=args.execute, renderer=args.widget_renderer_url)
+    problems = build(
+        paths,
+        args.output,
+        run=args.execute,
+        renderer=args.widget_renderer_url,
+        require_js=args.require_js_url,
+    )
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     print(f"open {args.output / 'index.html'}")

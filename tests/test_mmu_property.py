@@ -667,16 +667,8 @@ TestBits32.settings = TestPae.settings = TestLevel4.settings = PROPERTY_SETTINGS
 TestLevel5.settings = TestTdp.settings = PROPERTY_SETTINGS
 
 
-# ------------------------------------------------------------------------------------------
-# A guest that skips INVLPG (not part of the property: the architecture allows stale results)
-# ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("mode", [PagingMode.BITS32, PagingMode.PAE, PagingMode.LEVEL4])
-def test_skipped_invlpg_leaves_the_old_translation_until_the_flush(mode: PagingMode) -> None:
-    """A guest that clears a PTE and does not INVLPG may keep using the old translation (the
-    TLB, and KVM's unsync sptes, hold it); the INVLPG then makes the fault appear. The MMU
-    stays consistent throughout."""
+def _one_pte_guest(mode: PagingMode) -> tuple[Vm, ModelOs, Vcpu, int, int]:
+    """A model guest whose table edits are real guest stores, with one leaf slot at 1 GiB."""
     vm = Vm(RAM, n_max_mmu_pages=64)
     os = ModelOs(vm.memory, mode)
     cpu = load_cr3(vm.memory, cpu_for_mode(mode, cr3=os.roots[0]), os.roots[0])
@@ -690,6 +682,20 @@ def test_skipped_invlpg_leaves_the_old_translation_until_the_flush(mode: PagingM
     gva = 0x4000_0000
     entry_gpa = os.slot(0, gva, 1, create=True)
     assert entry_gpa is not None
+    return vm, os, vcpu, gva, entry_gpa
+
+
+# ------------------------------------------------------------------------------------------
+# A guest that skips INVLPG (not part of the property: the architecture allows stale results)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [PagingMode.BITS32, PagingMode.PAE, PagingMode.LEVEL4])
+def test_skipped_invlpg_leaves_the_old_translation_until_the_flush(mode: PagingMode) -> None:
+    """A guest that clears a PTE and does not INVLPG may keep using the old translation (the
+    TLB, and KVM's unsync sptes, hold it); the INVLPG then makes the fault appear. The MMU
+    stays consistent throughout."""
+    vm, os, vcpu, gva, entry_gpa = _one_pte_guest(mode)
     os.store(entry_gpa, 0x10_0000 | P | W | U, os.esize)
     assert vcpu.access(gva + 8, WRITE, cpl=3) == 0x10_0008
     os.store(entry_gpa, 0, os.esize)  # pte_clear, no INVLPG
@@ -711,19 +717,7 @@ def test_mmu_set_spte_drops_a_present_spte_before_marking_mmio() -> None:
     """mmu_set_spte: a present spte is dropped (rmap entry and all) before an MMIO spte takes
     its place. Here an unsync PTE is retargeted at unbacked memory without INVLPG, so the next
     write fault finds the old read-only spte still present and the new gfn with no memslot."""
-    vm = Vm(RAM, n_max_mmu_pages=64)
-    os = ModelOs(vm.memory, PagingMode.LEVEL4)
-    cpu = load_cr3(vm.memory, cpu_for_mode(PagingMode.LEVEL4, cr3=os.roots[0]), os.roots[0])
-    assert isinstance(cpu, CpuState)
-    vcpu = vm.create_vcpu(cpu)
-
-    def store(gpa: int, value: int, size: int) -> None:
-        assert vcpu.write(gpa, value, size, cpl=0) is None
-
-    os.store = store
-    gva = 0x4000_0000
-    entry_gpa = os.slot(0, gva, 1, create=True)
-    assert entry_gpa is not None
+    vm, os, vcpu, gva, entry_gpa = _one_pte_guest(PagingMode.LEVEL4)
     os.store(entry_gpa, 0x10_0000 | P | U, 8)
     assert vcpu.access(gva, READ, cpl=3) == 0x10_0000  # a read-only spte for gfn 0x100
     os.store(entry_gpa, UNBACKED | P | U | W, 8)  # the table is unsync now: no exit
@@ -737,19 +731,8 @@ def test_sync_mmio_spte_does_not_revive_an_mmio_spte_over_new_memory() -> None:
     """FNAME(sync_spte) / sync_mmio_spte: syncing an unsync page must not restamp an MMIO spte
     with the current memslot generation once a memslot holds its gfn, or the RAM there would
     stay an MMIO exit. Found by the 32-bit machine with a data slot moved away and back."""
-    vm = Vm(RAM, n_max_mmu_pages=64)
-    os = ModelOs(vm.memory, PagingMode.LEVEL4)
-    cpu = load_cr3(vm.memory, cpu_for_mode(PagingMode.LEVEL4, cr3=os.roots[0]), os.roots[0])
-    assert isinstance(cpu, CpuState)
-    vcpu = vm.create_vcpu(cpu)
-
-    def store(gpa: int, value: int, size: int) -> None:
-        assert vcpu.write(gpa, value, size, cpl=0) is None
-
-    os.store = store
-    gva, data_gpa = 0x4000_0000, DATA_BASES[0] << 12
-    entry_gpa = os.slot(0, gva, 1, create=True)
-    assert entry_gpa is not None
+    vm, os, vcpu, gva, entry_gpa = _one_pte_guest(PagingMode.LEVEL4)
+    data_gpa = DATA_BASES[0] << 12
     os.store(entry_gpa, data_gpa | P | W | U, 8)
     got = vcpu.translate(gva, READ, cpl=3)
     assert isinstance(got, Translation) and got.mmio  # no memslot yet: an MMIO spte

@@ -1,0 +1,184 @@
+"""Write notebooks/02_shadow_paging.ipynb (unexecuted); run it with nbconvert afterwards.
+
+    cd notebooks && ../.venv/bin/python build/build_02_shadow_paging.py \
+        && ../.venv/bin/jupyter nbconvert --to notebook --execute --inplace 02_shadow_paging.ipynb
+"""
+# ruff: noqa: E501  (markdown cell prose is wrapped by its own width, inside string literals)
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+NAME = "02_shadow_paging.ipynb"
+
+CELLS: list[tuple[str, str]] = [
+    (
+        "md",
+        """# 2. Shadow paging: how faults build the shadow tables
+
+A guest believes its page tables translate virtual addresses to physical ones. Under a hypervisor
+there is one more step: the guest's "physical" address is itself virtual to the host. This lesson
+shows how KVM, without EPT/NPT, makes the CPU do both steps in one walk.
+
+By the end you will be able to:
+
+- name the three address spaces (gva, gpa, hpa) and who translates between them;
+- explain why a hypervisor without EPT must build *shadow* tables, and why it write-protects the guest's;
+- read the trace of one shadow page fault, event by event, and predict which shadow pages it creates;
+- step through a small guest program and watch shadow pages appear.""",
+    ),
+    (
+        "code",
+        """%matplotlib inline
+import pandas as pd
+from kvmmu import exercises, viz, widgets
+from kvmmu.spte import describe_spte
+from kvmmu.x86 import Access
+
+pd.set_option("display.width", 160)""",
+    ),
+    (
+        "md",
+        """## gva -> gpa -> hpa
+
+The guest's tables map a guest-virtual address (gva) to a guest-physical one (gpa). KVM's memslots
+map each guest frame (gfn) to a host frame (pfn): the hpa. `viz.run_program(0)` builds a small
+4-level guest (code at `0x400000`, data at `0x600000`, a stack, a kernel direct map) that has run
+nothing yet.""",
+    ),
+    (
+        "code",
+        """run = viz.run_program(0)
+vm, vcpu, pt = run.vm, run.vcpu, run.pt
+gpa = vcpu.access(0x400000, Access.FETCH)
+hpa = (vm.memory.gfn_to_pfn(gpa >> 12) << 12) | (gpa & 0xFFF)
+print(f"gva 0x400000 -> gpa {gpa:#x} -> hpa {hpa:#x}")
+assert gpa == 0x200000 and hpa != gpa""",
+    ),
+    (
+        "md",
+        """## Why shadow tables
+
+The CPU walks exactly one set of tables, from CR3, and what it finds must be a *host* physical
+address. The guest's CR3 holds a gpa and its entries hold gpas, so the CPU cannot use them. Without
+EPT, KVM gives the CPU tables of its own, the **shadow** tables, that map gva straight to hpa. It
+fills them lazily: the CPU faults on a missing shadow entry, KVM walks the guest's tables to find
+the gpa (or to find that the guest itself would fault), looks up the host frame, and builds the
+missing shadow pages. And because a shadow page copies a guest table, KVM must notice when the
+guest edits that table: it write-protects every guest table it shadows.""",
+    ),
+    (
+        "md",
+        """## One fault, event by event
+
+Tracing (the events of `mmutrace.h`) records what the fault handler did for a first data read at
+`0x600000`: the guest walk, one `kvm_mmu_get_page` per shadow page looked up or created, the
+requested mapping level and the leaf spte.""",
+    ),
+    (
+        "code",
+        """with vm.mmu.trace.recording() as trace:
+    vcpu.access(0x600000, Access.READ)
+events = viz.tidy_trace(trace.frame())
+assert list(events["event"])[::3] == ["kvm_mmu_pagetable_walk", "kvm_mmu_set_spte"]
+events""",
+    ),
+    (
+        "md",
+        """The code fetch before it had already built the shadows of the PML4, the PDPT and the page
+directory (the data page shares them), so the handler followed their sptes without a lookup; only
+the data page's page table was new: one `kvm_mmu_get_page` with `created=True`. Every shadow page
+so far is *indirect*: it shadows one guest table, whose frame is its `gfn`.""",
+    ),
+    (
+        "code",
+        """pages = viz.role_frame(vm)
+assert not pages["direct"].any()
+assert {int(g, 16) for g in pages["gfn"]} <= set(pt.tables)
+pages""",
+    ),
+    (
+        "md",
+        """The guest's tables (left) and the shadow pages built so far (right). The shadow tree mirrors the
+part of the guest tree that the guest has used, and nothing more.""",
+    ),
+    ("code", """widgets.show(viz.shadow_tables_figure(vm, vcpu))"""),
+    (
+        "md",
+        """What the CPU now walks for `0x600000`: one shadow page per level, each entry an spte that points
+to the next shadow page or, at the leaf, to the host frame. A read of a clean page gets a read-only
+spte, so that the first write faults and KVM can set the guest's dirty bit.""",
+    ),
+    (
+        "code",
+        """for sp, index in vcpu.shadow_path(0x600000):
+    print(f"{sp.describe():45} [{index:3}] {describe_spte(int(sp.spt[index]), sp.level)}")""",
+    ),
+    (
+        "md",
+        """## Step through a program
+
+`viz.DEMO_PROGRAM` is a small guest program: two code fetches, a variable read then written, a
+stack push, a read that hits in the TLB, a user read of a kernel page (the guest's own fault,
+reflected to it) and the same read from the kernel. Move the slider or press *next step*: each
+state is recomputed from scratch, so step *k* always shows the same pages. The cell first prints
+the state after three steps.""",
+    ),
+    (
+        "code",
+        """text, step_pages, counters = viz.shadow_step_view(3)
+print(text)
+display(step_pages, counters)
+widgets.make_shadow_steps_widget(steps=3)""",
+    ),
+    (
+        "md",
+        """After the whole program: three user regions and the kernel's direct map, each with its own
+path of shadow pages under the one root.""",
+    ),
+    (
+        "code",
+        """full = viz.run_program(len(viz.DEMO_PROGRAM))
+assert full.vm.mmu.stats.pf_guest == 1
+widgets.show(viz.shadow_tables_figure(full.vm, full.vcpu))""",
+    ),
+    (
+        "md",
+        """## Exercises
+
+`exercises.shadow_fault_problem(seed)`: a guest has read one page; predict how many shadow pages
+its next access creates. Use your student number as the seed.""",
+    ),
+    (
+        "code",
+        """problem = exercises.shadow_fault_problem(1)
+print(problem)
+exercises.check_shadow_fault(problem, 4)""",
+    ),
+    (
+        "code",
+        """answer = 0  # your answer: a number of new shadow pages
+exercises.check_shadow_fault(problem, answer)""",
+    ),
+]
+
+
+def build(path: Path) -> None:
+    """Write the notebook with empty outputs."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+        "name": "python3",
+    }
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
+        for kind, src in CELLS
+    ]
+    nbformat.write(nb, path)
+
+
+if __name__ == "__main__":
+    build(Path(__file__).resolve().parents[1] / NAME)

@@ -1,0 +1,191 @@
+"""Write notebooks/04_lazy_gfns.ipynb (unexecuted); run it with nbconvert afterwards.
+
+    cd notebooks && ../.venv/bin/python build/build_04_lazy_gfns.py \
+        && ../.venv/bin/jupyter nbconvert --to notebook --execute --inplace 04_lazy_gfns.ipynb
+"""
+# ruff: noqa: E501  (markdown cell prose is wrapped by its own width, inside string literals)
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+NAME = "04_lazy_gfns.ipynb"
+
+CELLS: list[tuple[str, str]] = [
+    (
+        "md",
+        """# 4. Lazy gfns: the seed change
+
+In 2010, "KVM: MMU: Don't allocate gfns page for direct mmu pages" removed a 4 KiB array from every
+direct shadow page. This lesson shows what the array holds, why a direct page can compute it, and
+proves on a running MMU that the computed values are the ones that would have been stored.
+
+By the end you will be able to:
+
+- say what `sp->gfns` records and which code reads it;
+- compute `get_gfn(i)` of a direct page by hand, at any level;
+- check, with an audit, that computing gfns loses nothing;
+- count the bytes the change saves for a page and for a workload.""",
+    ),
+    (
+        "code",
+        """%matplotlib inline
+import inspect
+import pandas as pd
+from kvmmu import exercises, viz, widgets
+from kvmmu.accounting import memory_by_era
+from kvmmu.audit import audit_report
+from kvmmu.page import MmuPage
+from kvmmu.vcpu import Vm
+from kvmmu.x86 import Access
+
+pd.set_option("display.width", 160)""",
+    ),
+    (
+        "md",
+        """## The gfns array
+
+A leaf spte holds a *host* frame. To go back from an spte to the guest frame it maps (the reverse
+map needs that, to find all sptes of a gfn) KVM keeps, for each shadow page, an array of 512 gfns,
+one per spte. `viz.demo_mixed_vm()` is a guest with 4 KiB pages (indirect shadow pages) and one
+2 MiB page on a host without huge pages (a direct level-1 page under it).""",
+    ),
+    (
+        "code",
+        """vm = viz.demo_mixed_vm()
+viz.role_frame(vm)""",
+    ),
+    (
+        "md",
+        """## Why a direct page needs no array
+
+An indirect page copies a guest table: entry *i* maps whatever frame the guest wrote there, so the
+gfn must be stored. A direct page maps a linear range starting at its `gfn`: entry *i* of a level-*L*
+page maps `gfn + (i << 9*(L-1))`. Stored or computed, the answer is the same.""",
+    ),
+    (
+        "code",
+        """direct = next(sp for sp in vm.mmu.active if sp.direct)
+indirect = next(sp for sp in vm.mmu.active if not sp.direct and sp.level == 1)
+assert direct.gfns is None and indirect.gfns is not None
+display(viz.gfn_table(direct), viz.gfn_table(indirect))""",
+    ),
+    (
+        "md",
+        """## `get_gfn` and `set_gfn`
+
+The seed change routed every access to the array through two helpers, `kvm_mmu_page_get_gfn` and
+`kvm_mmu_page_set_gfn`. Their kvmmu versions:""",
+    ),
+    (
+        "code",
+        """print(inspect.getsource(MmuPage.get_gfn))
+print(inspect.getsource(MmuPage.set_gfn))""",
+    ),
+    (
+        "md",
+        """## Who reads the gfns
+
+Every place that needs an spte's gfn, in the kernel and in kvmmu:""",
+    ),
+    ("code", """viz.gfn_readers()"""),
+    (
+        "md",
+        """## Proof on a running MMU
+
+For every present leaf spte: the reverse map filed it under `get_gfn(i)` (the gfn `mmu_set_spte` was
+given when it made the spte), and the host frame in the spte belongs to that gfn. `kvmmu.audit`
+checks this (rules `spte-gfn`, `rmap`, `direct-gfns`) along with every other invariant of the MMU.""",
+    ),
+    (
+        "code",
+        """assert audit_report(vm) == []
+checks = viz.gfn_audit(vm)
+assert checks["mismatches"].sum() == 0 and checks["leaf sptes"].sum() > 0
+checks""",
+    ),
+    (
+        "md",
+        """## Bytes saved
+
+One 4096-byte page per direct shadow page. For the small VM above:""",
+    ),
+    (
+        "code",
+        """savings = viz.gfns_savings(vm)
+assert savings.loc["direct", "saved"] == 4096 * savings.loc["direct", "count"]
+savings""",
+    ),
+    (
+        "md",
+        """For a workload where direct pages dominate: a TDP guest of 64 MiB on 4 KiB host pages, every
+page touched. Under TDP every shadow page is direct, so before 2010 the gfns arrays doubled the
+memory of the shadow tables; `kvmmu.accounting` adds the three eras up.""",
+    ),
+    (
+        "code",
+        """tdp_vm = Vm(64 << 20, tdp=True, huge_pages=False)
+tdp_vcpu = tdp_vm.create_vcpu()
+for gpa in range(0, 64 << 20, 1 << 21):
+    tdp_vcpu.access(gpa, Access.READ)
+memory_by_era(tdp_vm)""",
+    ),
+    (
+        "md",
+        """## Try it
+
+Pick a shadow page and an entry: a direct page computes the gfn, an indirect one reads `gfns[i]`.
+The default is entry 0 of the direct page.""",
+    ),
+    (
+        "code",
+        """print(viz.gfn_lookup(vm, direct.serial, 0))
+widgets.make_gfn_widget(vm, direct.serial, 0)""",
+    ),
+    (
+        "md",
+        """## Exercises
+
+`exercises.gfn_problem(seed)`: the gfn of an entry of a direct page. `exercises.saving_problem(seed)`:
+the bytes the seed saves for a TDP guest.""",
+    ),
+    (
+        "code",
+        """problem = exercises.gfn_problem(1)
+print(problem)
+exercises.check_gfn(problem, problem.page.gfn + problem.index)  # a common slip""",
+    ),
+    (
+        "code",
+        """answer = 0x0  # your answer: a gfn
+exercises.check_gfn(problem, answer)""",
+    ),
+    (
+        "code",
+        """saving = exercises.saving_problem(1)
+print(saving)
+answer = 0  # your answer: bytes
+exercises.check_saving(saving, answer)""",
+    ),
+]
+
+
+def build(path: Path) -> None:
+    """Write the notebook with empty outputs."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+        "name": "python3",
+    }
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
+        for kind, src in CELLS
+    ]
+    nbformat.write(nb, path)
+
+
+if __name__ == "__main__":
+    build(Path(__file__).resolve().parents[1] / NAME)

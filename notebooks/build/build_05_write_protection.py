@@ -1,0 +1,174 @@
+"""Build and execute notebooks/05_write_protection.ipynb.
+
+Run ``python notebooks/build/build_05_write_protection.py``: it writes the executed notebook.
+"""
+
+from pathlib import Path
+
+import nbformat as nbf
+
+HERE = Path(__file__).resolve().parent
+cells: list[nbf.NotebookNode] = []
+
+
+def md(text: str) -> None:
+    cells.append(nbf.v4.new_markdown_cell(text.strip()))
+
+
+def code(text: str) -> None:
+    cells.append(nbf.v4.new_code_cell(text.strip()))
+
+
+md("""
+# 5. Write protection, the rmap and emulated writes
+
+A shadow page copies a guest page table. When the guest edits that table, the copy is stale, so
+KVM must see every store to it. It does so by making the guest table read-only in the shadow
+tables: the store faults, KVM emulates the instruction, and `kvm_mmu_track_write` fixes the
+shadow entries the store touched.
+
+By the end you will be able to:
+- explain why a shadowed guest page table is write-protected, and find every spte of a gfn with an
+  rmap walk;
+- follow one emulated store to a guest PTE: fault, emulation, `track_write`, the spte updated or
+  zapped;
+- predict `pf_emulate`, `mmu_pte_write`, `mmu_pte_updated`, `mmu_pde_zapped` and `mmu_flooded` for a
+  sequence of stores;
+- say what write flooding is and why KVM zaps a page directory that is written three times in a row.
+""")
+code("""
+%matplotlib inline
+from kvmmu import exercises as E, viz, widgets
+from kvmmu.mmu import sptes_of_gfn
+from kvmmu.x86 import Access, PAGE_SHIFT
+""")
+md("""
+## A guest that can write its own page tables
+
+Guest kernels map their page tables into their own address space (Linux reaches them through
+the direct map). `E.table_writer()` builds such a guest: 16 user pages at `DATA_GVA`, the page
+table mapping them at `PTE_WINDOW`, and the page directory above it at `PDE_WINDOW`. Unsync is
+off, so every leaf table stays write-protected, as in the 2010 kernel.
+""")
+code("""
+g = E.table_writer()
+print(f"data at {E.DATA_GVA:#x}, leaf table at {E.PTE_WINDOW:#x},",
+      f"page directory at {E.PDE_WINDOW:#x}")
+ranges = g.pt.info_mem()
+ranges[["start", "end"]] = ranges[["start", "end"]].map(hex)
+ranges
+""")
+md("""
+The leaf table's frame is shadowed by an *indirect* shadow page of level 1. The rmap is the reverse
+map: from a gfn to every spte that maps it. Walk it for the leaf table's gfn: the only spte mapping
+that frame is the one the kernel's window uses, and it is read-only.
+""")
+code("""
+table_gfn = g.pt.entry(E.DATA_GVA, 2) >> PAGE_SHIFT & (1 << 40) - 1
+shadows = [sp for sp in g.vm.mmu.pages_of(table_gfn)]
+print([sp.describe() for sp in shadows])
+for sp, index in sptes_of_gfn(g.vm.mmu, table_gfn):
+    print(sp.describe(), "index", index, "writable:", bool(int(sp.spt[index]) & 2))
+""")
+code("""
+assert len(shadows) == 1 and shadows[0].level == 1
+assert all(not int(sp.spt[i]) & 2 for sp, i in sptes_of_gfn(g.vm.mmu, table_gfn))
+""")
+md("""
+## One store to a guest PTE
+
+The guest re-points its first data page at another frame. The store to the write-protected table
+faults (the walk below is for the window address, a write); the fault handler finds the spte
+must stay read-only, so KVM emulates the store (`pf_emulate`), tells the MMU (`mmu_pte_write`),
+and the MMU refreshes the
+one spte that shadows the written entry in place (`mmu_pte_updated`, the 2010 kernel's
+`mmu_pte_write_new_pte`). Trace it:
+""")
+code("""
+with g.vm.mmu.trace.recording() as tr:
+    g.write_pte(0)
+viz.tidy_trace(tr.frame())
+""")
+code("""
+g.counters()
+""")
+code("""
+c = g.counters()
+assert c["pf_emulate"] == 1 and c["mmu_pte_write"] == 1 and c["mmu_pte_updated"] == 1
+assert g.vcpu.access(E.DATA_GVA, Access.READ, cpl=3) == E.ALT_GPA
+""")
+md("""
+The last line shows the point: after the store, the data page reads the new frame at once,
+with no fault, because the spte was refreshed during the emulation.
+
+## Upper levels: zapped, and flooded
+
+An spte of a page directory points at another shadow page; KVM never refreshes it in place, it
+zaps it (`mmu_pde_zapped`). And a table that is written again and again, without the guest
+faulting through it in between, is probably no longer a page table (the guest reused the page):
+on the third such store KVM zaps the whole shadow page (`mmu_flooded`) and stops
+write-protecting it. `E.table_write_counters` runs a fresh guest for a given number of stores:
+""")
+code("""
+E.table_write_counters(pte_writes=0, pde_writes=4)
+""")
+code("""
+c = E.table_write_counters(0, 4)
+assert (c["mmu_pde_zapped"], c["mmu_flooded"], c["pf_emulate"]) == (2, 1, 3)
+""")
+md("""
+The fourth store was not emulated at all: its table was no longer shadowed, so nothing
+write-protected it (`pf_fixed` counts the fault that made its mapping writable).
+
+## Play: how often does the guest write its tables?
+
+The widget runs 200 user reads with PTE and PDE stores mixed in at the rates you pick. Every
+PTE store costs an exit while leaf tables are write-protected; tick *allow unsync* to let the
+leaf table go unsync (lesson 6) and watch `pf_emulate` collapse. The default state first:
+""")
+code("""
+frame, fig = viz.table_write_view(pte_rate=10, pde_rate=0, unsync=False)
+widgets.show_figure(fig)
+frame.T
+""")
+code("""
+widgets.make_table_write_widget()
+""")
+md("""
+## Exercises
+
+Each exercise is generated from a seed; put your own seed (a student number works) in place of
+the one below. The checker says what is wrong without giving the answer. First, a deliberately
+wrong answer, to see what a hint looks like:
+""")
+code("""
+p = E.counters_problem(seed=5)
+p
+""")
+code("""
+E.check_counters(p, {"pf_emulate": 0, "mmu_pte_write": 0, "mmu_pte_updated": 0,
+                     "mmu_pde_zapped": 0, "mmu_flooded": 0})
+""")
+md("Now yours. Replace the zeros with your prediction and run the check:")
+code("""
+answer = {"pf_emulate": 0, "mmu_pte_write": 0, "mmu_pte_updated": 0,
+          "mmu_pde_zapped": 0, "mmu_flooded": 0}  # your answer
+E.check_counters(p, answer)
+""")
+md("""
+Going further: with `E.table_write_workload(pte_rate, pde_rate, unsync=True)`, why does
+`pf_fixed` grow with the PTE rate while `pf_emulate` falls? (Hint: what must happen after
+an INVLPG of a page whose gfn changed?)
+""")
+
+nb = nbf.v4.new_notebook()
+nb.cells = cells
+nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+nb.metadata["language_info"] = {"name": "python"}
+if __name__ == "__main__":
+    from nbclient import NotebookClient
+
+    NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(HERE.parent)}}).execute()
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)  # timings change on every run
+    nbf.write(nb, HERE.parent / "05_write_protection.ipynb")

@@ -1,0 +1,150 @@
+"""Build and execute notebooks/08_tdp_vs_shadow.ipynb.
+
+Run ``python notebooks/build/build_08_tdp_vs_shadow.py``; it writes the notebook with its outputs.
+"""
+
+from pathlib import Path
+
+import nbformat as nbf
+
+HERE = Path(__file__).resolve().parent
+cells: list[nbf.NotebookNode] = []
+
+
+def md(text: str) -> None:
+    cells.append(nbf.v4.new_markdown_cell(text.strip()))
+
+
+def code(text: str) -> None:
+    cells.append(nbf.v4.new_code_cell(text.strip()))
+
+
+md("""
+# 8. TDP versus shadow paging
+
+With two-dimensional paging (Intel EPT, AMD NPT) the CPU walks the guest's own tables and
+translates every guest-physical address through a second set of tables that KVM owns. No
+shadow copies, no write protection, no exits when the guest edits its tables; but a TLB miss
+costs far more. This lesson puts numbers from the simulation on both sides.
+
+By the end you will be able to:
+- derive the cost of a two-dimensional walk, `(n + 1)(m + 1) - 1` references (24 for 4-on-4, 35 for
+  5-on-5), and check it against the simulated hardware;
+- measure the exits that guest page-table writes cause under shadow paging, with and without unsync
+  pages, and under TDP;
+- compare the shadow-page memory of both modes;
+- decide which mode wins for a workload under a cost model you can state.
+""")
+code("""
+%matplotlib inline
+from kvmmu import exercises as E, experiments as X, tdp, viz, widgets
+""")
+md("""
+## The cost of a TLB miss
+
+Under shadow paging the CPU walks the shadow tables: one reference per level. Under TDP each of
+the guest's `n` table reads is a guest-physical address that first needs an `m`-level TDP walk,
+and so does the final gpa: `n(m + 1) + m = (n + 1)(m + 1) - 1`.
+""")
+code("""
+assert tdp.two_dimensional_refs(4, 4) == 24 and tdp.two_dimensional_refs(5, 5) == 35
+costs = X.walk_costs()
+costs
+""")
+md("""
+The `measured` column counts the references the simulated hardware walk made on a TLB miss
+(`Vcpu.last_refs`), in a guest built for each row:
+""")
+code("""
+assert costs["match"].all()
+widgets.show_figure(viz.walk_cost_figure(costs))
+""")
+md("""
+Real CPUs cut this cost with paging-structure caches and large TDP pages; the model below leaves
+them out and says so.
+
+## Exits caused by guest page-table writes
+
+`X.pte_write_exits` runs a guest that rewrites its own PTEs at a given rate (a share of its
+operations) under three setups and counts the exits:
+""")
+code("""
+exits = X.pte_write_exits()
+exits[["pte writes", "exits on pte writes", "invlpg exits", "emulated", "exits per 1000 ops"]]
+""")
+code("""
+tdp_rows = exits.xs("TDP", level="paging")
+assert (tdp_rows["exits on pte writes"] == 0).all()
+widgets.show_figure(viz.pte_exit_figure(exits))
+""")
+md("""
+Without unsync every PTE store is an emulated exit (lesson 5). Unsync pages remove those, but
+the guest's INVLPGs still exit so KVM can sync (lesson 6). Under TDP the guest edits its tables
+and flushes its TLB without KVM ever knowing.
+
+## Memory
+
+For a 1 GiB guest, the shadow pages and today's kernel bytes for each scenario of lesson 7:
+""")
+code("""
+mem = X.tdp_vs_shadow_memory()
+mem
+""")
+code("""
+assert mem.loc["tdp-4k", "pages"] == mem.loc["shadow-4k", "pages"]
+assert mem.loc["tdp-4k", "bytes today"] < mem.loc["shadow-4k", "bytes today"]
+""")
+md("""
+The same number of pages, but a TDP page is direct and, since the seed, needs no gfns array:
+TDP costs about half the memory, per guest. Under shadow paging the count also grows with
+every process (one set of shadow tables per address space), which TDP does not.
+
+## Play: which mode wins?
+
+The cost model, stated openly (`E.mode_costs`): per million guest instructions, a TLB miss costs
+its walk references times 20 cycles (4 references under shadow paging, 24 under 4-on-4 TDP);
+under shadow paging every page-table store and every CR3 load is a VM exit of 2500 cycles;
+under TDP neither exits. First-touch faults exit in both modes and are left out. These are round
+numbers for teaching, not measurements of a CPU. The default state:
+""")
+code("""
+text, table, fig = viz.mode_view(2000, 20, 10)
+print(text)
+widgets.show_figure(fig)
+table
+""")
+code("""
+widgets.make_mode_widget()
+""")
+md("""
+The break-even point follows from the model: TDP's extra 20 references per TLB miss cost
+400 cycles, so TDP wins when `400 * tlb_misses < 2500 * (pt_writes + cr3_loads)`, that is when
+the workload makes more than about one page-table store or CR3 load per 6 TLB misses. Move the
+sliders to find it.
+
+## Exercises
+""")
+code("""
+p = E.mode_problem(seed=3)
+p
+""")
+code("""
+E.check_mode(p, "shadow")
+""")
+code("""
+p = E.mode_problem(seed=99)
+answer = ""  # your answer: "tdp" or "shadow"
+E.check_mode(p, answer)
+""")
+
+nb = nbf.v4.new_notebook()
+nb.cells = cells
+nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+nb.metadata["language_info"] = {"name": "python"}
+if __name__ == "__main__":
+    from nbclient import NotebookClient
+
+    NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(HERE.parent)}}).execute()
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)  # timings change on every run
+    nbf.write(nb, HERE.parent / "08_tdp_vs_shadow.ipynb")

@@ -1,0 +1,154 @@
+"""Build and execute notebooks/09_lab.ipynb: ``python notebooks/build/build_09_lab.py``."""
+
+from pathlib import Path
+
+import nbformat as nbf
+
+HERE = Path(__file__).resolve().parent
+cells: list[nbf.NotebookNode] = []
+
+
+def md(text: str) -> None:
+    cells.append(nbf.v4.new_markdown_cell(text.strip()))
+
+
+def code(text: str) -> None:
+    cells.append(nbf.v4.new_code_cell(text.strip()))
+
+
+md("""
+# 9. Lab: the shadow MMU, graded
+
+Eight exercises across the lessons, each generated from **your seed** and checked by
+`kvmmu.exercises`. A checker tells you what is wrong without telling you the answer.
+
+By the end you will be able to show that you can predict a walk, a shadow page's role, a
+direct page's gfn, a memory saving, write-protection counters and sync outcomes, repair a
+broken guest table, and choose between TDP and shadow paging for a workload.
+""")
+md("""
+## For the instructor
+
+- **Time.** 60 to 90 minutes for lessons 1 to 8 done beforehand: about 10 minutes per exercise,
+  with the walk, role and fix exercises the longest. Points: walk 2, role 2, gfn 1, saving 1,
+  fix 2, counters 2, sync 2, mode 1 (13 in all).
+- **A different lab per student.** Each student sets `SEED` below to their student number (any
+  int or string). The same seed always gives the same problems, so a student can close the
+  notebook and come back, and you can regenerate any student's lab with
+  `E.lab_problems(seed)`.
+- **Self-checking.** Every exercise cell ends with a check; students re-run it until it says
+  *correct*. `E.check_lab(SEED, answers)` (last cell) gives the score table.
+- **Grading a class in one call.** Collect each student's `answers` dict (the last cell prints
+  it) and run `E.grade_lab({seed: answers, ...})`: one row per student, one column of points per
+  exercise and a total. `E.lab_solutions(seed)` gives the key for a seed: keep it to yourself.
+- Everything runs locally in a few seconds; no network.
+""")
+code("""
+from kvmmu import exercises as E
+SEED = "s0000000"  # your student number
+problems = E.lab_problems(SEED)
+answers = {}
+""")
+md("""
+## 1. Predict a walk (lessons 1-2)
+
+Give the gpa as an int, or `"fault 0x.."` with the page-fault error code.
+""")
+code("""
+problems["walk"]
+""")
+code("""
+answers["walk"] = 0x0  # your answer
+E.check_walk(problems["walk"], answers["walk"])
+""")
+md("""
+## 2. Predict a role (lesson 3)
+
+A dict with `level`, `direct`, `has_4_byte_gpte`, `quadrant`, `access` (letters such as
+`"uw-"`) and `cr0_wp`.
+""")
+code("""
+problems["role"]
+""")
+code("""
+answers["role"] = {"level": 1, "direct": False, "has_4_byte_gpte": False,
+                   "quadrant": 0, "access": "uwx", "cr0_wp": True}  # your answer
+E.check_role(problems["role"], answers["role"])
+""")
+md("## 3. Predict a gfn (lesson 4: the seed change)")
+code("""
+problems["gfn"]
+""")
+code("""
+answers["gfn"] = 0x0  # your answer
+E.check_gfn(problems["gfn"], answers["gfn"])
+""")
+md("## 4. Predict a saving (lesson 7), in bytes")
+code("""
+problems["saving"]
+""")
+code("""
+answers["saving"] = 0  # your answer
+E.check_saving(problems["saving"], answers["saving"])
+""")
+md("""
+## 5. Fix a broken guest table (lessons 1-2)
+
+Give `(level, value)`: the entry at that level on the gva's path becomes `value`. The checker
+applies it to a fresh copy of the guest and walks again.
+""")
+code("""
+problems["fix"]
+""")
+code("""
+answers["fix"] = (1, 0x0)  # your answer
+E.check_fix(problems["fix"], answers["fix"])
+""")
+md("## 6. Predict write-protection counters (lesson 5)")
+code("""
+problems["counters"]
+""")
+code("""
+answers["counters"] = {"pf_emulate": 0, "mmu_pte_write": 0, "mmu_pte_updated": 0,
+                       "mmu_pde_zapped": 0, "mmu_flooded": 0}  # your answer
+E.check_counters(problems["counters"], answers["counters"])
+""")
+md("## 7. Predict a sync outcome (lesson 6)")
+code("""
+problems["sync"]
+""")
+code("""
+answers["sync"] = [0x0] * problems["sync"].actions.count("access")  # your answer
+E.check_sync(problems["sync"], answers["sync"])
+""")
+md("## 8. TDP or shadow? (lesson 8)")
+code("""
+problems["mode"]
+""")
+code("""
+answers["mode"] = ""  # your answer: "tdp" or "shadow"
+E.check_mode(problems["mode"], answers["mode"])
+""")
+md("""
+## Your score
+
+Hand in the `answers` dict printed below (copy it into the class form or a file).
+""")
+code("""
+E.check_lab(SEED, answers)[["points", "max", "passed"]]
+""")
+code("""
+print(answers)
+""")
+
+nb = nbf.v4.new_notebook()
+nb.cells = cells
+nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+nb.metadata["language_info"] = {"name": "python"}
+if __name__ == "__main__":
+    from nbclient import NotebookClient
+
+    NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(HERE.parent)}}).execute()
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)  # timings change on every run
+    nbf.write(nb, HERE.parent / "09_lab.ipynb")

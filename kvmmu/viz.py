@@ -82,6 +82,7 @@ DIRECT = "#8e6fb5"  # a direct shadow page (violet)
 PAGE = "#4c9a64"  # a data page (green)
 FAULT = "#c8553d"  # a fault (brick red)
 ROOT = "#7a7a9e"  # CR3 (slate)
+MIB_F = float(1 << 20)  # bytes per MiB, for tables shown in MiB
 FIGSIZE_WIDE = (11.0, 2.8)
 DPI = 100
 
@@ -354,7 +355,8 @@ def walk_tree_figure(
 ) -> Figure:
     """The walk of one access drawn as a chain: CR3, each table, then the page (or the fault).
 
-    Each table box shows the table's gpa, the entry read and its flags; each arrow carries the
+    Each table box shows the table's gpa, the index, the entry's flags and the frame it points
+    to (the whole entry is in :func:`walk_text`); each arrow carries the
     address bits that index the next table. The state is ``FNAME(walk_addr_generic)``'s.
     """
     gva, kind, result = _walk_for(memory, cpu, address, access, cpl)
@@ -388,11 +390,12 @@ def walk_tree_figure(
                 ("A", Pte.ACCESSED),
                 ("D", Pte.DIRTY),
                 ("S", Pte.PAGE_SIZE),
+                ("X", Pte.XD if spec.entry_size == 8 else 0),
             )
         )
-        text = (
-            f"{_TABLE_NAMES[step.level]} @{table_gpa:#x}\n[{step.index}] {flags}\n{step.entry:#x}"
-        )
+        # the frame the entry points to; the whole 64-bit entry is in walk_text's trace
+        target = step.entry & (0xFFFF_F000 if spec.entry_size == 4 else 0x000F_FFFF_FFFF_F000)
+        text = f"{_TABLE_NAMES[step.level]} @{table_gpa:#x}\n[{step.index}] {flags}\n-> {target:#x}"
         _box(ax, i * gap, 0, width, 1.2, text, TABLE)
         low = spec.shift(step.level)
         bits = 2 if (spec.mode is PagingMode.PAE and step.level == 3) else spec.index_bits
@@ -1270,7 +1273,15 @@ def savings_view(
         raise ModeError(f"size_gib must be an int in 1..256, got {size_gib!r}")
     scenario = _SCENARIO_OF[key]
     summary = batch_summary(scenario, size_gib * GIB)
-    table = summary.memory()[["pages", "gfns bytes", "total bytes", "saved vs pre-2010"]]
+    raw = summary.memory()
+    table = pd.DataFrame(
+        {
+            "shadow pages": raw["pages"],
+            "gfns (MiB)": (raw["gfns bytes"] / MIB_F).round(2),
+            "total (MiB)": (raw["total bytes"] / MIB_F).round(2),
+            "saved vs pre-2010 (MiB)": (raw["saved vs pre-2010"] / MIB_F).round(2),
+        }
+    )
     n_direct, n_indirect = expected_pages(scenario, size_gib * GIB)
     agree = n_direct + n_indirect == summary.n_pages
     text = (
@@ -1282,7 +1293,7 @@ def savings_view(
     eras = list(table.index)
     ax.barh(
         eras[::-1],
-        (table["total bytes"].to_numpy(dtype=float) / (1 << 20))[::-1],
+        table["total (MiB)"].to_numpy(dtype=float)[::-1],
         color=[ERA_COLOURS[e] for e in eras[::-1]],
     )
     ax.set_xlabel("shadow-page memory (MiB)")

@@ -200,7 +200,9 @@ def make_gfn_widget(vm: Vm | None = None, serial: int | None = None, index: int 
         raise KvmmuError("this VM has no shadow pages yet; run some guest accesses first")
     options = [(sp.describe(), sp.serial) for sp in pages]
     first = serial if serial is not None else pages[-1].serial
-    page = widgets.Dropdown(options=options, value=first, description="page")
+    page = widgets.Dropdown(
+        options=options, value=first, description="page", layout=widgets.Layout(width="30em")
+    )
     slot = widgets.IntSlider(value=index, min=0, max=511, description="index")
     return _wire([page, slot], lambda: viz.gfn_lookup(machine, page.value, slot.value))
 
@@ -284,7 +286,7 @@ def make_savings_widget(size_gib: int = 4, mode: str = "TDP", page_size: str = "
     """
     size = widgets.IntSlider(value=size_gib, min=1, max=64, description="GiB")
     paging = widgets.Dropdown(options=["TDP", "shadow"], value=mode, description="mode")
-    pages = widgets.Dropdown(options=["4 KiB", "2 MiB"], value=page_size, description="pages")
+    pages = widgets.Dropdown(options=["4 KiB", "2 MiB"], value=page_size, description="page size")
     return _wire(
         [size, paging, pages], lambda: viz.savings_view(size.value, paging.value, pages.value)
     )

@@ -172,7 +172,7 @@ def test_savings_widget_prices_the_chosen_guest() -> None:
     mode.value = "shadow"
     text, table, _ = viz.savings_view(4, "shadow", "4 KiB")
     assert _shown(widget)[0] == text + "\n"
-    assert table.loc["2010 seed", "saved vs pre-2010"] == 0  # no direct pages to save on
+    assert table.loc["2010 seed", "saved vs pre-2010 (MiB)"] == 0  # no direct pages to save on
 
 
 def test_lessons_5_to_8_widget_updates_are_fast() -> None:

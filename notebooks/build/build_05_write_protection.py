@@ -129,9 +129,7 @@ leaf table go unsync (lesson 6) and watch `pf_emulate` collapse. The default sta
 code("""
 frame, fig = viz.table_write_view(pte_rate=10, pde_rate=0, unsync=False)
 widgets.show_figure(fig)
-frame.T
-""")
-code("""
+display(frame.T)
 widgets.make_table_write_widget()
 """)
 md("""

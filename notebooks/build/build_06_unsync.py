@@ -105,9 +105,7 @@ and the unsync flag. Try: *edit, access, access*; then *edit, invlpg*; then *edi
 The default state, with the sequence `edit, access`:
 """)
 code("""
-viz.sync_view(["edit", "access"])
-""")
-code("""
+display(viz.sync_view(["edit", "access"]))
 widgets.make_sync_widget(("edit", "access"))
 """)
 md("""

@@ -112,9 +112,7 @@ code("""
 text, table, fig = viz.savings_view(4, "TDP", "4 KiB")
 print(text)
 widgets.show_figure(fig)
-table
-""")
-code("""
+display(table)
 widgets.make_savings_widget()
 """)
 md("""

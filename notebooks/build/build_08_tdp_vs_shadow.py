@@ -111,9 +111,7 @@ code("""
 text, table, fig = viz.mode_view(2000, 20, 10)
 print(text)
 widgets.show_figure(fig)
-table
-""")
-code("""
+display(table)
 widgets.make_mode_widget()
 """)
 md("""

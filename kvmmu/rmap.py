@@ -28,12 +28,14 @@ class Rmap:
     """gfn -> the leaf sptes that map it (``rmap_add``, ``rmap_remove``, ``for_each_rmap_spte``)."""
 
     def __init__(self) -> None:
-        self._heads: dict[tuple[int, int], set[Sptep]] = {}
+        # dicts used as ordered sets: iteration follows insertion, never object addresses,
+        # so every run of the same guest program does the same work in the same order
+        self._heads: dict[tuple[int, int], dict[Sptep, None]] = {}
 
     def add(self, sp: MmuPage, index: int) -> int:
         """Record leaf spte ``index`` of ``sp``; return its gfn (``rmap_add``)."""
         gfn = sp.get_gfn(index)
-        self._heads.setdefault((sp.level, gfn), set()).add((sp, index))
+        self._heads.setdefault((sp.level, gfn), {})[(sp, index)] = None
         return gfn
 
     def remove(self, sp: MmuPage, index: int) -> int:
@@ -41,7 +43,7 @@ class Rmap:
         gfn = sp.get_gfn(index)
         key = (sp.level, gfn)
         head = self._heads[key]
-        head.discard((sp, index))
+        head.pop((sp, index), None)
         if not head:
             del self._heads[key]
         return gfn
@@ -57,7 +59,7 @@ class Rmap:
             out.extend(self.sptes(gfn, level))
         return out
 
-    def items(self) -> Iterator[tuple[tuple[int, int], set[Sptep]]]:
+    def items(self) -> Iterator[tuple[tuple[int, int], dict[Sptep, None]]]:
         """Every (level, gfn) head and its sptes; for the audit."""
         return iter(self._heads.items())
 

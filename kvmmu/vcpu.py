@@ -73,11 +73,15 @@ class Tlb:
 
     An entry records one kind of access that succeeded; another kind misses and walks, so the
     TLB never grants rights the tables did not. It holds ``capacity`` entries, oldest evicted.
+    An entry may be smaller than the guest page it came from (a guest 2 MiB page mapped by
+    4 KiB TDP pages or sptes: a "fractured" entry, SDM 4.10.2.3), so each entry also records the
+    guest page's level, and INVLPG drops every entry of that guest page.
     """
 
     def __init__(self, capacity: int = TLB_ENTRIES) -> None:
         self.capacity = capacity
-        self.entries: dict[tuple[int, int, tuple[Access, bool, bool]], tuple[int, bool]] = {}
+        # (page number at level, level, access class) -> (gpa base, global, guest page level)
+        self.entries: dict[tuple[int, int, tuple[Access, bool, bool]], tuple[int, bool, int]] = {}
 
     def lookup(self, gva: int, cls: tuple[Access, bool, bool]) -> int | None:
         """The gpa for ``gva`` if cached for this access class."""
@@ -89,17 +93,32 @@ class Tlb:
         return None
 
     def insert(
-        self, gva: int, level: int, gpa: int, cls: tuple[Access, bool, bool], global_: bool
+        self,
+        gva: int,
+        level: int,
+        gpa: int,
+        cls: tuple[Access, bool, bool],
+        global_: bool,
+        guest_level: int | None = None,
     ) -> None:
-        """Cache a translation of a level-``level`` page."""
+        """Cache a translation of a level-``level`` piece of a level-``guest_level`` guest page."""
         shift = PAGE_SHIFT + 9 * (level - 1)
         if len(self.entries) >= self.capacity:
             del self.entries[next(iter(self.entries))]
-        self.entries[(gva >> shift, level, cls)] = (gpa & ~((1 << shift) - 1), global_)
+        whole = max(level, guest_level or level)
+        self.entries[(gva >> shift, level, cls)] = (gpa & ~((1 << shift) - 1), global_, whole)
 
     def invlpg(self, gva: int) -> None:
-        """Drop every entry covering ``gva``, global or not (INVLPG, SDM 4.10.4.1)."""
-        for key in [k for k in self.entries if k[0] == gva >> (PAGE_SHIFT + 9 * (k[1] - 1))]:
+        """Drop every entry of the guest page holding ``gva``, global or not, fractured pieces
+        included (INVLPG, SDM 4.10.4.1)."""
+        doomed = []
+        for key, (_, _, whole) in self.entries.items():
+            page, level, _ = key
+            first = page << (PAGE_SHIFT + 9 * (level - 1))  # an address inside the entry
+            shift = PAGE_SHIFT + 9 * (whole - 1)
+            if first >> shift == gva >> shift:
+                doomed.append(key)
+        for key in doomed:
             del self.entries[key]
 
     def flush(self, *, keep_global: bool = False) -> None:
@@ -626,7 +645,8 @@ class Vcpu:
         if isinstance(hw, WalkResult):
             self.last_refs = len(hw.raw)
             gpa = self._gpa_of(hw, gva)
-            self.tlb.insert(gva, hw.level, gpa, cls, bool(hw.pte & Pte.GLOBAL))
+            guest_level = self._guest_page_level(hw)
+            self.tlb.insert(gva, hw.level, gpa, cls, bool(hw.pte & Pte.GLOBAL), guest_level)
             return Translation(gpa)
         if isinstance(hw, GeneralProtection):
             return hw
@@ -647,6 +667,17 @@ class Vcpu:
         if result.outcome is FaultOutcome.MMIO:
             return Translation(result.gpa, mmio=True)
         return None
+
+    def _guest_page_level(self, hw: WalkResult) -> int:
+        """The level of the guest page behind a shadow walk: one above the highest direct page
+        on the path when ``FNAME(fetch)`` backed a guest large page with smaller sptes."""
+        if self.mode is PagingMode.NONE:
+            return hw.level
+        for level, entry_hpa, _, _, _ in hw.raw:
+            sp = self.mmu.by_pfn.get(entry_hpa >> PAGE_SHIFT)
+            if sp is not None and sp.direct:
+                return level + 1
+        return hw.level
 
     def _gpa_of(self, hw: WalkResult, gva: int) -> int:
         """The gpa behind a hardware walk: the leaf shadow page's ``get_gfn`` (the rmap view)."""
@@ -712,6 +743,7 @@ class Vcpu:
             result.gpa,
             cls,
             bool(result.pte & Pte.GLOBAL) and bool(self.cpu.cr4 & Cr4.PGE),
+            guest_level=result.level or 1,
         )
         return Translation(result.gpa)
 

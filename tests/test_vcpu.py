@@ -248,3 +248,20 @@ def test_translate_says_how_the_access_ended() -> None:
     _, _, vcpu = _vm_and_vcpu()
     t = vcpu.translate(0x400010, Access.WRITE)
     assert t == Translation(0x100010, emulated=False, mmio=False)
+
+
+def test_invlpg_drops_every_fractured_piece_of_a_guest_large_page() -> None:
+    """SDM 4.10.2.3 / 4.10.4.1: a guest 2 MiB page mapped by 4 KiB TDP pages is cached as
+    several 4 KiB TLB entries; INVLPG of any address in the large page drops all of them."""
+    vm = Vm(64 << 20, tdp=True, huge_pages=False)
+    pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
+    pt.map(0x4000_0000, 0x20_0000, 2 << 20, user=True)
+    vcpu = vm.create_vcpu(pt.cpu())
+    for gva in (0x4000_1234, 0x4010_0000):
+        assert vcpu.access(gva, Access.READ, cpl=3) == gva - 0x4000_0000 + 0x20_0000
+    assert len(vcpu.tlb) == 2  # two 4 KiB pieces of one 2 MiB guest page
+    pt.protect(0x4000_0000, user=False)  # the guest edits its PDE: no exit under TDP
+    vcpu.invlpg(0x4000_0000)  # one INVLPG, of the large page's first address
+    assert len(vcpu.tlb) == 0
+    fault = vcpu.access(0x4000_1234, Access.READ, cpl=3)
+    assert isinstance(fault, PageFault) and int(fault.error_code) == 0b101

@@ -175,7 +175,10 @@ class BatchSummary:
         return self.n_direct + self.n_indirect
 
     def frame(self) -> pd.DataFrame:
-        """One row per level: direct pages, indirect pages, leaf sptes."""
+        """One row per level: direct pages, indirect pages, leaf sptes.
+
+        No kernel counterpart.
+        """
         levels = sorted({lv for lv, _ in self.pages} | set(self.leaves), reverse=True)
         rows = [
             {
@@ -189,7 +192,10 @@ class BatchSummary:
         return pd.DataFrame(rows).set_index("level").astype("int64")
 
     def memory(self) -> pd.DataFrame:
-        """Kernel memory by era for these pages (:func:`kvmmu.accounting.memory_from_counts`)."""
+        """Kernel memory by era for these pages (:func:`kvmmu.accounting.memory_from_counts`).
+
+        No kernel counterpart.
+        """
         return memory_from_counts(self.n_direct, self.n_indirect)
 
 
@@ -238,7 +244,10 @@ class Plan:
         return np.concatenate([keep, np.ones(count - len(keep), dtype=bool)])
 
     def summary(self) -> BatchSummary:
-        """Page and leaf counts (:class:`BatchSummary`)."""
+        """Page and leaf counts (:class:`BatchSummary`).
+
+        No kernel counterpart.
+        """
         pages: dict[tuple[int, bool], int] = {}
         for level in range(1, self.top + 1):
             _, _, direct = self.nodes[level].arrays()

@@ -150,7 +150,10 @@ class TableWriter:
         self.vcpu.invlpg(gva)
 
     def write_pde(self, k: int) -> None:
-        """Store a new (present) PDE in an unused slot of the data pages' page directory."""
+        """Store a new (present) PDE in an unused slot of the data pages' page directory.
+
+        No kernel counterpart: a lesson scenario.
+        """
         slot = PDE_WINDOW + 8 * (PDE_SCRATCH_INDEX + k % 100)
         self.vcpu.write(slot, (0x200_0000 + k * 0x1000) | _PWUA, 8)
 
@@ -690,7 +693,10 @@ def saving_problem(seed: int | str) -> SavingProblem:
 
 
 def check_saving(problem: SavingProblem, answer: int | str) -> Check:
-    """Check a predicted saving in bytes; the hint says what was miscounted."""
+    """Check a predicted saving in bytes; the hint says what was miscounted.
+
+    No kernel counterpart: a lesson checker.
+    """
     value = _parse_int("the saving", answer)
     gfns = problem._table["gfns bytes"]
     saved = int(gfns["pre-2010"] - gfns["2010 seed"])
@@ -881,7 +887,10 @@ def counters_problem(seed: int | str) -> CountersProblem:
 
 
 def check_counters(problem: CountersProblem, answer: Mapping[str, object]) -> Check:
-    """Check predicted write-protection counters; the hint explains the first wrong one."""
+    """Check predicted write-protection counters; the hint explains the first wrong one.
+
+    No kernel counterpart: a lesson checker.
+    """
     if not isinstance(answer, Mapping):
         raise ExerciseError("give the counters as a dict, e.g. {'pf_emulate': 3, ...}")
     missing = [f for f in WP_FIELDS if f not in answer]
@@ -932,7 +941,10 @@ def sync_problem(seed: int | str) -> SyncProblem:
 
 
 def check_sync(problem: SyncProblem, answer: Sequence[object]) -> Check:
-    """Check the predicted gpas; the hint explains the first wrong access."""
+    """Check the predicted gpas; the hint explains the first wrong access.
+
+    No kernel counterpart: a lesson checker.
+    """
     if isinstance(answer, str) or not isinstance(answer, Sequence):
         raise ExerciseError("give a list of gpas, one per 'access'")
     table = problem._table
@@ -1042,7 +1054,10 @@ def mode_problem(seed: int | str) -> ModeProblem:
 
 
 def check_mode(problem: ModeProblem, answer: str) -> Check:
-    """Check the chosen mode; the hint says which side of the ledger was misjudged."""
+    """Check the chosen mode; the hint says which side of the ledger was misjudged.
+
+    No kernel counterpart: a lesson checker.
+    """
     if answer == "":
         return _fail("no answer yet: answer 'tdp' or 'shadow'")
     if not isinstance(answer, str) or answer.strip().lower() not in ("tdp", "shadow"):
@@ -1228,7 +1243,10 @@ def shadow_fault_problem(seed: int | str) -> ShadowFaultProblem:
 
 
 def check_shadow_fault(problem: ShadowFaultProblem, answer: int | str) -> Check:
-    """Check a predicted number of new shadow pages; the hint names the rule, not the count."""
+    """Check a predicted number of new shadow pages; the hint names the rule, not the count.
+
+    No kernel counterpart: a lesson checker.
+    """
     value = _parse_int("the number of pages", answer)
     right = problem._created
     if value == right:

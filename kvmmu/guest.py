@@ -97,7 +97,10 @@ class TablePagePool:
         return len(self._free)
 
     def alloc(self) -> int:
-        """Take the lowest free gfn; :class:`MappingError` if none is left."""
+        """Take the lowest free gfn; :class:`MappingError` if none is left.
+
+        The guest kernel's page-table page allocation (Linux ``pte_alloc_one``).
+        """
         if not self._free:
             g = self.gfns
             raise MappingError(
@@ -109,7 +112,10 @@ class TablePagePool:
         return gfn
 
     def free(self, gfn: int) -> None:
-        """Give back a gfn from :meth:`alloc`."""
+        """Give back a gfn from :meth:`alloc`.
+
+        The guest kernel freeing a page-table page (Linux ``pte_free``).
+        """
         self.in_use.remove(gfn)
         heapq.heappush(self._free, gfn)
 
@@ -474,6 +480,8 @@ class GuestPageTables:
         Follows exactly what the walker follows with the features given at construction:
         present entries without reserved bits, large pages only where the mode and features
         allow them, tables inside guest memory.
+
+        The walk QEMU's ``info tlb`` makes over every leaf.
         """
         if self.mode is PagingMode.NONE:
             return

@@ -87,7 +87,10 @@ class HostMemory:
         self.allocated -= 1
 
     def free_range(self, pfn: int, npages: int) -> None:
-        """Return a range from :meth:`alloc_range` and drop its contents."""
+        """Return a range from :meth:`alloc_range` and drop its contents.
+
+        No kernel counterpart: the VMM frees the memory behind a deleted slot.
+        """
         for p in [p for p in self._pages if pfn <= p < pfn + npages]:
             del self._pages[p]
         self.allocated -= npages

@@ -725,7 +725,10 @@ def gpte_gfn(gpte: int, sp: MmuPage) -> int:
 
 
 def error_code_access(error_code: int) -> Access:
-    """The access kind encoded in a page-fault error code."""
+    """The access kind encoded in a page-fault error code.
+
+    The decoding ``FNAME(page_fault)`` does with ``PFERR_WRITE_MASK`` and ``PFERR_FETCH_MASK``.
+    """
     if error_code & 0x10:
         return Access.FETCH
     if error_code & 0x2:

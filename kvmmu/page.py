@@ -92,7 +92,10 @@ class MmuPage:
         self.gfns[index] = gfn
 
     def present_indices(self) -> npt.NDArray[np.intp]:
-        """Indices of sptes that are not zero (present or MMIO)."""
+        """Indices of sptes that are not zero (present or MMIO).
+
+        The entries that loops over ``sp->spt`` act on (``kvm_mmu_page_unlink_children``).
+        """
         return np.flatnonzero(self.spt)
 
     @property

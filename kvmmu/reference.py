@@ -46,7 +46,10 @@ def _yes(value: str, where: str) -> bool:
 
 @cache
 def kernel_eras() -> pd.DataFrame:
-    """Per era: whether direct pages get gfns, gfns bytes of an indirect page, struct bytes."""
+    """Per era: whether direct pages get gfns, gfns bytes of an indirect page, struct bytes.
+
+    No kernel counterpart.
+    """
     frame = _read(
         "reference/kernel_eras.csv",
         ("era", "gfns_for_direct_pages", "gfns_bytes_indirect", "struct_bytes_approx", "source"),
@@ -62,7 +65,10 @@ def kernel_eras() -> pd.DataFrame:
 
 @cache
 def scenarios() -> pd.DataFrame:
-    """The experiment scenarios: TDP or not, host huge pages, the guest's page size."""
+    """The experiment scenarios: TDP or not, host huge pages, the guest's page size.
+
+    No kernel counterpart.
+    """
     frame = _read(
         "workloads/scenarios.csv",
         ("scenario", "tdp", "host_huge_pages", "guest_page_size", "description"),

@@ -60,7 +60,10 @@ class Rmap:
         return out
 
     def items(self) -> Iterator[tuple[tuple[int, int], dict[Sptep, None]]]:
-        """Every (level, gfn) head and its sptes; for the audit."""
+        """Every (level, gfn) head and its sptes; for the audit.
+
+        Every ``slot->arch.rmap`` head, as an audit walks them.
+        """
         return iter(self._heads.items())
 
     def __len__(self) -> int:

@@ -106,7 +106,10 @@ class MmuPageRole:
         return replace(self, invalid=True)
 
     def describe(self) -> str:
-        """A compact one-line summary for tables and plots."""
+        """A compact one-line summary for tables and plots.
+
+        Like ``KVM_MMU_PAGE_PRINTK`` in ``mmutrace.h``.
+        """
         bits = [f"L{self.level}", "direct" if self.direct else "indirect"]
         if self.has_4_byte_gpte:
             bits.append(f"4-byte q{self.quadrant}")

@@ -169,7 +169,10 @@ def mmio_generation(spte: int) -> int:
 
 
 def describe_spte(spte: int, level: int) -> str:
-    """A readable summary of an spte for tables: kind, frame, and rights."""
+    """A readable summary of an spte for tables: kind, frame, and rights.
+
+    No kernel counterpart: a display helper.
+    """
     if spte == 0:
         return "empty"
     if is_mmio(spte):

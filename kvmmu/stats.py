@@ -43,7 +43,10 @@ class MmuStats:
     root_cache_misses: int = 0
 
     def as_series(self) -> pd.Series:
-        """The counters as a pandas Series indexed by name."""
+        """The counters as a pandas Series indexed by name.
+
+        The values KVM's debugfs stats files show.
+        """
         return pd.Series(asdict(self), dtype="int64", name="count")
 
     def reset(self) -> None:

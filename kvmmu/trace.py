@@ -65,5 +65,8 @@ class Tracer:
         return pd.DataFrame(self.events).set_index("seq")
 
     def clear(self) -> None:
-        """Drop every recorded event."""
+        """Drop every recorded event.
+
+        Like clearing the ftrace ``trace`` buffer.
+        """
         self.events = []

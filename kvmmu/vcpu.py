@@ -122,7 +122,10 @@ class Tlb:
             del self.entries[key]
 
     def flush(self, *, keep_global: bool = False) -> None:
-        """Drop all entries, or all but the global ones (a CR3 load with CR4.PGE)."""
+        """Drop all entries, or all but the global ones (a CR3 load with CR4.PGE).
+
+        The guest-visible effect of ``kvm_vcpu_flush_tlb_all`` or of a CR3 load.
+        """
         if keep_global:
             self.entries = {k: v for k, v in self.entries.items() if v[1]}
         else:
@@ -396,19 +399,28 @@ class Vcpu:
         self.prev_roots = cache
 
     def set_cpl(self, cpl: int) -> None:
-        """Change the privilege level (no TLB effect)."""
+        """Change the privilege level (no TLB effect).
+
+        KVM reads the CPL from the segment registers (``kvm_x86_get_cpl``).
+        """
         self.cpu = replace(self.cpu, cpl=cpl)
         self._hw_cpu = None
 
     def set_ac(self, ac: bool) -> None:
-        """Set or clear RFLAGS.AC (SMAP override for explicit supervisor accesses)."""
+        """Set or clear RFLAGS.AC (SMAP override for explicit supervisor accesses).
+
+        Kernel counterpart: ``kvm_set_rflags``.
+        """
         rflags = (self.cpu.rflags | Rflags.AC) if ac else (self.cpu.rflags & ~Rflags.AC)
         self.cpu = replace(self.cpu, rflags=int(rflags))
         self._hw_cpu = None
 
     def set_pkru(self, pkru: int) -> None:
         """WRPKRU. The CPU checks PKRU on every access, TLB hits included; kvmmu flushes its TLB
-        instead of storing keys in it, which gives the same outcomes."""
+        instead of storing keys in it, which gives the same outcomes.
+
+        The guest's WRPKRU (``vcpu->arch.pkru``).
+        """
         self.cpu = replace(self.cpu, pkru=pkru)
         self.tlb.flush()
 
@@ -427,11 +439,17 @@ class Vcpu:
         return [sp for sp in self.pae_root or () if sp is not None]
 
     def current_roots(self) -> list[MmuPage]:
-        """The roots in use: one page, or up to four PAE page directories."""
+        """The roots in use: one page, or up to four PAE page directories.
+
+        Kernel counterpart: ``mmu->root`` or ``mmu->pae_root``.
+        """
         return self._roots()
 
     def all_roots(self) -> list[MmuPage]:
-        """The roots in use and the cached previous roots."""
+        """The roots in use and the cached previous roots.
+
+        Kernel counterpart: ``mmu->root`` (or ``pae_root``) and ``mmu->prev_roots``.
+        """
         return self._roots() + list(self.prev_roots)
 
     def _roots_valid(self) -> bool:
@@ -595,7 +613,10 @@ class Vcpu:
         *,
         implicit: bool = False,
     ) -> Translation | PageFault | GeneralProtection:
-        """Like :meth:`access`, but says whether the access was emulated or an MMIO exit."""
+        """Like :meth:`access`, but says whether the access was emulated or an MMIO exit.
+
+        What ``kvm_mmu_page_fault`` tells its caller: fixed, ``RET_PF_EMULATE``, or MMIO.
+        """
         if cpl is not None and cpl != self.cpu.cpl:
             saved = self.cpu
             self.set_cpl(cpl)
@@ -805,7 +826,10 @@ class Vcpu:
     def write(
         self, gva: int, value: int, size: int = 8, cpl: int | None = None
     ) -> PageFault | GeneralProtection | None:
-        """A guest store; a store to a shadowed guest table is emulated and tracked by the MMU."""
+        """A guest store; a store to a shadowed guest table is emulated and tracked by the MMU.
+
+        Emulated stores go through ``emulator_write_phys`` and ``kvm_page_track_write``.
+        """
         _check_in_page(gva, size)
         t = self.translate(gva, Access.WRITE, cpl)
         if not isinstance(t, Translation):

@@ -969,6 +969,8 @@ def demo_mixed_vm() -> Vm:
 
     The guest maps 4 KiB pages (indirect pages shadow its tables) and one 2 MiB page that the
     host, without huge pages, backs with 4 KiB sptes in a *direct* level-1 page.
+
+    No kernel counterpart.
     """
     vm = Vm(16 << 20, huge_pages=False)
     pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)

@@ -612,7 +612,10 @@ def _update_accessed_dirty(
 def walk_many(
     memory: GuestMemory, cpu: CpuState, gvas: list[int], access: Access = Access.READ
 ) -> list[WalkResult | PageFault | GeneralProtection]:
-    """Walk several addresses with the same registers; a convenience for tables and plots."""
+    """Walk several addresses with the same registers; a convenience for tables and plots.
+
+    No kernel counterpart.
+    """
     return [walk(memory, cpu, gva, access) for gva in gvas]
 
 

@@ -38,7 +38,10 @@ __all__ = [
 
 
 def figure_png(fig: Figure) -> bytes:
-    """A Figure as PNG bytes (transparent background, the figure's own dpi)."""
+    """A Figure as PNG bytes (transparent background, the figure's own dpi).
+
+    No kernel counterpart.
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", transparent=True, bbox_inches="tight")
     return buffer.getvalue()
@@ -136,6 +139,8 @@ def make_shadow_steps_widget(
     A slider picks how many steps have run; "next step" moves it by one. Shows
     :func:`viz.shadow_step_view`: the log, the shadow pages, the counters.
     Controls, in order: steps (IntSlider), next (Button), reset (Button).
+
+    No kernel counterpart: a widget over :func:`viz.shadow_step_view`.
     """
     slider = widgets.IntSlider(value=steps, min=0, max=len(program), description="steps")
     step = widgets.Button(description="next step")
@@ -169,6 +174,8 @@ def make_role_widget(
 
     Shows :func:`viz.setup_shadow_pages`. Controls, in order: mode (Dropdown), CR0.WP, TDP,
     guest large pages, host huge pages (Checkboxes).
+
+    No kernel counterpart: a widget over :func:`viz.setup_shadow_pages`.
     """
     modes = widgets.Dropdown(
         options=["paging off", "32-bit", "PAE", "4-level", "5-level"],

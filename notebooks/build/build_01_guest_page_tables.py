@@ -1,15 +1,12 @@
-"""Write notebooks/01_guest_page_tables.ipynb (unexecuted); run it with nbconvert afterwards.
+"""Build and execute notebooks/01_guest_page_tables.ipynb.
 
-    cd notebooks && ../.venv/bin/python build/build_01_guest_page_tables.py \
-        && ../.venv/bin/jupyter nbconvert --to notebook --execute --inplace 01_guest_page_tables.ipynb
+Run ``python notebooks/build/build_01_guest_page_tables.py``: it writes the executed notebook.
 """
 # ruff: noqa: E501  (markdown cell prose is wrapped by its own width, inside string literals)
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
+from lesson import Lesson
 
 NAME = "01_guest_page_tables.ipynb"
 
@@ -207,20 +204,5 @@ exercises.check_walk(problem, answer)""",
 ]
 
 
-def build(path: Path) -> None:
-    """Write the notebook with empty outputs."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-        "name": "python3",
-    }
-    nb.cells = [
-        nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
-        for kind, src in CELLS
-    ]
-    nbformat.write(nb, path)
-
-
 if __name__ == "__main__":
-    build(Path(__file__).resolve().parents[1] / NAME)
+    Lesson(NAME, CELLS).write()

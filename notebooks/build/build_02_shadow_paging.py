@@ -1,15 +1,12 @@
-"""Write notebooks/02_shadow_paging.ipynb (unexecuted); run it with nbconvert afterwards.
+"""Build and execute notebooks/02_shadow_paging.ipynb.
 
-    cd notebooks && ../.venv/bin/python build/build_02_shadow_paging.py \
-        && ../.venv/bin/jupyter nbconvert --to notebook --execute --inplace 02_shadow_paging.ipynb
+Run ``python notebooks/build/build_02_shadow_paging.py``: it writes the executed notebook.
 """
 # ruff: noqa: E501  (markdown cell prose is wrapped by its own width, inside string literals)
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
+from lesson import Lesson
 
 NAME = "02_shadow_paging.ipynb"
 
@@ -165,20 +162,5 @@ exercises.check_shadow_fault(problem, answer)""",
 ]
 
 
-def build(path: Path) -> None:
-    """Write the notebook with empty outputs."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-        "name": "python3",
-    }
-    nb.cells = [
-        nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
-        for kind, src in CELLS
-    ]
-    nbformat.write(nb, path)
-
-
 if __name__ == "__main__":
-    build(Path(__file__).resolve().parents[1] / NAME)
+    Lesson(NAME, CELLS).write()

@@ -3,20 +3,10 @@
 Run ``python notebooks/build/build_05_write_protection.py``: it writes the executed notebook.
 """
 
-from pathlib import Path
+from lesson import Lesson
 
-import nbformat as nbf
-
-HERE = Path(__file__).resolve().parent
-cells: list[nbf.NotebookNode] = []
-
-
-def md(text: str) -> None:
-    cells.append(nbf.v4.new_markdown_cell(text.strip()))
-
-
-def code(text: str) -> None:
-    cells.append(nbf.v4.new_code_cell(text.strip()))
+lesson = Lesson("05_write_protection.ipynb")
+md, code = lesson.md, lesson.code
 
 
 md("""
@@ -159,14 +149,5 @@ Going further: with `E.table_write_workload(pte_rate, pde_rate, unsync=True)`, w
 an INVLPG of a page whose gfn changed?)
 """)
 
-nb = nbf.v4.new_notebook()
-nb.cells = cells
-nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-nb.metadata["language_info"] = {"name": "python"}
 if __name__ == "__main__":
-    from nbclient import NotebookClient
-
-    NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(HERE.parent)}}).execute()
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)  # timings change on every run
-    nbf.write(nb, HERE.parent / "05_write_protection.ipynb")
+    lesson.write()

@@ -1,19 +1,9 @@
 """Build and execute notebooks/09_lab.ipynb: ``python notebooks/build/build_09_lab.py``."""
 
-from pathlib import Path
+from lesson import Lesson
 
-import nbformat as nbf
-
-HERE = Path(__file__).resolve().parent
-cells: list[nbf.NotebookNode] = []
-
-
-def md(text: str) -> None:
-    cells.append(nbf.v4.new_markdown_cell(text.strip()))
-
-
-def code(text: str) -> None:
-    cells.append(nbf.v4.new_code_cell(text.strip()))
+lesson = Lesson("09_lab.ipynb")
+md, code = lesson.md, lesson.code
 
 
 md("""
@@ -141,14 +131,5 @@ code("""
 print(answers)
 """)
 
-nb = nbf.v4.new_notebook()
-nb.cells = cells
-nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-nb.metadata["language_info"] = {"name": "python"}
 if __name__ == "__main__":
-    from nbclient import NotebookClient
-
-    NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(HERE.parent)}}).execute()
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)  # timings change on every run
-    nbf.write(nb, HERE.parent / "09_lab.ipynb")
+    lesson.write()

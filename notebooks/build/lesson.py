@@ -1,0 +1,55 @@
+"""Shared scaffolding of the notebook build scripts: cells in, an executed notebook out.
+
+Each ``build_NN_*.py`` lists its cells, prose first, and calls :meth:`Lesson.write`, which runs
+every cell with the current interpreter's kernel (nbclient) and stores the outputs without
+per-cell timings, so the committed notebook holds exactly what the code produces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1]
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def execute(nb: nbformat.NotebookNode) -> None:
+    """Run ``nb`` top to bottom in the notebooks folder and drop per-cell timing metadata."""
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+
+
+class Lesson:
+    """The cells of one notebook, added in reading order."""
+
+    def __init__(self, name: str, cells: list[tuple[str, str]] | None = None) -> None:
+        self.name = name
+        self.cells: list[nbformat.NotebookNode] = []
+        for kind, text in cells or []:
+            self.md(text) if kind == "md" else self.code(text)
+
+    def md(self, text: str) -> None:
+        """Add a markdown cell."""
+        self.cells.append(nbformat.v4.new_markdown_cell(text.strip()))
+
+    def code(self, text: str) -> None:
+        """Add a code cell."""
+        self.cells.append(nbformat.v4.new_code_cell(text.strip()))
+
+    def write(self, *, run: bool = True) -> Path:
+        """Write ``notebooks/<name>``, executed unless ``run`` is false."""
+        nb = nbformat.v4.new_notebook()
+        nb.cells = self.cells
+        nb.metadata["kernelspec"] = dict(KERNELSPEC)
+        nb.metadata["language_info"] = {"name": "python"}
+        if run:
+            execute(nb)
+        path = NOTEBOOKS / self.name
+        nbformat.write(nb, path)
+        return path

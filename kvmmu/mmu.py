@@ -27,8 +27,18 @@ from kvmmu.page import MmuPage, new_gfns
 from kvmmu.rmap import Rmap, Sptep, add_parent_pte, level_base, remove_parent_pte
 from kvmmu.role import MmuPageRole
 from kvmmu.stats import MmuStats
+from kvmmu.sync import (
+    clear_unsync_child_bit,
+    mark_unsync,
+    role_compatible,
+    sync_children,
+    sync_page_or_zap,
+    unlink_unsync_page,
+    unsync_page,
+    zap_unsync_children,
+)
 from kvmmu.trace import Tracer
-from kvmmu.walk import PageFault, WalkResult, walk
+from kvmmu.walk import PageFault, WalkResult, reserved_mask, walk
 from kvmmu.x86 import PAGE_SHIFT, Acc, Access, Pte
 
 if TYPE_CHECKING:
@@ -170,11 +180,8 @@ class Mmu:
                 if role.level > 1 and sp.unsync:
                     self.zap_page(sp)
                 continue
-            if sp.unsync and vcpu is not None:
-                from kvmmu.sync import sync_page_or_zap
-
-                if not sync_page_or_zap(vcpu, sp):
-                    continue
+            if sp.unsync and vcpu is not None and not sync_page_or_zap(vcpu, sp):
+                continue  # the stale page could not be synced and was zapped
             self.trace.emit(
                 "kvm_mmu_get_page", gfn=gfn, role=role.describe(), created=False, sp=sp.serial
             )
@@ -296,8 +303,6 @@ class Mmu:
             return False
         for sp in pages:
             if not sp.unsync:
-                from kvmmu.sync import unsync_page
-
                 unsync_page(self, sp)
         return True
 
@@ -320,8 +325,6 @@ class Mmu:
         parent.spt[index] = S.make_nonleaf_spte(child.pfn)
         add_parent_pte(child, parent, index)
         if child.unsync or child.unsync_children:
-            from kvmmu.sync import mark_unsync
-
             mark_unsync(parent, index)
 
     def drop_spte(self, sp: MmuPage, index: int) -> None:
@@ -334,8 +337,6 @@ class Mmu:
                 child = self.child_of(spte)
                 remove_parent_pte(child, sp, index)
                 if index in sp.unsync_child_bitmap:
-                    from kvmmu.sync import clear_unsync_child_bit
-
                     clear_unsync_child_bit(sp, index)
         sp.spt[index] = 0
 
@@ -436,8 +437,6 @@ class Mmu:
             root_count=sp.root_count,
         )
         self.stats.mmu_shadow_zapped += 1
-        from kvmmu.sync import unlink_unsync_page, zap_unsync_children
-
         zap_unsync_children(self, sp)
         for index in sp.present_indices():
             self.drop_spte(sp, int(index))
@@ -566,7 +565,7 @@ class Mmu:
                     continue
                 if sp.level > 1:
                     self.stats.mmu_pde_zapped += 1
-                elif _same_context(vcpu, sp):
+                elif role_compatible(vcpu, sp):
                     self.stats.mmu_pte_updated += 1
                     self._update_pte(vcpu, sp, index)
         if flush:
@@ -678,14 +677,6 @@ def written_gentry(memory: GuestMemory, sp: MmuPage, gpa: int) -> int:
         return 0
 
 
-def _same_context(vcpu: Vcpu, sp: MmuPage) -> bool:
-    """May the writing vCPU refresh ``sp``'s sptes? Only if the page's role matches its paging
-    context, ignoring level, access and quadrant (``role_ign`` in ``kvm_mmu_pte_write``)."""
-    from kvmmu.sync import role_compatible
-
-    return role_compatible(vcpu, sp)
-
-
 def read_gpte(memory: GuestMemory, sp: MmuPage, index: int) -> int | None:
     """The guest entry that spte ``index`` of indirect page ``sp`` shadows, or None."""
     if sp.role.has_4_byte_gpte:
@@ -708,8 +699,6 @@ def gpte_access(gpte: int, vcpu: Vcpu) -> int:
 
 def gpte_reserved(vcpu: Vcpu, gpte: int) -> bool:
     """Reserved bits set in a leaf guest entry (``FNAME(is_rsvd_bits_set)`` at level 1)."""
-    from kvmmu.walk import reserved_mask
-
     return bool(gpte & reserved_mask(vcpu.cpu, 1, bool(gpte & Pte.PAGE_SIZE)))
 
 
@@ -722,18 +711,6 @@ def gpte_gfn(gpte: int, sp: MmuPage) -> int:
 # ------------------------------------------------------------------------------------------
 # fault handlers
 # ------------------------------------------------------------------------------------------
-
-
-def error_code_access(error_code: int) -> Access:
-    """The access kind encoded in a page-fault error code.
-
-    The decoding ``FNAME(page_fault)`` does with ``PFERR_WRITE_MASK`` and ``PFERR_FETCH_MASK``.
-    """
-    if error_code & 0x10:
-        return Access.FETCH
-    if error_code & 0x2:
-        return Access.WRITE
-    return Access.READ
 
 
 def page_fault(vcpu: Vcpu, gva: int, access: Access, *, implicit: bool = False) -> FaultResult:
@@ -804,8 +781,6 @@ def fetch(vcpu: Vcpu, gva: int, gw: WalkResult, access: int, write: bool) -> Fau
             )
             child = mmu.get_shadow_page(vcpu, table_gfn, role)
             if child.unsync_children:
-                from kvmmu.sync import sync_children
-
                 sync_children(vcpu, child)
             mmu.link_shadow_page(sp, index, child)
         sp, level = child, level - 1
@@ -894,5 +869,6 @@ def clear_flood_on_path(vcpu: Vcpu, gva: int) -> None:
 
 
 def sptes_of_gfn(mmu: Mmu, gfn: int) -> list[Sptep]:
-    """Every leaf spte that maps ``gfn``, at any level (an rmap walk)."""
+    """Every leaf spte that maps ``gfn``, at any level: the rmap walk that
+    ``kvm_mmu_slot_gfn_write_protect`` makes (``for_each_rmap_spte`` over each level)."""
     return mmu.rmap.all_levels(gfn)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from kvmmu import spte as S
 from kvmmu.page import MmuPage
+from kvmmu.role import shadow_root_role
 from kvmmu.x86 import Acc, Pte
 
 if TYPE_CHECKING:
@@ -144,8 +145,6 @@ def sync_page_or_zap(vcpu: Vcpu, sp: MmuPage) -> bool:
 
 def role_compatible(vcpu: Vcpu, sp: MmuPage) -> bool:
     """Can this vCPU's context read ``sp``'s guest entries? (``kvm_sync_page_check``)."""
-    from kvmmu.role import shadow_root_role
-
     if sp.direct or vcpu.vm.tdp:
         return False
     ours = shadow_root_role(vcpu.cpu.cr0, vcpu.cpu.cr4, vcpu.cpu.efer)

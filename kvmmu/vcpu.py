@@ -28,6 +28,7 @@ from kvmmu.mmu import FaultOutcome, Mmu, direct_page_fault, page_fault
 from kvmmu.page import MmuPage
 from kvmmu.role import MmuPageRole, shadow_root_role, tdp_root_role
 from kvmmu.stats import MmuStats
+from kvmmu.sync import invlpg_sync, sync_roots
 from kvmmu.walk import CpuState, GeneralProtection, PageFault, WalkResult, load_cr3, walk
 from kvmmu.x86 import (
     PAGE_SHIFT,
@@ -257,6 +258,7 @@ class Vcpu:
         self.pae_root: list[MmuPage | None] | None = None
         self.prev_roots: list[MmuPage] = []  # KVM_MMU_NUM_PREV_ROOTS cached 64-bit roots
         self._hw_cpu: CpuState | None = None
+        self._tdp_cpu_state: CpuState | None = None
         self.last_refs = 0  # memory references of the last hardware walk
         self.cpu = self._checked(cpu)
 
@@ -363,8 +365,6 @@ class Vcpu:
         self.tlb.flush(keep_global=self.pge)
         self._hw_cpu = None
         self.reload()
-        from kvmmu.sync import sync_roots
-
         sync_roots(self)  # KVM_REQ_MMU_SYNC: the guest flushed its TLB
         return None
 
@@ -427,8 +427,6 @@ class Vcpu:
     def invlpg(self, gva: int) -> None:
         """INVLPG: drop the TLB entries for ``gva`` (``kvm_mmu_invlpg``); sync comes with unsync."""
         self.tlb.invlpg(gva)
-        from kvmmu.sync import invlpg_sync
-
         invlpg_sync(self, gva)
 
     # -- roots -----------------------------------------------------------------------------
@@ -480,8 +478,6 @@ class Vcpu:
             self.root = self._get_root(self.cpu.root_gpa >> PAGE_SHIFT, role)
         else:
             self.pae_root = self._alloc_pae_roots(mode)
-        from kvmmu.sync import sync_roots
-
         sync_roots(self)
 
     def _get_root(self, gfn: int, role: MmuPageRole) -> MmuPage:
@@ -768,19 +764,23 @@ class Vcpu:
         )
         return Translation(result.gpa)
 
-    def _tdp_cpu(self, write: bool) -> CpuState:
-        cr4 = int(Cr4.PAE | (Cr4.LA57 if self.vm.tdp_levels == 5 else 0))
+    def _tdp_cpu(self) -> CpuState:
+        """Registers of the TDP walk: 4/5-level tables from the TDP root, built once per root."""
         root = self.shadow_root_for(0)[0]
-        return CpuState(
-            int(Cr0.PE | Cr0.PG | Cr0.WP),
-            root.pfn << PAGE_SHIFT,
-            cr4,
-            int(Efer.LME | Efer.LMA | Efer.NXE),
-            0,
-            int(Rflags.FIXED),
-            0,
-            S.HOST_MAXPHYADDR,
-        )
+        cached = self._tdp_cpu_state
+        if cached is None or cached.cr3 != root.pfn << PAGE_SHIFT:
+            cr4 = int(Cr4.PAE | (Cr4.LA57 if self.vm.tdp_levels == 5 else 0))
+            cached = self._tdp_cpu_state = CpuState(
+                int(Cr0.PE | Cr0.PG | Cr0.WP),
+                root.pfn << PAGE_SHIFT,
+                cr4,
+                int(Efer.LME | Efer.LMA | Efer.NXE),
+                0,
+                int(Rflags.FIXED),
+                0,
+                S.HOST_MAXPHYADDR,
+            )
+        return cached
 
     def _tdp_translate(self, gpa: int, kind: Access) -> int | None:
         """Walk the TDP tables for ``gpa``: the references made, None after fixing a TDP fault,
@@ -788,7 +788,7 @@ class Vcpu:
         self.reload()
         hw = walk(
             self.vm.host_view,
-            self._tdp_cpu(kind is Access.WRITE),
+            self._tdp_cpu(),
             gpa,
             Access.WRITE if kind is Access.WRITE else Access.READ,
             set_ad=False,

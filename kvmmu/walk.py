@@ -353,9 +353,7 @@ class WalkStep:
 _RawStep = tuple[int, int, int, int, int]
 
 
-def _trace(
-    spec: ModeSpec, raw: list[_RawStep], leaf_level: int, outcome: str
-) -> tuple[WalkStep, ...]:
+def _trace(spec: ModeSpec, raw: list[_RawStep], outcome: str) -> tuple[WalkStep, ...]:
     steps = []
     for i, (level, gpa, index, entry, _) in enumerate(raw):
         last = i == len(raw) - 1
@@ -367,7 +365,6 @@ def _trace(
             nxt = entry & (0xFFFF_F000 if spec.entry_size == 4 else rsvd_bits(12, 51))
             decision = f"present, {_rights(entry, spec)} -> next table at {nxt:#x}"
         steps.append(WalkStep(level, spec.entry_name(level), gpa, index, entry, decision))
-    del leaf_level
     return tuple(steps)
 
 
@@ -408,7 +405,6 @@ class WalkResult:
         return _trace(
             self.mode.spec,
             self.raw,
-            self.level,
             f"leaf, {self.page_size >> 10} KiB page, rights {_acc_str(self.access)} "
             f"-> gpa {self.gpa:#x}",
         )
@@ -580,7 +576,7 @@ def walk(
 
 
 def _fault(spec: ModeSpec, err: int, gva: int, raw: list[_RawStep], why: str) -> PageFault:
-    steps = _trace(spec, raw, 0, f"fault: {why}")
+    steps = _trace(spec, raw, f"fault: {why}")
     return PageFault(PfErr(err), gva, why, steps)
 
 

@@ -1,14 +1,14 @@
 """Throughput of the simulated shadow MMU, printed as markdown tables.
 
 Run ``python benchmarks/bench_mmu.py`` (``--quick`` for a smaller run). Each case builds a fresh
-guest with ``kvmmu.workloads`` and times one operation many times; the best of several repeats
+guest with ``kvmmu.teaching.workloads`` and times one operation many times; the best of several repeats
 is reported, so the figure is the simulator's cost rather than the machine's noise:
 
 * shadow page faults per second: a 4-level guest touching fresh 4 KiB pages;
 * accesses per second on a TLB hit, and on a TLB miss that the hardware walk of the shadow
   tables resolves without a fault (the TLB is flushed before each access);
 * CR3 switches per second among 4 address spaces, with the root cache and without it. "Without"
-  calls ``kvmmu.workloads.drop_prev_roots`` after every switch: the cached previous roots are
+  calls ``kvmmu.teaching.workloads.drop_prev_roots`` after every switch: the cached previous roots are
   released (``put_root``) and ``vcpu.prev_roots`` emptied, so every switch looks the root up in
   the page hash again (``kvm_mmu_get_shadow_page``) instead of taking it from
   ``prev_roots``; ``vcpu.py`` is not changed;
@@ -27,17 +27,17 @@ import sys
 import time
 from collections.abc import Callable
 
-from kvmmu.batch import plan_direct, plan_shadow
-from kvmmu.guest import GuestPageTables
-from kvmmu.vcpu import Vm
-from kvmmu.workloads import (
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Access, PagingMode
+from kvmmu.kvm.vcpu import Vm
+from kvmmu.teaching.batch import plan_direct, plan_shadow
+from kvmmu.teaching.workloads import (
     KERNEL_BASE,
     USER_BASE,
     drop_prev_roots,
     fast_identity_tables,
     identity_guest,
 )
-from kvmmu.x86 import PAGE_SHIFT, PAGE_SIZE, Access, PagingMode
 
 MIB = 1 << 20
 

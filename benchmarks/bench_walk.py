@@ -1,8 +1,8 @@
-"""Walks per second of ``kvmmu.walk.walk`` in every paging mode, over warmed tables.
+"""Walks per second of ``kvmmu.hw.walk.walk`` in every paging mode, over warmed tables.
 
 Run ``python benchmarks/bench_walk.py`` (``--help`` for options). The script pins itself to one
 CPU where the OS allows it, builds one set of guest page tables per case straight into
-``GuestMemory`` (it does not use ``kvmmu.guest``), walks every mapped address once so that the
+``GuestMemory`` (it does not use ``kvmmu.hw.guest``), walks every mapped address once so that the
 accessed bits are set and the walker's per-register context and table views are cached, then
 times read walks over the same addresses and prints a markdown table: the best of several
 repeats, so the number is the walker's cost rather than the machine's noise.
@@ -17,9 +17,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from kvmmu.memory import GuestMemory
-from kvmmu.walk import CpuState, WalkResult, cpu_for_mode, load_cr3, walk
-from kvmmu.x86 import Access, PagingMode
+from kvmmu.hw.memory import GuestMemory
+from kvmmu.hw.walk import CpuState, WalkResult, cpu_for_mode, load_cr3, walk
+from kvmmu.hw.x86 import Access, PagingMode
 
 P, W, U, PS = 1, 2, 4, 1 << 7
 PRW = P | W | U

@@ -1,7 +1,7 @@
 """Typed errors for bad input to kvmmu.
 
 A fault the *guest* would see (a page fault, a #GP) is never an exception here: it is a value
-(see ``kvmmu.walk.PageFault``). The classes below are for programming and input mistakes, and
+(see ``kvmmu.hw.walk.PageFault``). The classes below are for programming and input mistakes, and
 each message says what to fix.
 """
 

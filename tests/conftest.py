@@ -11,9 +11,9 @@ import os
 import pytest
 from hypothesis import settings
 
-from kvmmu.guest import GuestPageTables
-from kvmmu.memory import GuestMemory
-from kvmmu.x86 import PagingMode
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.memory import GuestMemory
+from kvmmu.hw.x86 import PagingMode
 
 settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)

@@ -1,8 +1,9 @@
-"""Memory per shadow page by kernel era (kvmmu.accounting, ``kvm_mmu_alloc_page``)."""
+"""Memory per shadow page by kernel era (kvmmu.kvm.accounting, ``kvm_mmu_alloc_page``)."""
 
 import pytest
 
-from kvmmu.accounting import (
+from kvmmu.errors import KvmmuError
+from kvmmu.kvm.accounting import (
     ERAS,
     STRUCT_BYTES,
     EraError,
@@ -12,8 +13,7 @@ from kvmmu.accounting import (
     memory_from_counts,
     page_bytes,
 )
-from kvmmu.errors import KvmmuError
-from kvmmu.workloads import full_touch
+from kvmmu.teaching.workloads import full_touch
 
 
 def test_pre_2010_allocated_a_gfns_page_for_every_page() -> None:

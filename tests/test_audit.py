@@ -1,4 +1,4 @@
-"""Specification of the MMU audit (``kvmmu.audit``, after the former ``mmu_audit.c``).
+"""Specification of the MMU audit (``kvmmu.kvm.audit``, after the former ``mmu_audit.c``).
 
 Each test builds a small, consistent VM, breaks exactly one thing behind the MMU's back, and
 checks that the audit names the rule, the page (``sp.describe()``) and the index. A clean VM in
@@ -12,13 +12,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from kvmmu import spte as S
-from kvmmu.audit import RULES, AuditError, audit, audit_report, audit_violations
 from kvmmu.errors import KvmmuError
-from kvmmu.guest import GuestPageTables
-from kvmmu.page import MmuPage
-from kvmmu.vcpu import Vcpu, Vm
-from kvmmu.x86 import Access, PagingMode, Pte
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.x86 import Access, PagingMode, Pte
+from kvmmu.kvm import spte as S
+from kvmmu.kvm.audit import RULES, AuditError, audit, audit_report, audit_violations
+from kvmmu.kvm.page import MmuPage
+from kvmmu.kvm.vcpu import Vcpu, Vm
 
 MiB = 1 << 20
 DATA_GVA, DATA_GPA = 0x40_0000, 0x10_0000  # 4 KiB, user, writable

@@ -1,4 +1,4 @@
-"""Batch paths (kvmmu.batch): the same shadow pages as one fault per page, built at once.
+"""Batch paths (kvmmu.teaching.batch): the same shadow pages as one fault per page, built at once.
 
 Each equivalence test runs the real fault path (``full_touch``) on a small guest and the batch
 path on an identical fresh guest, then compares: the set of (level, gfn, role) pages, for every
@@ -10,8 +10,11 @@ import time
 
 import pytest
 
-from kvmmu.accounting import memory_by_era
-from kvmmu.batch import (
+from kvmmu.hw.memory import MemslotFlag
+from kvmmu.hw.x86 import PagingMode
+from kvmmu.kvm.accounting import memory_by_era
+from kvmmu.kvm.vcpu import Vm
+from kvmmu.teaching.batch import (
     BatchError,
     build_direct,
     build_shadow,
@@ -20,10 +23,7 @@ from kvmmu.batch import (
     plan_shadow,
     summary_of_mmu,
 )
-from kvmmu.memory import MemslotFlag
-from kvmmu.vcpu import Vm
-from kvmmu.workloads import fast_identity_tables, full_touch, identity_guest
-from kvmmu.x86 import PagingMode
+from kvmmu.teaching.workloads import fast_identity_tables, full_touch, identity_guest
 
 MIB = 1 << 20
 FLAGS = (1 << 63) | 0xFFF  # everything but the host frame number

@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvmmu.capture import (
+from kvmmu.errors import KvmmuError
+from kvmmu.hw.capture import (
     Capture,
     CaptureError,
     CaptureView,
@@ -33,9 +34,8 @@ from kvmmu.capture import (
     ptdump,
     qemu_tlb_fields,
 )
-from kvmmu.errors import KvmmuError
-from kvmmu.walk import CpuState, GeneralProtection, PageFault, WalkResult, walk
-from kvmmu.x86 import PAGE_SHIFT, PAGE_SIZE, Acc, Access, PagingMode, PfErr, Rflags, canonicalize
+from kvmmu.hw.walk import CpuState, GeneralProtection, PageFault, WalkResult, walk
+from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Acc, Access, PagingMode, PfErr, Rflags, canonicalize
 
 EXPECTED = {"x86_64-4level": 4, "x86_64-4level-pti": 4, "x86_64-5level": 5}
 CAPTURES = sorted(EXPECTED)

@@ -1,14 +1,14 @@
-"""Specifications of kvmmu.exercises: the same seed makes the same problem, the right answer
-passes, and each wrong answer gets its own hint that never states the answer."""
+"""Specifications of kvmmu.teaching.exercises: the same seed makes the same problem, the right
+answer passes, and each wrong answer gets its own hint that never states the answer."""
 
 from __future__ import annotations
 
 import pytest
 
-from kvmmu import exercises as E
 from kvmmu.errors import KvmmuError
-from kvmmu.walk import PageFault, WalkResult
-from kvmmu.x86 import Pte
+from kvmmu.hw.walk import PageFault, WalkResult
+from kvmmu.hw.x86 import Pte
+from kvmmu.teaching import exercises as E
 
 
 def _walk_seed(kind: str, level: int | None = None) -> E.WalkProblem:

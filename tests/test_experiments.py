@@ -1,10 +1,11 @@
-"""Experiments of notebooks 7 and 8 (kvmmu.experiments), checked against hand calculations."""
+"""Experiments of notebooks 7 and 8 (kvmmu.teaching.experiments), checked against hand
+calculations."""
 
 import time
 
 import pytest
 
-from kvmmu.experiments import (
+from kvmmu.teaching.experiments import (
     ExperimentError,
     batch_summary,
     expected_pages,

@@ -1,6 +1,6 @@
-"""Specifications of the guest page-table builder, ``kvmmu/guest.py``.
+"""Specifications of the guest page-table builder, ``kvmmu/hw/guest.py``.
 
-The walker (``kvmmu.walk.walk``) is the judge throughout: whatever the builder writes must
+The walker (``kvmmu.hw.walk.walk``) is the judge throughout: whatever the builder writes must
 translate, fault and report rights exactly as the walker sees them.
 """
 
@@ -14,16 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmmu.errors import AddressError, KvmmuError, MappingError, MemslotError, ModeError
-from kvmmu.guest import (
+from kvmmu.hw.guest import (
     INFO_MEM_COLUMNS,
     MAPPING_COLUMNS,
     TABLE_ENTRY_BITS,
     GuestPageTables,
     format_size,
 )
-from kvmmu.memory import GuestMemory, MemslotFlag
-from kvmmu.walk import CpuState, PageFault, WalkResult, walk
-from kvmmu.x86 import Acc, Access, PagingMode, PfErr, Pte, describe_flags
+from kvmmu.hw.memory import GuestMemory, MemslotFlag
+from kvmmu.hw.walk import CpuState, PageFault, WalkResult, walk
+from kvmmu.hw.x86 import Acc, Access, PagingMode, PfErr, Pte, describe_flags
 
 K4, M2, M4, G1 = 1 << 12, 1 << 21, 1 << 22, 1 << 30
 MB = 1 << 20

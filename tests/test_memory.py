@@ -1,4 +1,4 @@
-"""Specification of ``kvmmu.memory``: guest physical memory, memslots and the host allocator.
+"""Specification of ``kvmmu.hw.memory``: guest physical memory, memslots and the host allocator.
 
 The rules come from ``virt/kvm/kvm_main.c`` (memslots, ``mark_page_dirty``, the memslot
 generation) and from x86 itself (little-endian, byte-addressed memory).
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kvmmu.errors import AddressError, KvmmuError, MemslotError
-from kvmmu.memory import GuestMemory, HostMemory, Memslot, MemslotFlag, Memslots
+from kvmmu.hw.memory import GuestMemory, HostMemory, Memslot, MemslotFlag, Memslots
 
 MiB = 1 << 20
 

@@ -1,4 +1,4 @@
-"""Specification of ``kvmmu.mmu``: the shadow page fault, write protection, emulated writes to
+"""Specification of ``kvmmu.kvm.mmu``: the shadow page fault, write protection, emulated writes to
 guest page tables, reclaim and MMIO.
 
 Rules from ``arch/x86/kvm/mmu/mmu.c`` and ``paging_tmpl.h``: ``FNAME(page_fault)``,
@@ -11,14 +11,14 @@ architecture (SDM vol. 3 4.6 for CR0.WP, 4.8 for the dirty flag).
 
 import pytest
 
-from kvmmu import spte as S
-from kvmmu.guest import GuestPageTables
-from kvmmu.memory import MemslotFlag
-from kvmmu.mmu import MmuBudgetError
-from kvmmu.page import MmuPage
-from kvmmu.vcpu import Translation, Vcpu, Vm
-from kvmmu.walk import PageFault
-from kvmmu.x86 import Acc, Access, PagingMode, Pte
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.memory import MemslotFlag
+from kvmmu.hw.walk import PageFault
+from kvmmu.hw.x86 import Acc, Access, PagingMode, Pte
+from kvmmu.kvm import spte as S
+from kvmmu.kvm.mmu import MmuBudgetError
+from kvmmu.kvm.page import MmuPage
+from kvmmu.kvm.vcpu import Translation, Vcpu, Vm
 
 MiB = 1 << 20
 ADDR = ((1 << 52) - 1) & ~0xFFF

@@ -9,10 +9,10 @@ an entry that lost rights, changed frame or lost A/D bits; nothing for an entry 
 present or gained rights, which x86 never caches).
 
 After every access the outcome (the gpa reached, or the #PF error code and CR2, or the #GP)
-must equal what the pure guest walker (:func:`kvmmu.walk.walk`) answers on a snapshot of the
+must equal what the pure guest walker (:func:`kvmmu.hw.walk.walk`) answers on a snapshot of the
 guest's tables taken just before the access, and the tables afterwards must equal the snapshot
 after that reference walk (same accessed and dirty bits). A gpa that no memslot holds must
-come back as an MMIO exit. :func:`kvmmu.audit.audit` runs after every step, and the dirty log
+come back as an MMIO exit. :func:`kvmmu.kvm.audit.audit` runs after every step, and the dirty log
 of the data memslot must hold every gfn written since the last fetch, and nothing a guest could
 not have written.
 
@@ -31,12 +31,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from kvmmu.audit import audit, audit_report
-from kvmmu.memory import GuestMemory, MemslotFlag
-from kvmmu.vcpu import Translation, Vcpu, Vm
-from kvmmu.walk import CpuState, GeneralProtection, PageFault, WalkResult, cpu_for_mode, load_cr3
-from kvmmu.walk import walk as reference_walk
-from kvmmu.x86 import Access, Cr0, Cr4, Efer, PagingMode
+from kvmmu.hw.memory import GuestMemory, MemslotFlag
+from kvmmu.hw.walk import CpuState, GeneralProtection, PageFault, WalkResult, cpu_for_mode, load_cr3
+from kvmmu.hw.walk import walk as reference_walk
+from kvmmu.hw.x86 import Access, Cr0, Cr4, Efer, PagingMode
+from kvmmu.kvm.audit import audit, audit_report
+from kvmmu.kvm.vcpu import Translation, Vcpu, Vm
 
 # Entry bits, spelled from the SDM.
 P, W, U, A, D, PS = 1, 2, 4, 1 << 5, 1 << 6, 1 << 7

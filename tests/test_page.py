@@ -1,4 +1,4 @@
-"""Specification of ``kvmmu.page``: the shadow page and the 2010 seed change.
+"""Specification of ``kvmmu.kvm.page``: the shadow page and the 2010 seed change.
 
 "KVM: MMU: Don't allocate gfns page for direct mmu pages": a direct shadow page maps a linear
 gfn range, so ``kvm_mmu_page_get_gfn`` computes ``gfn + (i << 9 * (level - 1))`` and the page
@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 import kvmmu
-import kvmmu.mmu as mmu_module
-from kvmmu.audit import audit_violations
-from kvmmu.guest import GuestPageTables
-from kvmmu.memory import MemslotFlag
-from kvmmu.page import GfnMismatchError, MmuPage, new_gfns, standalone_page
-from kvmmu.role import MmuPageRole
-from kvmmu.vcpu import Vm
-from kvmmu.x86 import PagingMode, Pte
+import kvmmu.kvm.mmu as mmu_module
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.memory import MemslotFlag
+from kvmmu.hw.x86 import PagingMode, Pte
+from kvmmu.kvm.audit import audit_violations
+from kvmmu.kvm.page import GfnMismatchError, MmuPage, new_gfns, standalone_page
+from kvmmu.kvm.role import MmuPageRole
+from kvmmu.kvm.vcpu import Vm
 
 MiB = 1 << 20
 KVMMU_DIR = Path(kvmmu.__file__).parent
@@ -182,7 +182,7 @@ def test_source_indexes_gfns_only_in_get_gfn_and_set_gfn() -> None:
     """The seed change's discipline, checked on the source of every ``kvmmu`` module: a page's
     gfns array is indexed only inside ``page.py``'s ``get_gfn`` and ``set_gfn``; elsewhere
     ``.gfns`` may only be compared with ``None`` by identity, which reads nothing."""
-    files = sorted(KVMMU_DIR.glob("*.py"))
+    files = sorted(KVMMU_DIR.rglob("*.py"))
     assert {"page.py", "mmu.py", "sync.py", "rmap.py"} <= {f.name for f in files}
     bad = [
         f"{path.name}:{line} in {func or '<module>'} ({kind})"
@@ -195,7 +195,7 @@ def test_source_indexes_gfns_only_in_get_gfn_and_set_gfn() -> None:
 
 def test_page_py_indexes_gfns_in_get_gfn_and_set_gfn_only() -> None:
     """The scan is not vacuous: in ``page.py`` it finds exactly the two accessors."""
-    uses = gfns_uses((KVMMU_DIR / "page.py").read_text(), "page.py")
+    uses = gfns_uses((KVMMU_DIR / "kvm" / "page.py").read_text(), "page.py")
     assert {func for kind, func, _ in uses if kind == "index"} == {"get_gfn", "set_gfn"}
 
 

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from kvmmu import accounting, experiments, reference
+from kvmmu import reference
+from kvmmu.kvm import accounting
 from kvmmu.reference import ReferenceDataError, Scenario, kernel_eras, scenario, scenarios
+from kvmmu.teaching import experiments
 
 
 def test_eras_are_the_three_kernel_eras_in_order() -> None:

@@ -1,4 +1,4 @@
-"""Specification of ``kvmmu.rmap``: the reverse map and parent pointers.
+"""Specification of ``kvmmu.kvm.rmap``: the reverse map and parent pointers.
 
 Rules from ``arch/x86/kvm/mmu/mmu.c``: ``rmap_add`` files a leaf spte under the gfn that
 ``kvm_mmu_page_get_gfn`` gives for it, in the rmap of its page size (``gfn_to_rmap``: a large
@@ -8,12 +8,12 @@ spte is found under the first gfn of its large page); ``rmap_remove`` takes it o
 
 import pytest
 
-from kvmmu import spte as S
-from kvmmu.guest import GuestPageTables
-from kvmmu.page import standalone_page
-from kvmmu.rmap import Rmap, add_parent_pte, level_base, remove_parent_pte
-from kvmmu.vcpu import Vm
-from kvmmu.x86 import Access, PagingMode
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.x86 import Access, PagingMode
+from kvmmu.kvm import spte as S
+from kvmmu.kvm.page import standalone_page
+from kvmmu.kvm.rmap import Rmap, add_parent_pte, level_base, remove_parent_pte
+from kvmmu.kvm.vcpu import Vm
 
 MiB = 1 << 20
 

@@ -1,4 +1,4 @@
-"""Specification of ``kvmmu.role``: ``union kvm_mmu_page_role`` and the roles of each mode.
+"""Specification of ``kvmmu.kvm.role``: ``union kvm_mmu_page_role`` and the roles of each mode.
 
 The bit layout is the kernel's (``arch/x86/include/asm/kvm_host.h``); the root roles follow
 ``kvm_calc_cpu_role`` and ``kvm_init_shadow_mmu`` (``mmu.c``); the quadrants follow
@@ -10,10 +10,10 @@ from dataclasses import fields
 import pytest
 
 from kvmmu.errors import ModeError
-from kvmmu.guest import GuestPageTables
-from kvmmu.role import MmuPageRole, cpu_root_role, shadow_root_role, tdp_root_role
-from kvmmu.vcpu import Vm
-from kvmmu.x86 import Acc, Access, Cr0, Cr4, Efer, PagingMode
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.x86 import Acc, Access, Cr0, Cr4, Efer, PagingMode
+from kvmmu.kvm.role import MmuPageRole, cpu_root_role, shadow_root_role, tdp_root_role
+from kvmmu.kvm.vcpu import Vm
 
 MiB = 1 << 20
 

@@ -1,4 +1,4 @@
-"""Specification of ``kvmmu.spte``: shadow PTE encoding, KVM's software bits, MMIO sptes.
+"""Specification of ``kvmmu.kvm.spte``: shadow PTE encoding, KVM's software bits, MMIO sptes.
 
 The rules are ``arch/x86/kvm/mmu/spte.h`` and ``spte.c`` (``make_spte``, ``make_nonleaf_spte``,
 ``make_mmio_spte``, ``is_mmio_spte``, ``get_mmio_spte_generation``) and the hardware PTE format
@@ -8,8 +8,8 @@ The rules are ``arch/x86/kvm/mmu/spte.h`` and ``spte.c`` (``make_spte``, ``make_
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvmmu import spte as S
-from kvmmu.x86 import Acc
+from kvmmu.hw.x86 import Acc
+from kvmmu.kvm import spte as S
 
 PFN = 0x12345
 

@@ -1,4 +1,4 @@
-"""Specification of ``kvmmu.stats`` and ``kvmmu.trace``: KVM's counters and trace events.
+"""Specification of ``kvmmu.kvm.stats`` and ``kvmmu.kvm.trace``: KVM's counters and trace events.
 
 The counter names are those of ``struct kvm_vm_stat`` / ``kvm_vcpu_stat`` (debugfs); the events
 those of ``arch/x86/kvm/mmu/mmutrace.h``, emitted where the kernel emits them:
@@ -9,11 +9,11 @@ level it will map at, ``kvm_mmu_set_spte`` in ``mmu_set_spte``.
 
 import pandas as pd
 
-from kvmmu.guest import GuestPageTables
-from kvmmu.stats import GAUGES, MmuStats
-from kvmmu.trace import EVENTS, Tracer
-from kvmmu.vcpu import Vm
-from kvmmu.x86 import Access, PagingMode
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.x86 import Access, PagingMode
+from kvmmu.kvm.stats import GAUGES, MmuStats
+from kvmmu.kvm.trace import EVENTS, Tracer
+from kvmmu.kvm.vcpu import Vm
 
 MiB = 1 << 20
 KERNEL_COUNTERS = (

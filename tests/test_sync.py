@@ -1,4 +1,4 @@
-"""Specification of ``kvmmu.sync`` and the CR3 paths around it: unsync pages, ``sync_page``,
+"""Specification of ``kvmmu.kvm.sync`` and the CR3 paths around it: unsync pages, ``sync_page``,
 invlpg, root sync, the previous-roots cache, fast zap, and dirty logging.
 
 Rules from ``arch/x86/kvm/mmu/mmu.c`` (``mmu_try_to_unsync_pages``, ``kvm_unsync_page``,
@@ -11,14 +11,14 @@ a guest that changes a PTE may keep seeing the old translation until it flushes 
 
 import pytest
 
-from kvmmu import spte as S
 from kvmmu.errors import MemslotError
-from kvmmu.guest import GuestPageTables
-from kvmmu.memory import MemslotFlag
-from kvmmu.page import MmuPage
-from kvmmu.sync import sync_page
-from kvmmu.vcpu import KVM_MMU_NUM_PREV_ROOTS, Vcpu, Vm
-from kvmmu.x86 import Access, PagingMode, Pte
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.memory import MemslotFlag
+from kvmmu.hw.x86 import Access, PagingMode, Pte
+from kvmmu.kvm import spte as S
+from kvmmu.kvm.page import MmuPage
+from kvmmu.kvm.sync import sync_page
+from kvmmu.kvm.vcpu import KVM_MMU_NUM_PREV_ROOTS, Vcpu, Vm
 
 MiB = 1 << 20
 ADDR = ((1 << 52) - 1) & ~0xFFF

@@ -1,17 +1,17 @@
-"""Two-dimensional walk cost (kvmmu.tdp, concepts of ``tdp_mmu.c``)."""
+"""Two-dimensional walk cost (kvmmu.kvm.tdp, concepts of ``tdp_mmu.c``)."""
 
 import pytest
 
-from kvmmu.guest import GuestPageTables
-from kvmmu.tdp import (
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.x86 import PagingMode
+from kvmmu.kvm.tdp import (
     WalkCostError,
     measure_refs,
     shadow_refs,
     two_dimensional_refs,
     walk_cost_table,
 )
-from kvmmu.vcpu import Vm
-from kvmmu.x86 import PagingMode
+from kvmmu.kvm.vcpu import Vm
 
 
 def test_formula_gives_24_for_4_on_4_and_35_for_5_on_5() -> None:

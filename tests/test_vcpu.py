@@ -1,4 +1,4 @@
-"""Specification of ``kvmmu.vcpu``: the path of one guest access, the TLB, CR3 loads, input
+"""Specification of ``kvmmu.kvm.vcpu``: the path of one guest access, the TLB, CR3 loads, input
 checks, and the two-dimensional walk of TDP.
 
 Rules: the TLB and INVLPG / CR3 semantics of SDM vol. 3 4.10.4 (global pages survive a CR3 load
@@ -10,12 +10,12 @@ tables (each of the n guest entries and the final gpa needs an m-step TDP walk).
 
 import pytest
 
-import kvmmu.vcpu as vcpu_module
+import kvmmu.kvm.vcpu as vcpu_module
 from kvmmu.errors import AddressError, KvmmuError, ModeError
-from kvmmu.guest import GuestPageTables
-from kvmmu.vcpu import Translation, Vm
-from kvmmu.walk import GeneralProtection, PageFault
-from kvmmu.x86 import Access, PagingMode
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.walk import GeneralProtection, PageFault
+from kvmmu.hw.x86 import Access, PagingMode
+from kvmmu.kvm.vcpu import Translation, Vm
 
 MiB = 1 << 20
 
@@ -44,7 +44,7 @@ def test_tlb_hit_needs_no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a TLB hit must not walk any table")
 
     monkeypatch.setattr(vcpu_module, "walk", no_walk)
-    monkeypatch.setattr("kvmmu.mmu.walk", no_walk)
+    monkeypatch.setattr("kvmmu.kvm.mmu.walk", no_walk)
     assert vcpu.access(0x400FF8) == 0x100FF8  # same page, other offset
     assert vm.mmu.stats.tlb_hits == hits + 1
 

@@ -1,15 +1,16 @@
-"""Specifications of kvmmu.viz: the pure functions behind the notebooks' tables and widgets."""
+"""Specifications of kvmmu.teaching.viz: the pure functions behind the notebooks' tables and
+widgets."""
 
 from __future__ import annotations
 
 import pytest
 from matplotlib.figure import Figure
 
-from kvmmu import viz
-from kvmmu.capture import load_capture, ptdump
 from kvmmu.errors import AddressError, KvmmuError, ModeError
-from kvmmu.vcpu import Vm
-from kvmmu.x86 import Access
+from kvmmu.hw.capture import load_capture, ptdump
+from kvmmu.hw.x86 import Access
+from kvmmu.kvm.vcpu import Vm
+from kvmmu.teaching import viz
 
 
 def test_parse_address_reads_hex_decimal_and_underscores() -> None:
@@ -284,7 +285,7 @@ def test_table_write_view_counts_one_emulation_per_pte_store() -> None:
 
 
 def test_lesson_7_and_8_figures_have_labelled_axes() -> None:
-    from kvmmu import experiments as X
+    from kvmmu.teaching import experiments as X
 
     sizes = X.savings_by_size("tdp-4k", sizes=(1 << 30, 4 << 30))
     ax = viz.savings_figure(sizes).axes[0]

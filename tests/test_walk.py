@@ -1,9 +1,9 @@
-"""Specification of the guest page-table walker (``kvmmu.walk``, KVM's ``paging_tmpl.h``).
+"""Specification of the guest page-table walker (``kvmmu.hw.walk``, KVM's ``paging_tmpl.h``).
 
 The walker must agree, bit for bit, with the Intel SDM volume 3 chapter 4 (and with KVM where
 KVM defines what the SDM leaves open: accessed bits set only when the access succeeds, a table
 outside every memslot reads as not present). Tables here are written entry by entry into
-``GuestMemory`` with the small :class:`Tables` helper below, not with ``kvmmu.guest``, so that
+``GuestMemory`` with the small :class:`Tables` helper below, not with ``kvmmu.hw.guest``, so that
 these tests depend on nothing but the walker, ``x86`` and ``memory``.
 
 The permission tests compare the walker with :func:`sdm_allows` and :func:`sdm_error_code`,
@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvmmu.errors import AddressError, KvmmuError, MemslotError, ModeError
-from kvmmu.memory import GuestMemory, MemslotFlag
-from kvmmu.walk import (
+from kvmmu.hw.memory import GuestMemory, MemslotFlag
+from kvmmu.hw.walk import (
     CpuState,
     GeneralProtection,
     PageFault,
@@ -35,7 +35,7 @@ from kvmmu.walk import (
     walk,
     walk_many,
 )
-from kvmmu.x86 import Acc, Access, Cr0, Cr4, Efer, PagingMode, PfErr, Rflags
+from kvmmu.hw.x86 import Acc, Access, Cr0, Cr4, Efer, PagingMode, PfErr, Rflags
 
 # Entry bits, spelled from SDM tables 4-4 .. 4-20 (not imported from the code under test).
 P, W, U, PWT, PCD, A, D, PS, G = 1, 2, 4, 8, 16, 32, 64, 128, 256
@@ -1243,7 +1243,7 @@ def reference_walk(
 ) -> RefOutcome:
     """Translate ``gva`` the way SDM 4.3-4.7 describes, with KVM's choices where it decides.
 
-    Written from the entry formats, independently of kvmmu.walk: it reads entries with
+    Written from the entry formats, independently of kvmmu.hw.walk: it reads entries with
     GuestMemory.read and returns the entries whose A/D bits a successful access sets.
     """
     paging = bool(cpu.cr0 & Cr0.PG)

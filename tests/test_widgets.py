@@ -1,4 +1,4 @@
-"""Specifications of kvmmu.widgets: each widget shows what its pure function computes."""
+"""Specifications of kvmmu.teaching.widgets: each widget shows what its pure function computes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from kvmmu import viz, widgets
+from kvmmu.teaching import viz, widgets
 
 
 def _shown(widget: Any) -> list[str]:

@@ -1,8 +1,10 @@
-"""Guest workloads (kvmmu.workloads): deterministic guests driven through the fault path."""
+"""Guest workloads (kvmmu.teaching.workloads): deterministic guests driven through the fault
+path."""
 
 import pytest
 
-from kvmmu.workloads import (
+from kvmmu.hw.x86 import PagingMode
+from kvmmu.teaching.workloads import (
     WorkloadError,
     full_touch,
     identity_guest,
@@ -10,7 +12,6 @@ from kvmmu.workloads import (
     pte_writer,
     tables_needed,
 )
-from kvmmu.x86 import PagingMode
 
 MIB = 1 << 20
 

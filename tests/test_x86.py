@@ -1,4 +1,4 @@
-"""Specification of ``kvmmu.x86``: paging modes, table geometry, canonical addresses, masks.
+"""Specification of ``kvmmu.hw.x86``: paging modes, table geometry, canonical addresses, masks.
 
 Each test names the rule of the Intel SDM, volume 3, chapter 4 (or KVM's ``mmu.h``) it checks.
 """
@@ -6,7 +6,7 @@ Each test names the rule of the Intel SDM, volume 3, chapter 4 (or KVM's ``mmu.h
 import pytest
 
 from kvmmu.errors import AddressError, KvmmuError, ModeError
-from kvmmu.x86 import (
+from kvmmu.hw.x86 import (
     MODE_SPECS,
     PAGE_SIZES,
     PKEY_MASK,

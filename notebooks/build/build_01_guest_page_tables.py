@@ -30,12 +30,12 @@ By the end you will be able to:
         "code",
         """%matplotlib inline
 import pandas as pd
-from kvmmu import exercises, viz, widgets
-from kvmmu.capture import load_capture, ptdump
-from kvmmu.guest import GuestPageTables
-from kvmmu.memory import GuestMemory
-from kvmmu.walk import walk
-from kvmmu.x86 import Access, PagingMode, Pte
+from kvmmu.teaching import exercises, viz, widgets
+from kvmmu.hw.capture import load_capture, ptdump
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.memory import GuestMemory
+from kvmmu.hw.walk import walk
+from kvmmu.hw.x86 import Access, PagingMode, Pte
 
 pd.set_option("display.width", 160)""",
     ),

@@ -30,9 +30,9 @@ By the end you will be able to:
         "code",
         """%matplotlib inline
 import pandas as pd
-from kvmmu import exercises, viz, widgets
-from kvmmu.spte import describe_spte
-from kvmmu.x86 import Access
+from kvmmu.teaching import exercises, viz, widgets
+from kvmmu.kvm.spte import describe_spte
+from kvmmu.hw.x86 import Access
 
 pd.set_option("display.width", 160)""",
     ),

@@ -30,9 +30,9 @@ By the end you will be able to:
         "code",
         """%matplotlib inline
 import pandas as pd
-from kvmmu import exercises, viz, widgets
-from kvmmu.capture import load_capture
-from kvmmu.role import MmuPageRole
+from kvmmu.teaching import exercises, viz, widgets
+from kvmmu.hw.capture import load_capture
+from kvmmu.kvm.role import MmuPageRole
 
 pd.set_option("display.width", 160)""",
     ),

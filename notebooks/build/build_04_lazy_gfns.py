@@ -31,12 +31,12 @@ By the end you will be able to:
         """%matplotlib inline
 import inspect
 import pandas as pd
-from kvmmu import exercises, viz, widgets
-from kvmmu.accounting import memory_by_era
-from kvmmu.audit import audit_report
-from kvmmu.page import MmuPage
-from kvmmu.vcpu import Vm
-from kvmmu.x86 import Access
+from kvmmu.teaching import exercises, viz, widgets
+from kvmmu.kvm.accounting import memory_by_era
+from kvmmu.kvm.audit import audit_report
+from kvmmu.kvm.page import MmuPage
+from kvmmu.kvm.vcpu import Vm
+from kvmmu.hw.x86 import Access
 
 pd.set_option("display.width", 160)""",
     ),
@@ -93,7 +93,7 @@ Every place that needs an spte's gfn, in the kernel and in kvmmu:""",
         """## Proof on a running MMU
 
 For every present leaf spte: the reverse map filed it under `get_gfn(i)` (the gfn `mmu_set_spte` was
-given when it made the spte), and the host frame in the spte belongs to that gfn. `kvmmu.audit`
+given when it made the spte), and the host frame in the spte belongs to that gfn. `kvmmu.kvm.audit`
 checks this (rules `spte-gfn`, `rmap`, `direct-gfns`) along with every other invariant of the MMU.""",
     ),
     (
@@ -119,7 +119,7 @@ savings""",
         "md",
         """For a workload where direct pages dominate: a TDP guest of 64 MiB on 4 KiB host pages, every
 page touched. Under TDP every shadow page is direct, so before 2010 the gfns arrays doubled the
-memory of the shadow tables; `kvmmu.accounting` adds the three eras up.""",
+memory of the shadow tables; `kvmmu.kvm.accounting` adds the three eras up.""",
     ),
     (
         "code",

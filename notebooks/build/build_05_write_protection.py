@@ -28,9 +28,9 @@ By the end you will be able to:
 """)
 code("""
 %matplotlib inline
-from kvmmu import exercises as E, viz, widgets
-from kvmmu.mmu import sptes_of_gfn
-from kvmmu.x86 import Access, PAGE_SHIFT
+from kvmmu.teaching import exercises as E, viz, widgets
+from kvmmu.kvm.mmu import sptes_of_gfn
+from kvmmu.hw.x86 import Access, PAGE_SHIFT
 """)
 md("""
 ## A guest that can write its own page tables

@@ -23,8 +23,8 @@ By the end you will be able to:
 - predict what each access returns in a sequence of such actions.
 """)
 code("""
-from kvmmu import exercises as E, viz, widgets
-from kvmmu.sync import sync_spte
+from kvmmu.teaching import exercises as E, viz, widgets
+from kvmmu.kvm.sync import sync_spte
 import inspect
 """)
 md("""
@@ -119,7 +119,7 @@ E.check_sync(p, answer)
 md("""
 To think about: a guest that relies on a *global* translation surviving a CR3 load (CR4.PGE)
 would see it survive on real hardware but not under KVM's shadow paging, which never sets G in
-sptes. Why is that still correct x86 behaviour? (See the `kvmmu.vcpu` module docstring.)
+sptes. Why is that still correct x86 behaviour? (See the `kvmmu.kvm.vcpu` module docstring.)
 """)
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ By the end you will be able to:
 """)
 code("""
 %matplotlib inline
-from kvmmu import accounting, exercises as E, experiments as X, viz, widgets
-from kvmmu.vcpu import Vm
+from kvmmu.kvm import accounting
+from kvmmu.teaching import exercises as E, experiments as X, viz, widgets
+from kvmmu.kvm.vcpu import Vm
 """)
 md("""
 ## One small guest, fault by fault
@@ -50,7 +51,7 @@ table = accounting.memory_by_era(vm)
 assert table.loc["pre-2010", "gfns bytes"] - table.loc["2010 seed", "gfns bytes"] == (8 + 3) * 4096
 """)
 md("""
-The struct sizes are approximate (see the `kvmmu.accounting` docstring); the spt and gfns pages
+The struct sizes are approximate (see the `kvmmu.kvm.accounting` docstring); the spt and gfns pages
 are exact. Today's kernel allocates `shadowed_translation` instead of `gfns`, for indirect pages
 only, so for direct pages it keeps the seed's saving.
 
@@ -75,7 +76,7 @@ of a TDP guest, and the 4 KiB tables that split a guest 2 MiB page the host cann
 ## Up to 64 GiB
 
 Faulting in a 64 GiB guest one page at a time would take 16 million faults. The batch path
-(`kvmmu.batch`) computes the same end state with numpy; its tests prove it equal to the fault
+(`kvmmu.teaching.batch`) computes the same end state with numpy; its tests prove it equal to the fault
 path. Beside each measured count stands the closed form, and the `match` column compares them:
 """)
 code("""

@@ -27,7 +27,8 @@ By the end you will be able to:
 """)
 code("""
 %matplotlib inline
-from kvmmu import exercises as E, experiments as X, tdp, viz, widgets
+from kvmmu.teaching import exercises as E, experiments as X, viz, widgets
+from kvmmu.kvm import tdp
 """)
 md("""
 ## The cost of a TLB miss

@@ -10,7 +10,7 @@ md("""
 # 9. Lab: the shadow MMU, graded
 
 Eight exercises across the lessons, each generated from **your seed** and checked by
-`kvmmu.exercises`. A checker tells you what is wrong without telling you the answer.
+`kvmmu.teaching.exercises`. A checker tells you what is wrong without telling you the answer.
 
 By the end you will be able to show that you can predict a walk, a shadow page's role, a
 direct page's gfn, a memory saving, write-protection counters and sync outcomes, repair a
@@ -34,7 +34,7 @@ md("""
 - Everything runs locally in a few seconds; no network.
 """)
 code("""
-from kvmmu import exercises as E
+from kvmmu.teaching import exercises as E
 SEED = "s0000000"  # your student number
 problems = E.lab_problems(SEED)
 answers = {}

@@ -46,6 +46,9 @@ class Lesson:
         """Write ``notebooks/<name>``, executed unless ``run`` is false."""
         nb = nbformat.v4.new_notebook()
         nb.cells = self.cells
+        stem = Path(self.name).stem.split("_")[0]
+        for number, cell in enumerate(nb.cells):
+            cell.id = f"c{stem}-{number:03d}"  # stable ids keep a rebuild's diff to what changed
         nb.metadata["kernelspec"] = dict(KERNELSPEC)
         nb.metadata["language_info"] = {"name": "python"}
         if run:

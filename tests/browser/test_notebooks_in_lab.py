@@ -131,19 +131,19 @@ def welcome_translation(variables: Namespace) -> str:
 
 
 def walk_of_another_address(variables: Namespace) -> str:
-    from kvmmu import viz
+    from kvmmu.teaching import viz
 
     return viz.walk_text(variables["memory"], variables["cpu"], "0x600abc", "read", 3)
 
 
 def gfn_of_entry_37(variables: Namespace) -> str:
-    from kvmmu import viz
+    from kvmmu.teaching import viz
 
     return viz.gfn_lookup(variables["vm"], variables["direct"].serial, 37)
 
 
 def savings_of_a_16_gib_guest(variables: Namespace) -> str:
-    from kvmmu import viz
+    from kvmmu.teaching import viz
 
     text, _, _ = viz.savings_view(16, "TDP", "4 KiB")
     return text

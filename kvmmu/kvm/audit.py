@@ -50,16 +50,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kvmmu import spte as S
 from kvmmu.errors import KvmmuError
-from kvmmu.mmu import gpte_gfn, read_gpte
-from kvmmu.page import LEVEL_BITS, MmuPage
-from kvmmu.rmap import level_base
-from kvmmu.x86 import PAGE_SHIFT, Acc, Pte
+from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Pte
+from kvmmu.kvm import spte as S
+from kvmmu.kvm.mmu import gpte_gfn, read_gpte
+from kvmmu.kvm.page import LEVEL_BITS, MmuPage
+from kvmmu.kvm.rmap import level_base
 
 if TYPE_CHECKING:
-    from kvmmu.mmu import Mmu
-    from kvmmu.vcpu import Vm
+    from kvmmu.kvm.mmu import Mmu
+    from kvmmu.kvm.vcpu import Vm
 
 RULES = (
     "spte-gfn",
@@ -89,7 +89,7 @@ class AuditError(KvmmuError):
         more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
         super().__init__(
             f"MMU audit failed{more}: " + "\n".join(lines) + "\nThe MMU bookkeeping is wrong; "
-            "the rule named in brackets is the one to read in kvmmu.audit"
+            "the rule named in brackets is the one to read in kvmmu.kvm.audit"
         )
 
 

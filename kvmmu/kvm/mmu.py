@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from kvmmu import spte as S
 from kvmmu.errors import KvmmuError
-from kvmmu.memory import GuestMemory, Memslot
-from kvmmu.page import MmuPage, new_gfns
-from kvmmu.rmap import Rmap, Sptep, add_parent_pte, level_base, remove_parent_pte
-from kvmmu.role import MmuPageRole
-from kvmmu.stats import MmuStats
-from kvmmu.sync import (
+from kvmmu.hw.memory import GuestMemory, Memslot
+from kvmmu.hw.walk import PageFault, WalkResult, reserved_mask, walk
+from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Access, Pte
+from kvmmu.kvm import spte as S
+from kvmmu.kvm.page import MmuPage, new_gfns
+from kvmmu.kvm.rmap import Rmap, Sptep, add_parent_pte, level_base, remove_parent_pte
+from kvmmu.kvm.role import MmuPageRole
+from kvmmu.kvm.stats import MmuStats
+from kvmmu.kvm.sync import (
     clear_unsync_child_bit,
     mark_unsync,
     role_compatible,
@@ -37,12 +39,10 @@ from kvmmu.sync import (
     unsync_page,
     zap_unsync_children,
 )
-from kvmmu.trace import Tracer
-from kvmmu.walk import PageFault, WalkResult, reserved_mask, walk
-from kvmmu.x86 import PAGE_SHIFT, Acc, Access, Pte
+from kvmmu.kvm.trace import Tracer
 
 if TYPE_CHECKING:
-    from kvmmu.vcpu import Vcpu
+    from kvmmu.kvm.vcpu import Vcpu
 
 KVM_MIN_FREE_MMU_PAGES = 5
 KVM_REFILL_PAGES = 25

@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from kvmmu.errors import AddressError, MappingError, MemslotError, ModeError, check_int
-from kvmmu.memory import GuestMemory
-from kvmmu.walk import CpuState, GeneralProtection, cpu_for_mode, load_cr3, reserved_mask
-from kvmmu.x86 import (
+from kvmmu.hw.memory import GuestMemory
+from kvmmu.hw.walk import CpuState, GeneralProtection, cpu_for_mode, load_cr3, reserved_mask
+from kvmmu.hw.x86 import (
     PAGE_SHIFT,
     PAGE_SIZE,
     PAGE_SIZES,
@@ -200,7 +200,7 @@ class GuestPageTables:
 
     ``mode`` picks the table format; ``wp``, ``nxe``, ``pse``, ``pge``, ``smep``, ``smap``,
     ``pke`` and ``maxphyaddr`` are the CPU features :meth:`cpu` enables (the arguments of
-    :func:`kvmmu.walk.cpu_for_mode`) and decide what may be mapped (no XD without ``nxe``, no
+    :func:`kvmmu.hw.walk.cpu_for_mode`) and decide what may be mapped (no XD without ``nxe``, no
     4 MiB pages without ``pse``).
 
     Table pages come from ``table_gfns``, a ``range`` of guest frames that must lie in
@@ -297,7 +297,7 @@ class GuestPageTables:
         """CR0, CR3, CR4 and EFER for this address space, as the guest kernel sets them.
 
         Feature arguments left as None take the value given at construction. CR3 is loaded
-        with :func:`kvmmu.walk.load_cr3`, so in PAE mode the PDPTEs are read from memory now,
+        with :func:`kvmmu.hw.walk.load_cr3`, so in PAE mode the PDPTEs are read from memory now,
         as a MOV to CR3 reads them; call again after changing a PDPTE. A load that would #GP
         (a PDPTE with reserved bits) raises :class:`ModeError`.
         """
@@ -356,7 +356,7 @@ class GuestPageTables:
     ) -> None:
         """Map ``length`` bytes (default: one page) at ``gva`` to ``gpa`` with ``size`` pages.
 
-        ``size`` is a page size in bytes or a name from ``kvmmu.x86.PAGE_SIZES`` ("4K", "2M",
+        ``size`` is a page size in bytes or a name from ``kvmmu.hw.x86.PAGE_SIZES`` ("4K", "2M",
         "4M", "1G"); see :attr:`page_sizes` for this mode. ``nx`` needs PAE or long mode and
         ``nxe``; ``pkey`` (0..15) needs 4- or 5-level paging and counts once CR4.PKE is set;
         ``global_`` counts once CR4.PGE is set. Missing tables are allocated and

@@ -17,7 +17,7 @@ mitigation mask; kvmmu leaves that out.)
 
 from __future__ import annotations
 
-from kvmmu.x86 import PAGE_SHIFT, Acc, rsvd_bits
+from kvmmu.hw.x86 import PAGE_SHIFT, Acc, rsvd_bits
 
 PRESENT = 1 << 0
 WRITABLE = 1 << 1

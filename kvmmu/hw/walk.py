@@ -1,6 +1,6 @@
 """The guest page-table walker, after ``FNAME(walk_addr_generic)`` in ``paging_tmpl.h``.
 
-One walker serves every mode; a :class:`~kvmmu.x86.ModeSpec` supplies the geometry, as the
+One walker serves every mode; a :class:`~kvmmu.hw.x86.ModeSpec` supplies the geometry, as the
 ``PTTYPE`` template parameter does in the kernel. The order of checks is KVM's, level by level
 from the root: the entry must be present, then have no reserved bit set; the rights of all
 levels are combined (AND of R/W and U/S, OR of XD); at the leaf, one permission check decides.
@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from kvmmu.errors import AddressError, MemslotError, ModeError, check_int
-from kvmmu.memory import GuestMemory
-from kvmmu.x86 import (
+from kvmmu.hw.memory import GuestMemory
+from kvmmu.hw.x86 import (
     PAGE_MASK,
     PAGE_SHIFT,
     PKEY_MASK,

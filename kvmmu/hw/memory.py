@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kvmmu.errors import AddressError, MemslotError, check_int
-from kvmmu.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, check_maxphyaddr
+from kvmmu.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, check_maxphyaddr
 
 Page = npt.NDArray[np.uint64]
 

@@ -1,4 +1,4 @@
-"""ipywidgets for the notebooks: thin shells over the pure functions of :mod:`kvmmu.viz`.
+"""ipywidgets for the notebooks: thin shells over the pure functions of :mod:`kvmmu.teaching.viz`.
 
 Each ``make_xxx_widget(...)`` builds controls and an ``Output``, wires them by hand with
 ``observe`` (not ``interact``, whose output differs under nbval), draws the current state once,
@@ -20,11 +20,11 @@ import pandas as pd
 from IPython.display import Image, display
 from matplotlib.figure import Figure
 
-from kvmmu import viz
 from kvmmu.errors import KvmmuError
-from kvmmu.memory import GuestMemory
-from kvmmu.vcpu import Vm
-from kvmmu.walk import CpuState
+from kvmmu.hw.memory import GuestMemory
+from kvmmu.hw.walk import CpuState
+from kvmmu.kvm.vcpu import Vm
+from kvmmu.teaching import viz
 
 __all__ = [
     "figure_png",
@@ -243,7 +243,7 @@ def make_sync_widget(actions: tuple[str, ...] = ()) -> Any:
     Controls, in order: edit, access, invlpg, cr3, reset (Buttons). The actions so far are
     kept on the container as ``actions`` (a list).
     """
-    from kvmmu.exercises import SYNC_ACTIONS
+    from kvmmu.teaching.exercises import SYNC_ACTIONS
 
     done: list[str] = list(actions)
     buttons = [widgets.Button(description=name) for name in SYNC_ACTIONS]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from kvmmu.errors import ModeError
-from kvmmu.x86 import Acc, Cr0, Cr4, Efer, PagingMode, paging_mode
+from kvmmu.hw.x86 import Acc, Cr0, Cr4, Efer, PagingMode, paging_mode
 
 # bit layout of the packed word, field -> (first bit, width), as in kvm_host.h
 ROLE_LAYOUT: dict[str, tuple[int, int]] = {

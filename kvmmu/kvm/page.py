@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from kvmmu.errors import KvmmuError
-from kvmmu.role import MmuPageRole
-from kvmmu.x86 import ENTRIES_PER_TABLE
+from kvmmu.hw.x86 import ENTRIES_PER_TABLE
+from kvmmu.kvm.role import MmuPageRole
 
 LEVEL_BITS = 9  # SPTE_LEVEL_BITS: each shadow level indexes 9 address bits
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kvmmu.page import LEVEL_BITS, MmuPage
+from kvmmu.kvm.page import LEVEL_BITS, MmuPage
 
 Sptep = tuple[MmuPage, int]  # (shadow page, index): kvmmu's "u64 *sptep"
 

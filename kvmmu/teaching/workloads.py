@@ -1,7 +1,7 @@
 """Guest workloads: small, seeded programs that build a VM and drive real accesses through it.
 
-No kernel counterpart: these play the guest. Each builds a :class:`~kvmmu.vcpu.Vm`, guest
-page tables with :class:`~kvmmu.guest.GuestPageTables`, and then runs accesses through
+No kernel counterpart: these play the guest. Each builds a :class:`~kvmmu.kvm.vcpu.Vm`, guest
+page tables with :class:`~kvmmu.hw.guest.GuestPageTables`, and then runs accesses through
 ``Vcpu.access`` / ``Vcpu.write`` / ``Vcpu.set_cr3`` / ``Vcpu.invlpg``, so everything the MMU
 does is the fault path's own work. Each returns a small result object with the VM, the tables
 and the counters the lessons look at.
@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from kvmmu.errors import KvmmuError
-from kvmmu.guest import GuestPageTables
-from kvmmu.vcpu import Vcpu, Vm
-from kvmmu.walk import GeneralProtection, WalkResult, cpu_for_mode, load_cr3, walk
-from kvmmu.x86 import PAGE_SHIFT, PAGE_SIZE, Access, PagingMode, Pte
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.walk import GeneralProtection, WalkResult, cpu_for_mode, load_cr3, walk
+from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Access, PagingMode, Pte
+from kvmmu.kvm.vcpu import Vcpu, Vm
 
 KERNEL_BASE = 0xFFFF_8880_0000_0000  # Linux's direct map of physical memory (x86-64)
 USER_BASE = 0x40_0000  # where a small Linux program's text starts
@@ -81,7 +81,7 @@ def fast_identity_tables(vm: Vm, size: int, page_size: int) -> Vcpu:
     """A 4-level identity map of ``size`` bytes written with numpy, and a vCPU using it.
 
     No kernel counterpart. The same entries :func:`identity_guest` writes through
-    :class:`~kvmmu.guest.GuestPageTables` (tables linked present, writable, user; leaves
+    :class:`~kvmmu.hw.guest.GuestPageTables` (tables linked present, writable, user; leaves
     present and writable, clean), laid out at the top of memory, but page-at-a-time, so a
     64 GiB guest takes a fraction of a second. For sizes ``GuestPageTables.map`` is too slow for.
     """

@@ -21,16 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from kvmmu import spte as S
 from kvmmu.errors import AddressError, KvmmuError, MemslotError, ModeError
-from kvmmu.memory import GuestMemory, HostMemory, Memslot, MemslotFlag
-from kvmmu.mmu import FaultOutcome, Mmu, direct_page_fault, page_fault
-from kvmmu.page import MmuPage
-from kvmmu.role import MmuPageRole, shadow_root_role, tdp_root_role
-from kvmmu.stats import MmuStats
-from kvmmu.sync import invlpg_sync, sync_roots
-from kvmmu.walk import CpuState, GeneralProtection, PageFault, WalkResult, load_cr3, walk
-from kvmmu.x86 import (
+from kvmmu.hw.memory import GuestMemory, HostMemory, Memslot, MemslotFlag
+from kvmmu.hw.walk import CpuState, GeneralProtection, PageFault, WalkResult, load_cr3, walk
+from kvmmu.hw.x86 import (
     PAGE_SHIFT,
     Access,
     Cr0,
@@ -42,6 +36,12 @@ from kvmmu.x86 import (
     Rflags,
     is_canonical,
 )
+from kvmmu.kvm import spte as S
+from kvmmu.kvm.mmu import FaultOutcome, Mmu, direct_page_fault, page_fault
+from kvmmu.kvm.page import MmuPage
+from kvmmu.kvm.role import MmuPageRole, shadow_root_role, tdp_root_role
+from kvmmu.kvm.stats import MmuStats
+from kvmmu.kvm.sync import invlpg_sync, sync_roots
 
 TLB_ENTRIES = 64
 KVM_MMU_NUM_PREV_ROOTS = 3
@@ -242,7 +242,7 @@ class Vm:
 
     @property
     def stats(self) -> MmuStats:
-        """The MMU's counters (see :class:`kvmmu.stats.MmuStats`)."""
+        """The MMU's counters (see :class:`kvmmu.kvm.stats.MmuStats`)."""
         return self.mmu.stats
 
 

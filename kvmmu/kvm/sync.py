@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvmmu import spte as S
-from kvmmu.page import MmuPage
-from kvmmu.role import shadow_root_role
-from kvmmu.x86 import Acc, Pte
+from kvmmu.hw.x86 import Acc, Pte
+from kvmmu.kvm import spte as S
+from kvmmu.kvm.page import MmuPage
+from kvmmu.kvm.role import shadow_root_role
 
 if TYPE_CHECKING:
-    from kvmmu.mmu import Mmu
-    from kvmmu.vcpu import Vcpu
+    from kvmmu.kvm.mmu import Mmu
+    from kvmmu.kvm.vcpu import Vcpu
 
 # role fields that may differ between a page and the vCPU that syncs it (kvm_sync_page_check)
 _SYNC_ROLE_IGNORED = ("level", "access", "quadrant", "passthrough", "invalid")
@@ -188,7 +188,7 @@ def sync_spte(vcpu: Vcpu, sp: MmuPage, index: int) -> int:
     entry is no longer present, not accessed, has reserved bits, or names another gfn than the
     one recorded for the spte, read through ``get_gfn``.
     """
-    from kvmmu.mmu import gpte_access, gpte_gfn, gpte_reserved, read_gpte
+    from kvmmu.kvm.mmu import gpte_access, gpte_gfn, gpte_reserved, read_gpte
 
     mmu = vcpu.mmu
     spte = int(sp.spt[index])

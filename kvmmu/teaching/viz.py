@@ -20,16 +20,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
-from kvmmu import spte as S
-from kvmmu.capture import Capture, ptdump
 from kvmmu.errors import AddressError, KvmmuError, ModeError
-from kvmmu.guest import GuestPageTables
-from kvmmu.memory import GuestMemory
-from kvmmu.page import LEVEL_BITS, MmuPage
-from kvmmu.role import ROLE_LAYOUT
-from kvmmu.vcpu import Vcpu, Vm
-from kvmmu.walk import CpuState, GeneralProtection, PageFault, WalkResult, WalkStep, walk
-from kvmmu.x86 import (
+from kvmmu.hw.capture import Capture, ptdump
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.memory import GuestMemory
+from kvmmu.hw.walk import CpuState, GeneralProtection, PageFault, WalkResult, WalkStep, walk
+from kvmmu.hw.x86 import (
     PAGE_SHIFT,
     Acc,
     Access,
@@ -37,6 +33,10 @@ from kvmmu.x86 import (
     PfErr,
     Pte,
 )
+from kvmmu.kvm import spte as S
+from kvmmu.kvm.page import LEVEL_BITS, MmuPage
+from kvmmu.kvm.role import ROLE_LAYOUT
+from kvmmu.kvm.vcpu import Vcpu, Vm
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -463,7 +463,7 @@ def _region_of(gvas: np.ndarray) -> np.ndarray:
 def address_space_layout(leaves: pd.DataFrame) -> pd.DataFrame:
     """Group a 4-level ``ptdump`` by the regions of the Linux x86-64 memory map.
 
-    ``leaves`` is :func:`kvmmu.capture.ptdump` output (columns ``gva``, ``level``,
+    ``leaves`` is :func:`kvmmu.hw.capture.ptdump` output (columns ``gva``, ``level``,
     ``page_size``, ``flags``). One row per region that has leaves: its PML4 slots, how many
     leaves of each size, the bytes mapped, and how many leaves a user access may use. The
     kernel side is ``arch/x86/mm/dump_pagetables.c``, which prints the same regions.
@@ -1045,28 +1045,28 @@ GFN_READERS: tuple[tuple[str, str, str], ...] = (
     (
         "kvm_mmu_page_set_gfn (from rmap_add / mmu_set_spte)",
         "stores, or checks, a new leaf's gfn",
-        "kvmmu.page.MmuPage.set_gfn (from kvmmu.mmu.Mmu.set_spte)",
+        "kvmmu.kvm.page.MmuPage.set_gfn (from kvmmu.kvm.mmu.Mmu.set_spte)",
     ),
-    ("rmap_add", "files a new leaf spte under its gfn", "kvmmu.rmap.Rmap.add"),
+    ("rmap_add", "files a new leaf spte under its gfn", "kvmmu.kvm.rmap.Rmap.add"),
     (
         "rmap_remove (drop_spte, mmu_page_zap_pte)",
         "finds the rmap head to unlink a leaf from",
-        "kvmmu.rmap.Rmap.remove (from kvmmu.mmu.Mmu.drop_spte)",
+        "kvmmu.kvm.rmap.Rmap.remove (from kvmmu.kvm.mmu.Mmu.drop_spte)",
     ),
     (
         "kvm_mmu_prepare_zap_page -> kvm_mmu_page_unlink_children",
         "zapping drops every leaf",
-        "kvmmu.mmu.Mmu.zap_page",
+        "kvmmu.kvm.mmu.Mmu.zap_page",
     ),
     (
         "FNAME(sync_page) / FNAME(sync_spte)",
         "a guest PTE that now names another gfn: drop",
-        "kvmmu.sync.sync_spte",
+        "kvmmu.kvm.sync.sync_spte",
     ),
     (
         "(hardware walk result)",
         "the gpa of a translation through a leaf spte",
-        "kvmmu.vcpu.Vcpu._gpa_of",
+        "kvmmu.kvm.vcpu.Vcpu._gpa_of",
     ),
 )
 
@@ -1167,11 +1167,11 @@ def table_write_view(
 ) -> tuple[pd.DataFrame, Figure]:
     """The lesson 5 widget: counters of a guest writing its page tables, table and bar plot.
 
-    Runs :func:`kvmmu.exercises.table_write_workload` (200 user reads, ``pte_rate`` PTE and
+    Runs :func:`kvmmu.teaching.exercises.table_write_workload` (200 user reads, ``pte_rate`` PTE and
     ``pde_rate`` PDE stores per 100 reads). No kernel counterpart; the counters are
     ``kvm_vm_stat``'s.
     """
-    from kvmmu.exercises import table_write_workload
+    from kvmmu.teaching.exercises import table_write_workload
 
     counters = table_write_workload(pte_rate, pde_rate, unsync=unsync)
     frame = counters.to_frame("count")
@@ -1186,11 +1186,12 @@ def table_write_view(
 
 
 def sync_view(actions: tuple[str, ...] | list[str] = ()) -> pd.DataFrame:
-    """The lesson 6 widget's table: :func:`kvmmu.exercises.sync_run` for the actions so far.
+    """The lesson 6 widget's table: :func:`kvmmu.teaching.exercises.sync_run` for the actions
+    so far.
 
     No kernel counterpart.
     """
-    from kvmmu.exercises import sync_run
+    from kvmmu.teaching.exercises import sync_run
 
     return sync_run(list(actions))
 
@@ -1200,10 +1201,10 @@ def mode_view(
 ) -> tuple[str, pd.DataFrame, Figure]:
     """The lesson 8 widget: cycles per million instructions for shadow paging and TDP.
 
-    The cost model is :func:`kvmmu.exercises.mode_costs`, stated in the returned text. No
+    The cost model is :func:`kvmmu.teaching.exercises.mode_costs`, stated in the returned text. No
     kernel counterpart.
     """
-    from kvmmu.exercises import EXIT_CYCLES, REF_CYCLES, mode_costs, mode_winner
+    from kvmmu.teaching.exercises import EXIT_CYCLES, REF_CYCLES, mode_costs, mode_winner
 
     costs = mode_costs(tlb_misses, pt_writes, cr3_loads)
     winner = mode_winner(tlb_misses, pt_writes, cr3_loads)
@@ -1237,7 +1238,7 @@ _SCENARIO_OF = {
 
 def savings_figure(frame: pd.DataFrame) -> Figure:
     """Kernel bytes of shadow pages by era against guest size, from
-    :func:`kvmmu.experiments.savings_by_size`; log-log. No kernel counterpart."""
+    :func:`kvmmu.teaching.experiments.savings_by_size`; log-log. No kernel counterpart."""
     fig = Figure(figsize=(7.0, 3.6), dpi=DPI)
     ax = _bar_axes(fig)
     sizes = frame.index.to_numpy(dtype=float)
@@ -1261,10 +1262,10 @@ def savings_view(
 
     ``mode`` is ``"TDP"`` or ``"shadow"``, ``page_size`` ``"4 KiB"`` or ``"2 MiB"`` (the host's
     pages with TDP, the guest's with shadow paging). Counts come from the batch path
-    (:func:`kvmmu.experiments.batch_summary`); the closed form is checked beside them. No
+    (:func:`kvmmu.teaching.experiments.batch_summary`); the closed form is checked beside them. No
     kernel counterpart.
     """
-    from kvmmu.experiments import GIB, batch_summary, expected_pages
+    from kvmmu.teaching.experiments import GIB, batch_summary, expected_pages
 
     key = (mode, page_size)
     if key not in _SCENARIO_OF:
@@ -1303,7 +1304,7 @@ def savings_view(
 
 
 def walk_cost_figure(table: pd.DataFrame) -> Figure:
-    """Memory references per TLB miss, from :func:`kvmmu.experiments.walk_costs`: formula
+    """Memory references per TLB miss, from :func:`kvmmu.teaching.experiments.walk_costs`: formula
     bars with the measured value marked. No kernel counterpart."""
     fig = Figure(figsize=(7.0, 2.8), dpi=DPI)
     ax = _bar_axes(fig)
@@ -1323,7 +1324,7 @@ def walk_cost_figure(table: pd.DataFrame) -> Figure:
 
 def pte_exit_figure(frame: pd.DataFrame) -> Figure:
     """Exits per 1000 operations against the PTE-write rate for each paging setup, from
-    :func:`kvmmu.experiments.pte_write_exits`. No kernel counterpart."""
+    :func:`kvmmu.teaching.experiments.pte_write_exits`. No kernel counterpart."""
     fig = Figure(figsize=(7.0, 3.0), dpi=DPI)
     ax = _bar_axes(fig)
     colours = [SHADOW, FAULT, TABLE]

@@ -39,10 +39,10 @@ from collections.abc import Iterable
 import pandas as pd
 
 from kvmmu.errors import KvmmuError
-from kvmmu.mmu import Mmu
-from kvmmu.page import MmuPage
+from kvmmu.hw.x86 import PAGE_SIZE
+from kvmmu.kvm.mmu import Mmu
+from kvmmu.kvm.page import MmuPage
 from kvmmu.reference import kernel_eras
-from kvmmu.x86 import PAGE_SIZE
 
 ERAS: tuple[str, ...] = tuple(kernel_eras().index)
 """The kernel eras, oldest first."""
@@ -158,7 +158,7 @@ def memory_from_counts(n_direct: int, n_indirect: int) -> pd.DataFrame:
 
 
 def live_pages(source: object) -> list[MmuPage]:
-    """The shadow pages a VM (or an :class:`~kvmmu.mmu.Mmu`) holds now.
+    """The shadow pages a VM (or an :class:`~kvmmu.kvm.mmu.Mmu`) holds now.
 
     Every allocated page counts, including invalid roots still waiting for their last user, as
     ``kvm->arch.n_used_mmu_pages`` does. No kernel counterpart.

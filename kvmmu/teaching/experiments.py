@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kvmmu.accounting import ERAS, expected_bytes, memory_by_era, memory_from_counts
-from kvmmu.batch import BatchSummary, plan_direct, plan_shadow
 from kvmmu.errors import KvmmuError
+from kvmmu.kvm.accounting import ERAS, expected_bytes, memory_by_era, memory_from_counts
+from kvmmu.kvm.tdp import walk_cost_table
+from kvmmu.kvm.vcpu import Vm
 from kvmmu.reference import scenario as scenario_spec
 from kvmmu.reference import scenarios
-from kvmmu.tdp import walk_cost_table
-from kvmmu.vcpu import Vm
-from kvmmu.workloads import fast_identity_tables, many_processes, pte_writer
+from kvmmu.teaching.batch import BatchSummary, plan_direct, plan_shadow
+from kvmmu.teaching.workloads import fast_identity_tables, many_processes, pte_writer
 
 SCENARIOS: tuple[str, ...] = tuple(scenarios().index)
 GIB = 1 << 30
@@ -132,7 +132,7 @@ def savings_scenarios(size: int = 64 * MIB, *, processes: int = 4) -> pd.DataFra
     """Notebook 7: kernel memory by era for each scenario at one size, plus many processes.
 
     No kernel counterpart. The four identity-map scenarios come from the batch path; "many
-    processes" runs the fault path (:func:`kvmmu.workloads.many_processes`, ``processes``
+    processes" runs the fault path (:func:`kvmmu.teaching.workloads.many_processes`, ``processes``
     address spaces of 16 user pages each). Rows (scenario, era).
     """
     frames = []
@@ -159,7 +159,7 @@ def formula_table(scenario: str, size: int) -> pd.DataFrame:
 
 def walk_costs() -> pd.DataFrame:
     """Notebook 8: TLB-miss references, formula against simulation
-    (:func:`kvmmu.tdp.walk_cost_table`). No kernel counterpart."""
+    (:func:`kvmmu.kvm.tdp.walk_cost_table`). No kernel counterpart."""
     return walk_cost_table(measure=True)
 
 
@@ -177,7 +177,8 @@ def pte_write_exits(
 
     No kernel counterpart. For each rate and each of shadow paging with unsync pages, shadow
     paging without them (every PTE store emulated) and TDP, runs
-    :func:`kvmmu.workloads.pte_writer` and reports the exits by cause and per 1000 operations.
+    :func:`kvmmu.teaching.workloads.pte_writer` and reports the exits by cause and per 1000
+    operations.
     """
     rows = []
     for rate in rates:

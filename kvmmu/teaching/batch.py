@@ -12,7 +12,7 @@ state of such a run directly:
 
 A *plan* is numpy arrays: the shadow pages per level (gfn, role access, direct), the links
 between them and the leaf sptes. :func:`build_direct` and :func:`build_shadow` register real
-:class:`~kvmmu.page.MmuPage` objects exactly as the fault path does (``get_shadow_page``, so the
+:class:`~kvmmu.kvm.page.MmuPage` objects exactly as the fault path does (``get_shadow_page``, so the
 hash, the active list, ``by_pfn``, write tracking; ``link_shadow_page``; leaf sptes as
 ``make_spte`` makes them, ``set_gfn`` and ``rmap_add``). :meth:`Plan.summary` only counts, which
 is what a 64 GiB experiment needs: registering 16M rmap entries would not fit in seconds.
@@ -35,15 +35,15 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from kvmmu import spte as S
-from kvmmu.accounting import memory_from_counts
 from kvmmu.errors import KvmmuError
-from kvmmu.memory import GuestMemory, Memslot
-from kvmmu.page import MmuPage
-from kvmmu.role import MmuPageRole
-from kvmmu.vcpu import Vcpu
-from kvmmu.walk import reserved_mask
-from kvmmu.x86 import PAGE_SHIFT, Acc, Cr4, PagingMode, Pte
+from kvmmu.hw.memory import GuestMemory, Memslot
+from kvmmu.hw.walk import reserved_mask
+from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Cr4, PagingMode, Pte
+from kvmmu.kvm import spte as S
+from kvmmu.kvm.accounting import memory_from_counts
+from kvmmu.kvm.page import MmuPage
+from kvmmu.kvm.role import MmuPageRole
+from kvmmu.kvm.vcpu import Vcpu
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -192,7 +192,7 @@ class BatchSummary:
         return pd.DataFrame(rows).set_index("level").astype("int64")
 
     def memory(self) -> pd.DataFrame:
-        """Kernel memory by era for these pages (:func:`kvmmu.accounting.memory_from_counts`).
+        """Kernel memory by era for these pages (:func:`kvmmu.kvm.accounting.memory_from_counts`).
 
         No kernel counterpart.
         """

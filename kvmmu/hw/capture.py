@@ -18,8 +18,8 @@ With page-table isolation (``arch/x86/mm/pti.c``) a process has two PGDs in one 
 allocation: the kernel one and, 4 KiB above it, the user one, whose kernel half maps little
 more than the entry code. A PTI capture holds both, as two *views*.
 
-:func:`load_capture` turns a capture into a :class:`~kvmmu.memory.GuestMemory` plus the
-:class:`~kvmmu.walk.CpuState` of each view, so that :func:`kvmmu.walk.walk` can translate any
+:func:`load_capture` turns a capture into a :class:`~kvmmu.hw.memory.GuestMemory` plus the
+:class:`~kvmmu.hw.walk.CpuState` of each view, so that :func:`kvmmu.hw.walk.walk` can translate any
 address the guest had mapped; :func:`ptdump` lists every present leaf, as the kernel's
 ``arch/x86/mm/dump_pagetables.c`` does.
 """
@@ -38,11 +38,11 @@ import numpy as np
 import pandas as pd
 
 from kvmmu.errors import KvmmuError
-from kvmmu.memory import GuestMemory
-from kvmmu.walk import CpuState
-from kvmmu.x86 import PAGE_SHIFT, PAGE_SIZE, Cr4, Pte, canonicalize, describe_flags
+from kvmmu.hw.memory import GuestMemory
+from kvmmu.hw.walk import CpuState
+from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Cr4, Pte, canonicalize, describe_flags
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "linux-guest"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "linux-guest"
 
 # The physical-address masks QEMU's info tlb applies before printing (monitor.c): bits 12..49
 # of a 4 KiB PTE, 21..49 of a 2 MiB PDE, 30..49 of a 1 GiB PDPTE.

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 
 from kvmmu.errors import KvmmuError
-from kvmmu.guest import GuestPageTables
-from kvmmu.memory import GuestMemory
-from kvmmu.page import LEVEL_BITS, MmuPage
-from kvmmu.role import MmuPageRole
-from kvmmu.vcpu import Vcpu, Vm
-from kvmmu.walk import CpuState, PageFault, WalkResult, walk
-from kvmmu.x86 import PAGE_SHIFT, Acc, Access, PagingMode, PfErr, Pte
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.memory import GuestMemory
+from kvmmu.hw.walk import CpuState, PageFault, WalkResult, walk
+from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Access, PagingMode, PfErr, Pte
+from kvmmu.kvm.page import LEVEL_BITS, MmuPage
+from kvmmu.kvm.role import MmuPageRole
+from kvmmu.kvm.vcpu import Vcpu, Vm
 
 
 class ExerciseError(KvmmuError, ValueError):
@@ -607,7 +607,7 @@ class GfnProblem(Problem):
 
 def gfn_problem(seed: int | str) -> GfnProblem:
     """A direct page (level 1..3, its first gfn) and an spte index; the answer comes from
-    :meth:`kvmmu.page.MmuPage.get_gfn` (``kvm_mmu_page_get_gfn``)."""
+    :meth:`kvmmu.kvm.page.MmuPage.get_gfn` (``kvm_mmu_page_get_gfn``)."""
     rng = _rng(seed)
     level = rng.choice([1, 2, 2, 3])
     gfn = rng.randrange(1, 64) << (LEVEL_BITS * level)
@@ -666,14 +666,14 @@ class SavingProblem(Problem):
 
 def saving_problem(seed: int | str) -> SavingProblem:
     """A TDP guest of a few MiB, fully touched; its shadow pages are counted by
-    :func:`kvmmu.accounting.memory_by_era` (``kvm_mmu_alloc_page`` by era). No kernel
+    :func:`kvmmu.kvm.accounting.memory_by_era` (``kvm_mmu_alloc_page`` by era). No kernel
     counterpart for the generator.
 
     Touching one address in each 2 MiB region creates exactly the shadow pages that touching
     every 4 KiB page would (a page table is made by the first fault in its range), so the
     generator touches one to stay fast.
     """
-    from kvmmu.accounting import memory_by_era
+    from kvmmu.kvm.accounting import memory_by_era
 
     rng = _rng(seed)
     size_mib = rng.choice([8, 16, 24, 32, 48, 64, 96, 128])
@@ -1003,7 +1003,7 @@ def mode_costs(
     for name, v in (("tlb_misses", tlb_misses), ("pt_writes", pt_writes), ("cr3_loads", cr3_loads)):
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
             raise ExerciseError(f"{name} must be a non-negative number per million instructions")
-    from kvmmu.tdp import shadow_refs, two_dimensional_refs
+    from kvmmu.kvm.tdp import shadow_refs, two_dimensional_refs
 
     shadow_walk = tlb_misses * shadow_refs(guest_levels) * ref_cycles
     tdp_walk = tlb_misses * two_dimensional_refs(guest_levels, tdp_levels) * ref_cycles

@@ -8,7 +8,7 @@ final address: ``n(m + 1) + m = (n + 1)(m + 1) - 1`` references, 24 for 4-on-4 a
 5-on-5. A shadow-paging TLB miss reads only the shadow tables: one reference per level.
 
 kvmmu builds its TDP tables with KVM's *legacy* direct MMU (``direct_map`` in ``mmu.c``, the
-same :class:`~kvmmu.page.MmuPage` objects as shadow paging), not with the separate TDP MMU of
+same :class:`~kvmmu.kvm.page.MmuPage` objects as shadow paging), not with the separate TDP MMU of
 ``tdp_mmu.c``; the tables it builds, and so the walk costs, are the same.
 """
 
@@ -17,9 +17,9 @@ from __future__ import annotations
 import pandas as pd
 
 from kvmmu.errors import KvmmuError
-from kvmmu.guest import GuestPageTables
-from kvmmu.vcpu import Vcpu, Vm
-from kvmmu.x86 import Access, PagingMode
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.x86 import Access, PagingMode
+from kvmmu.kvm.vcpu import Vcpu, Vm
 
 GUEST_LEVELS = {PagingMode.LEVEL4: 4, PagingMode.LEVEL5: 5}
 

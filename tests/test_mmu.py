@@ -16,7 +16,7 @@ from kvmmu.hw.memory import MemslotFlag
 from kvmmu.hw.walk import PageFault
 from kvmmu.hw.x86 import Acc, Access, PagingMode, Pte
 from kvmmu.kvm import spte as S
-from kvmmu.kvm.mmu import MmuBudgetError
+from kvmmu.kvm.mmu import MmuBudgetError, shadow_path
 from kvmmu.kvm.page import MmuPage
 from kvmmu.kvm.vcpu import Translation, Vcpu, Vm
 
@@ -33,7 +33,7 @@ def _guest(**vm_kw: object) -> tuple[Vm, GuestPageTables]:
 
 def _leaf(vcpu: Vcpu, gva: int) -> tuple[MmuPage, int, int]:
     """The last shadow page on ``gva``'s path, the index, and the spte there."""
-    sp, index = vcpu.shadow_path(gva)[-1]
+    sp, index = shadow_path(vcpu, gva)[-1]
     return sp, index, int(sp.spt[index])
 
 
@@ -53,7 +53,7 @@ def test_one_indirect_page_per_guest_table_with_the_walks_role() -> None:
     pt.map(0x400000, 0x100000, user=True)
     vcpu = vm.create_vcpu(pt.cpu())
     assert vcpu.access(0x400000, cpl=3) == 0x100000
-    path = vcpu.shadow_path(0x400000)
+    path = shadow_path(vcpu, 0x400000)
     tables = [pt.cr3 >> 12, *(_frame(pt.entry(0x400000, lv)) for lv in (4, 3, 2))]
     assert [sp.gfn for sp, _ in path] == tables
     assert [sp.level for sp, _ in path] == [4, 3, 2, 1]

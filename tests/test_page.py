@@ -294,7 +294,7 @@ class PoisonedGfns:
 def poisoned(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[MmuPage]]:
     """Every direct page the MMU creates gets a :class:`PoisonedGfns`; yields the pages."""
     made: list[MmuPage] = []
-    real_alloc = mmu_module.Mmu._alloc_shadow_page
+    real_alloc = mmu_module.Mmu.alloc_shadow_page
 
     def poisoned_new_gfns(direct: bool) -> Any:
         return PoisonedGfns() if direct else new_gfns(False)
@@ -306,7 +306,7 @@ def poisoned(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[MmuPage]]:
         return sp
 
     monkeypatch.setattr(mmu_module, "new_gfns", poisoned_new_gfns)
-    monkeypatch.setattr(mmu_module.Mmu, "_alloc_shadow_page", alloc)
+    monkeypatch.setattr(mmu_module.Mmu, "alloc_shadow_page", alloc)
     PoisonedGfns.log = []
     yield made
     assert not PoisonedGfns.log, "gfns of a direct page read:\n" + "\n".join(PoisonedGfns.log)

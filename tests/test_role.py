@@ -12,6 +12,7 @@ import pytest
 from kvmmu.errors import ModeError
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.x86 import Acc, Access, Cr0, Cr4, Efer, PagingMode
+from kvmmu.kvm.mmu import shadow_path
 from kvmmu.kvm.role import MmuPageRole, cpu_root_role, shadow_root_role, tdp_root_role
 from kvmmu.kvm.vcpu import Vm
 
@@ -282,7 +283,7 @@ def test_high_32bit_addresses_go_through_the_quadrant_3_root() -> None:
     pt.map(0xC0000000, 0x200000)
     vcpu = vm.create_vcpu(pt.cpu())
     assert vcpu.access(0xC0000123) == 0x200123
-    sp, index = vcpu.shadow_path(0xC0000123)[0]
+    sp, index = shadow_path(vcpu, 0xC0000123)[0]
     assert sp.role.quadrant == 3 and index == 0
 
 

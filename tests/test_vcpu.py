@@ -44,7 +44,7 @@ def test_tlb_hit_needs_no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a TLB hit must not walk any table")
 
     monkeypatch.setattr(vcpu_module, "walk", no_walk)
-    monkeypatch.setattr("kvmmu.kvm.mmu.walk", no_walk)
+    monkeypatch.setattr("kvmmu.kvm.fault.walk", no_walk)
     assert vcpu.access(0x400FF8) == 0x100FF8  # same page, other offset
     assert vm.mmu.stats.tlb_hits == hits + 1
 

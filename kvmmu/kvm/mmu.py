@@ -1,48 +1,34 @@
-"""The shadow MMU: page faults, fetch, direct maps, write protection, emulated writes, zapping.
+"""The VM-wide shadow MMU state: the page hash, sptes, write protection, unsync bits, zapping.
 
-Mirrors ``arch/x86/kvm/mmu/mmu.c`` and the shadow half of ``paging_tmpl.h``. :class:`Mmu` holds
-what KVM keeps in ``struct kvm_arch`` (the hash of shadow pages, the active list, the page budget,
-the rmap, write tracking); the functions take the faulting vCPU, whose registers and roots play
-the part of ``struct kvm_mmu``.
+Mirrors the VM-wide half of ``arch/x86/kvm/mmu/mmu.c``. :class:`Mmu` holds what KVM keeps in
+``struct kvm_arch`` (the hash of shadow pages, the active list, the page budget, the rmap, write
+tracking) and the operations on it that need no vCPU: allocating and zapping shadow pages,
+installing and dropping sptes (``mmu_set_spte``), write-protecting gfns, letting leaf tables go
+unsync (``kvm_unsync_page``, ``mark_unsync``, ``mmu_unsync_walk``), memslot changes, reclaim.
 
-A page fault in a shadow-paging guest runs :func:`page_fault` (``FNAME(page_fault)``): walk the
-guest's tables; if the guest would fault, inject that fault; otherwise :func:`fetch` walks the
-shadow tables from the root, creating one *indirect* shadow page per guest table (its gfn is the
-table's frame, its role from the walk) and, below a guest large page that the host must back
-with smaller pages, *direct* shadow pages; the leaf spte gets the guest's rights. With TDP or
-paging off, :func:`direct_page_fault` maps the gfn with direct pages only (``direct_map``).
+Per-vCPU work sits above this module and calls into it: the fault path (:mod:`kvmmu.kvm.fault`,
+``FNAME(page_fault)`` -> ``FNAME(fetch)``), emulated writes to guest tables
+(:mod:`kvmmu.kvm.page_track`), ``sync_page`` and invlpg (:mod:`kvmmu.kvm.sync`). What they read
+of a vCPU is :class:`MmuVcpu`; the shadow walk they share (``for_each_shadow_entry``) is here,
+as in ``mmu.c``, with the helpers that read guest entries (``paging_tmpl.h``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kvmmu.errors import KvmmuError
 from kvmmu.hw.memory import GuestMemory, Memslot
-from kvmmu.hw.walk import PageFault, WalkResult, reserved_mask, walk
-from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Access, Pte
+from kvmmu.hw.walk import CpuState, reserved_mask
+from kvmmu.hw.x86 import PAGE_SHIFT, Acc, PagingMode, Pte
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.page import MmuPage, new_gfns
 from kvmmu.kvm.rmap import Rmap, Sptep, add_parent_pte, level_base, remove_parent_pte
 from kvmmu.kvm.role import MmuPageRole
 from kvmmu.kvm.stats import MmuStats
-from kvmmu.kvm.sync import (
-    clear_unsync_child_bit,
-    mark_unsync,
-    role_compatible,
-    sync_children,
-    sync_page_or_zap,
-    unlink_unsync_page,
-    unsync_page,
-    zap_unsync_children,
-)
 from kvmmu.kvm.trace import Tracer
-
-if TYPE_CHECKING:
-    from kvmmu.kvm.vcpu import Vcpu
 
 KVM_MIN_FREE_MMU_PAGES = 5
 KVM_REFILL_PAGES = 25
@@ -64,14 +50,40 @@ class FaultOutcome(Enum):
     MMIO = "mmio"  # emulate as MMIO: exit to userspace
 
 
-@dataclass(slots=True)
-class FaultResult:
-    """The outcome of one page fault, with the guest's walk when there was one."""
+class MmuVcpu(Protocol):
+    """What the MMU reads of a vCPU: its registers and its roots.
 
-    outcome: FaultOutcome
-    gpa: int = 0
-    fault: PageFault | None = None
-    walk: WalkResult | None = None
+    Kernel counterpart: the parts of ``struct kvm_vcpu`` (``vcpu->arch.cr0/cr4/efer``) and of
+    ``struct kvm_mmu`` (``root``, ``pae_root``, ``prev_roots``) that ``mmu.c`` and
+    ``paging_tmpl.h`` use. :class:`kvmmu.kvm.vcpu.Vcpu` provides them; the MMU code only calls
+    through this interface, so it never imports the vCPU.
+    """
+
+    @property
+    def mmu(self) -> Mmu: ...
+    @property
+    def memory(self) -> GuestMemory: ...
+    @property
+    def cpu(self) -> CpuState: ...
+    @property
+    def mode(self) -> PagingMode: ...
+    @property
+    def root(self) -> MmuPage | None: ...
+    @property
+    def pae_root(self) -> list[MmuPage | None] | None: ...
+    @property
+    def pge(self) -> bool: ...
+    @property
+    def cr0_wp(self) -> bool: ...
+    @property
+    def smep(self) -> bool: ...
+    @property
+    def nx_active(self) -> bool: ...
+    @property
+    def max_huge_level(self) -> int: ...
+    def reload(self) -> None: ...
+    def current_roots(self) -> list[MmuPage]: ...
+    def all_roots(self) -> list[MmuPage]: ...
 
 
 class Mmu:
@@ -90,8 +102,10 @@ class Mmu:
         n_max_mmu_pages: int | None = None,
         huge_pages: bool = True,
         allow_unsync: bool = False,
+        tdp: bool = False,
     ) -> None:
         self.memory = memory
+        self.tdp = tdp  # tdp_enabled: every vCPU maps guest-physical memory with direct pages
         self.host = memory.host
         self.page_hash: dict[int, list[MmuPage]] = {}
         self.active: dict[MmuPage, None] = {}
@@ -169,26 +183,7 @@ class Mmu:
             sp for sp in self.page_hash.get(gfn, ()) if not sp.direct and not self.is_obsolete(sp)
         ]
 
-    def get_shadow_page(self, vcpu: Vcpu | None, gfn: int, role: MmuPageRole) -> MmuPage:
-        """Find the page for (gfn, role) or create it (``kvm_mmu_get_shadow_page``)."""
-        for sp in list(self.page_hash.get(gfn, ())):
-            if self.is_obsolete(sp):
-                continue
-            if sp.role != role:
-                # An upper-level table now lives where an unsync page table was: the unsync
-                # page must go, since the new page write-protects the gfn.
-                if role.level > 1 and sp.unsync:
-                    self.zap_page(sp)
-                continue
-            if sp.unsync and vcpu is not None and not sync_page_or_zap(vcpu, sp):
-                continue  # the stale page could not be synced and was zapped
-            self.trace.emit(
-                "kvm_mmu_get_page", gfn=gfn, role=role.describe(), created=False, sp=sp.serial
-            )
-            return sp
-        return self._alloc_shadow_page(gfn, role)
-
-    def _alloc_shadow_page(self, gfn: int, role: MmuPageRole) -> MmuPage:
+    def alloc_shadow_page(self, gfn: int, role: MmuPageRole) -> MmuPage:
         """Allocate and account a new page (``kvm_mmu_alloc_shadow_page``)."""
         self.stats.mmu_cache_miss += 1
         pfn = self.host.alloc_page()
@@ -342,7 +337,6 @@ class Mmu:
 
     def set_spte(
         self,
-        vcpu: Vcpu,
         sp: MmuPage,
         index: int,
         access: int,
@@ -527,72 +521,6 @@ class Mmu:
             if sp in self.active:
                 self.zap_page(sp)
 
-    # -- emulated writes to shadowed guest tables -----------------------------------------
-
-    def track_write(self, vcpu: Vcpu, gpa: int, nbytes: int) -> None:
-        """React to an emulated guest write of ``nbytes`` at ``gpa`` (``kvm_mmu_track_write``).
-
-        Every shadow page of the written gfn is checked: a misaligned write or the third write
-        to an upper-level table that the guest has not used since (write flooding) zaps the
-        page; otherwise the sptes that shadow the written guest entries are refreshed in place
-        (leaf level, the 2010 kernel's ``mmu_pte_write_new_pte``) or zapped (upper levels).
-        """
-        if not self.indirect_shadow_pages:
-            return
-        gfn = gpa >> PAGE_SHIFT
-        pages = self.pages_of(gfn)
-        if not pages:
-            return
-        self.stats.mmu_pte_write += 1
-        self.trace.emit("kvm_mmu_track_write", gpa=gpa, bytes=nbytes, pages=len(pages))
-        flush = False
-        for sp in pages:
-            if self.is_obsolete(sp):
-                continue
-            if detect_write_misaligned(sp, gpa, nbytes) or detect_write_flooding(sp):
-                self.zap_page(sp)
-                self.stats.mmu_flooded += 1
-                continue
-            written = written_sptes(sp, gpa)
-            if written is None:
-                continue
-            gentry = written_gentry(self.memory, sp, gpa)
-            for index in written:
-                old = int(sp.spt[index])
-                flush |= S.is_shadow_present(old)
-                self.drop_spte(sp, index)
-                if not gentry:
-                    continue
-                if sp.level > 1:
-                    self.stats.mmu_pde_zapped += 1
-                elif role_compatible(vcpu, sp):
-                    self.stats.mmu_pte_updated += 1
-                    self._update_pte(vcpu, sp, index)
-        if flush:
-            self.flush_remote_tlbs()
-
-    def _update_pte(self, vcpu: Vcpu, sp: MmuPage, index: int) -> None:
-        """Refresh a leaf spte from the new guest entry (``FNAME(update_pte)``, 2010 kernel)."""
-        gpte = read_gpte(self.memory, sp, index)
-        if gpte is None or not gpte & Pte.PRESENT or not gpte & Pte.ACCESSED:
-            return
-        if gpte_reserved(vcpu, gpte):
-            return
-        access = sp.role.access & gpte_access(gpte, vcpu)
-        if not gpte & Pte.DIRTY:
-            access &= ~Acc.WRITE
-        gfn = gpte_gfn(gpte, sp)
-        self.set_spte(
-            vcpu,
-            sp,
-            index,
-            access,
-            gfn,
-            write_fault=False,
-            prefetch=True,
-            global_=bool(gpte & Pte.GLOBAL) and vcpu.pge,
-        )
-
     # -- large pages ------------------------------------------------------------------------
 
     def max_mapping_level(self, slot: Memslot, gfn: int, max_level: int) -> int:
@@ -618,63 +546,145 @@ class Mmu:
 
 
 # ------------------------------------------------------------------------------------------
-# helpers on guest entries (paging_tmpl.h)
+# unsync bookkeeping (mmu.c): which shadow pages are stale, and which parents lead to them
 # ------------------------------------------------------------------------------------------
 
 
-def detect_write_misaligned(sp: MmuPage, gpa: int, nbytes: int) -> bool:
-    """A write that is not one whole guest entry (``detect_write_misaligned``).
+def unsync_page(mmu: Mmu, sp: MmuPage) -> None:
+    """Let the guest write the table ``sp`` shadows without exits (``kvm_unsync_page``)."""
+    mmu.trace.emit("kvm_mmu_unsync_page", gfn=sp.gfn, sp=sp.serial)
+    mmu.stats.mmu_unsync += 1
+    sp.unsync = True
+    for parent, index in sp.parent_ptes:
+        mark_unsync(parent, index)
 
-    A one-byte write at the start of an entry is allowed: Linux clears bits with ``andb``.
+
+def mark_unsync(parent: MmuPage, index: int) -> None:
+    """Record that spte ``index`` of ``parent`` leads to unsync pages (``mark_unsync``)."""
+    if index in parent.unsync_child_bitmap:
+        return
+    parent.unsync_child_bitmap.add(index)
+    parent.unsync_children += 1
+    if parent.unsync_children > 1:
+        return
+    for grand, gindex in parent.parent_ptes:
+        mark_unsync(grand, gindex)
+
+
+def clear_unsync_child_bit(sp: MmuPage, index: int) -> None:
+    """Forget that spte ``index`` leads to unsync pages (``clear_unsync_child_bit``)."""
+    sp.unsync_child_bitmap.discard(index)
+    sp.unsync_children -= 1
+
+
+def clear_parents(sp: MmuPage) -> None:
+    """After ``sp`` was synced or zapped, clear the bits that pointed at it, upwards while a
+    parent has no other unsync child (``mmu_pages_clear_parents``)."""
+    for parent, index in sp.parent_ptes:
+        if index in parent.unsync_child_bitmap:
+            clear_unsync_child_bit(parent, index)
+            if not parent.unsync_children:
+                clear_parents(parent)
+
+
+def unlink_unsync_page(mmu: Mmu, sp: MmuPage) -> None:
+    """Mark ``sp`` synced again (``kvm_unlink_unsync_page``)."""
+    mmu.trace.emit("kvm_mmu_sync_page", gfn=sp.gfn, sp=sp.serial)
+    sp.unsync = False
+    mmu.stats.mmu_unsync -= 1
+
+
+def unsync_walk(mmu: Mmu, sp: MmuPage) -> list[MmuPage]:
+    """The unsync leaf pages below ``sp``, found through the bitmaps (``mmu_unsync_walk``).
+
+    Stale bits (the child is gone or no longer unsync) are cleared on the way, as KVM does.
     """
-    offset = gpa & 0xFFF
-    size = 4 if sp.role.has_4_byte_gpte else 8
-    if not offset & (size - 1) and nbytes == 1:
-        return False
-    crosses = (offset ^ (offset + nbytes - 1)) & ~(size - 1)
-    return bool(crosses) or nbytes < 4
+    found: list[MmuPage] = []
+    for index in sorted(sp.unsync_child_bitmap):
+        spte = int(sp.spt[index])
+        if not S.is_shadow_present(spte) or S.is_large(spte):
+            clear_unsync_child_bit(sp, index)
+            continue
+        child = mmu.child_of(spte)
+        if child.unsync_children:
+            below = unsync_walk(mmu, child)
+            if below:
+                found.extend(below)
+            else:
+                clear_unsync_child_bit(sp, index)
+        elif child.unsync:
+            found.append(child)
+        else:
+            clear_unsync_child_bit(sp, index)
+    return found
 
 
-def detect_write_flooding(sp: MmuPage) -> bool:
-    """The third write to an upper-level table without use in between (``detect_write_flooding``).
-
-    Leaf tables are exempt: they can go unsync instead.
-    """
-    if sp.level == 1:
-        return False
-    sp.write_flooding_count += 1
-    return sp.write_flooding_count >= 3
-
-
-def written_sptes(sp: MmuPage, gpa: int) -> list[int] | None:
-    """Indices of the sptes that shadow the guest entry at ``gpa`` (``get_written_sptes``).
-
-    A 4-byte guest entry sits at half the offset of its 8-byte shadow; a 32-bit guest PDE maps
-    4 MiB, so it is shadowed by two 2 MiB shadow PDEs. The quadrant picks the shadow page that
-    holds them, or None if this page does not.
-    """
-    offset = gpa & 0xFFF
-    count = 1
-    if sp.role.has_4_byte_gpte:
-        offset <<= 1
-        if sp.level == 2:
-            offset = (offset & ~7) << 1
-            count = 2
-        if offset >> PAGE_SHIFT != sp.role.quadrant:
-            return None
-        offset &= 0xFFF
-    first = offset // 8
-    return list(range(first, first + count))
-
-
-def written_gentry(memory: GuestMemory, sp: MmuPage, gpa: int) -> int:
-    """The whole guest entry containing ``gpa`` after the write (``mmu_pte_write_fetch_gpte``);
-    0 if it cannot be read. A 4-byte half of an 8-byte entry reads the whole entry."""
-    size = 4 if sp.role.has_4_byte_gpte else 8
-    try:
-        return memory.read(gpa & ~(size - 1), size)
-    except KvmmuError:
+def zap_unsync_children(mmu: Mmu, parent: MmuPage) -> int:
+    """Zap every unsync page below ``parent`` (``mmu_zap_unsync_children``)."""
+    if parent.level == 1:
         return 0
+    pages = unsync_walk(mmu, parent)
+    for sp in pages:
+        if not sp.role.invalid:
+            clear_parents(sp)
+            mmu.zap_page(sp)
+    return len(pages)
+
+
+# ------------------------------------------------------------------------------------------
+# the shadow walk (for_each_shadow_entry)
+# ------------------------------------------------------------------------------------------
+
+
+def shadow_walk_init(vcpu: MmuVcpu, addr: int) -> tuple[MmuPage, int]:
+    """The shadow page where a walk for ``addr`` starts, and its level (``shadow_walk_init``).
+
+    One root for 4/5-level guests and TDP; otherwise one of the four PAE page directories of
+    ``pae_root``, picked by address bits 31:30.
+    """
+    root = vcpu.root
+    if root is not None:
+        return root, root.level
+    assert vcpu.pae_root is not None
+    sp = vcpu.pae_root[(addr >> 30) & 3]
+    if sp is None:
+        raise KvmmuError(f"no PAE root for {addr:#x}: the guest's PDPTE is not present")
+    return sp, 2
+
+
+def shadow_index(addr: int, level: int) -> int:
+    """Index of ``addr`` in a shadow page of ``level`` (``SPTE_INDEX``)."""
+    return (addr >> (PAGE_SHIFT + 9 * (level - 1))) & 511
+
+
+def shadow_path(vcpu: MmuVcpu, addr: int, root: MmuPage | None = None) -> list[tuple[MmuPage, int]]:
+    """The shadow pages and indices a walk for ``addr`` visits (``for_each_shadow_entry``).
+
+    Starts at ``root`` (default: the vCPU's current root for ``addr``, loaded first) and stops
+    at the first spte that is not present or is a leaf.
+    """
+    path: list[tuple[MmuPage, int]] = []
+    if root is not None:
+        sp, level = root, root.level
+    else:
+        vcpu.reload()
+        try:
+            sp, level = shadow_walk_init(vcpu, addr)
+        except KvmmuError:
+            return path
+    mmu = vcpu.mmu
+    while True:
+        index = shadow_index(addr, level)
+        path.append((sp, index))
+        spte = int(sp.spt[index])
+        if not S.is_shadow_present(spte) or S.is_last(spte, level):
+            return path
+        sp, level = mmu.child_of(spte), level - 1
+
+
+# ------------------------------------------------------------------------------------------
+# helpers on guest entries (paging_tmpl.h)
+# ------------------------------------------------------------------------------------------
 
 
 def read_gpte(memory: GuestMemory, sp: MmuPage, index: int) -> int | None:
@@ -689,7 +699,7 @@ def read_gpte(memory: GuestMemory, sp: MmuPage, index: int) -> int | None:
     return None if words is None else int(words[gindex])
 
 
-def gpte_access(gpte: int, vcpu: Vcpu) -> int:
+def gpte_access(gpte: int, vcpu: MmuVcpu) -> int:
     """Rights one guest entry grants (``FNAME(gpte_access)``)."""
     access = int(gpte & (Acc.WRITE | Acc.USER))
     if not (vcpu.nx_active and gpte & Pte.XD):
@@ -697,7 +707,7 @@ def gpte_access(gpte: int, vcpu: Vcpu) -> int:
     return access
 
 
-def gpte_reserved(vcpu: Vcpu, gpte: int) -> bool:
+def gpte_reserved(vcpu: MmuVcpu, gpte: int) -> bool:
     """Reserved bits set in a leaf guest entry (``FNAME(is_rsvd_bits_set)`` at level 1)."""
     return bool(gpte & reserved_mask(vcpu.cpu, 1, bool(gpte & Pte.PAGE_SIZE)))
 
@@ -706,166 +716,6 @@ def gpte_gfn(gpte: int, sp: MmuPage) -> int:
     """The gfn a level-1 guest entry points to (``gpte_to_gfn``)."""
     mask = 0xFFFF_F000 if sp.role.has_4_byte_gpte else ((1 << 52) - 1) & ~0xFFF
     return (gpte & mask) >> PAGE_SHIFT
-
-
-# ------------------------------------------------------------------------------------------
-# fault handlers
-# ------------------------------------------------------------------------------------------
-
-
-def page_fault(vcpu: Vcpu, gva: int, access: Access, *, implicit: bool = False) -> FaultResult:
-    """Handle a shadow page fault in a shadow-paging guest (``FNAME(page_fault)``)."""
-    mmu = vcpu.mmu
-    cpu = vcpu.cpu
-    result = walk(vcpu.memory, cpu, gva, access, implicit=implicit)
-    mmu.trace.emit("kvm_mmu_pagetable_walk", addr=gva, access=access.value)
-    if isinstance(result, PageFault):
-        mmu.stats.pf_guest += 1
-        mmu.trace.emit("kvm_mmu_walker_error", addr=gva, pferr=int(result.error_code))
-        return FaultResult(FaultOutcome.GUEST, fault=result)
-    assert isinstance(result, WalkResult)
-    write = access is Access.WRITE
-    user = cpu.cpl == 3 and not implicit
-    gfn = result.gfn
-    slot = mmu.memory.slots.find(gfn)
-    if write and slot is not None and mmu.is_write_tracked(gfn):
-        # page_fault_handle_page_track: the guest writes one of its upper-level tables
-        mmu.stats.pf_emulate += 1
-        clear_flood_on_path(vcpu, gva)
-        return FaultResult(FaultOutcome.EMULATE, gpa=result.gpa, walk=result)
-    if slot is not None and write and slot.readonly:
-        mmu.stats.pf_emulate += 1
-        return FaultResult(FaultOutcome.MMIO, gpa=result.gpa, walk=result)
-    access_bits = int(result.access)
-    if not write and not result.pte & Pte.DIRTY:
-        access_bits &= ~Acc.WRITE  # FNAME(protect_clean_gpte): the first write must fault
-    if write and not access_bits & Acc.WRITE and not vcpu.cr0_wp and not user and slot is not None:
-        # CR0.WP=0: a supervisor write to a read-only page succeeds. Make the spte writable but
-        # supervisor-only (and not executable under SMEP), since the hardware runs with WP=1.
-        access_bits = (access_bits | Acc.WRITE) & ~Acc.USER
-        if vcpu.smep:
-            access_bits &= ~Acc.EXEC
-    mmu.make_pages_available()
-    outcome = fetch(vcpu, gva, result, access_bits, write)
-    if outcome is FaultOutcome.MMIO:
-        mmu.stats.mmio_exits += 1
-    elif outcome is FaultOutcome.EMULATE:
-        mmu.stats.pf_emulate += 1
-    else:
-        mmu.stats.pf_fixed += 1
-    return FaultResult(outcome, gpa=result.gpa, walk=result)
-
-
-def fetch(vcpu: Vcpu, gva: int, gw: WalkResult, access: int, write: bool) -> FaultOutcome:
-    """Build the shadow path for one guest translation (``FNAME(fetch)``).
-
-    Above the guest's leaf level every shadow page is indirect and shadows the guest table at
-    the same level; below it (a guest large page backed by smaller host pages) pages are direct.
-    """
-    mmu = vcpu.mmu
-    sp, level = vcpu.shadow_root_for(gva)
-    gfn = gw.gfn
-    slot = mmu.memory.slots.find(gfn)
-    while level > gw.level:
-        index = vcpu.shadow_index(gva, level)
-        sp.write_flooding_count = 0  # clear_sp_write_flooding_count: the guest uses this table
-        spte = int(sp.spt[index])
-        if S.is_shadow_present(spte) and not S.is_large(spte):
-            child = mmu.child_of(spte)
-        else:
-            table_gfn = gw.table_gfn(level - 1)
-            role = sp.role.child(
-                direct=False,
-                access=int(gw.pt_access(level - 1)),
-                quadrant=index & 1 if sp.role.has_4_byte_gpte else 0,
-            )
-            child = mmu.get_shadow_page(vcpu, table_gfn, role)
-            if child.unsync_children:
-                sync_children(vcpu, child)
-            mmu.link_shadow_page(sp, index, child)
-        sp, level = child, level - 1
-    goal = (
-        1 if slot is None else mmu.max_mapping_level(slot, gfn, min(gw.level, vcpu.max_huge_level))
-    )
-    mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
-    while level > goal:
-        index = vcpu.shadow_index(gva, level)
-        sp.write_flooding_count = 0
-        spte = int(sp.spt[index])
-        if S.is_shadow_present(spte) and not S.is_large(spte):
-            child = mmu.child_of(spte)
-            if child.role.access == access:
-                sp, level = child, level - 1
-                continue
-            mmu.drop_spte(sp, index)  # validate_direct_spte: access changed
-            mmu.flush_remote_tlbs()
-        base = level_base(gfn, level)
-        role = sp.role.child(
-            direct=True, access=access, quadrant=index & 1 if sp.role.has_4_byte_gpte else 0
-        )
-        child = mmu.get_shadow_page(vcpu, base, role)
-        mmu.link_shadow_page(sp, index, child)
-        sp, level = child, level - 1
-    index = vcpu.shadow_index(gva, level)
-    return mmu.set_spte(
-        vcpu,
-        sp,
-        index,
-        access,
-        level_base(gfn, level),
-        write_fault=write,
-        global_=bool(gw.pte & Pte.GLOBAL) and vcpu.pge,
-    )
-
-
-def direct_page_fault(vcpu: Vcpu, gpa: int, access: Access) -> FaultOutcome:
-    """Map ``gpa`` with direct pages only (``direct_page_fault`` -> ``direct_map``).
-
-    Used with TDP (the fault is on a guest-physical address) and for guests with paging off.
-    """
-    mmu = vcpu.mmu
-    gfn = gpa >> PAGE_SHIFT
-    slot = mmu.memory.slots.find(gfn)
-    write = access is Access.WRITE
-    if slot is not None and write and slot.readonly:
-        mmu.stats.pf_emulate += 1
-        mmu.stats.mmio_exits += 1
-        return FaultOutcome.MMIO
-    mmu.make_pages_available()
-    sp, level = vcpu.shadow_root_for(gpa)
-    goal = 1 if slot is None else mmu.max_mapping_level(slot, gfn, vcpu.max_huge_level)
-    mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
-    while level > goal:
-        index = vcpu.shadow_index(gpa, level)
-        spte = int(sp.spt[index])
-        if S.is_shadow_present(spte) and not S.is_large(spte):
-            sp, level = mmu.child_of(spte), level - 1
-            continue
-        child = mmu.get_shadow_page(
-            vcpu, level_base(gfn, level), sp.role.child(direct=True, access=int(Acc.ALL))
-        )
-        mmu.link_shadow_page(sp, index, child)
-        sp, level = child, level - 1
-    outcome = mmu.set_spte(
-        vcpu,
-        sp,
-        vcpu.shadow_index(gpa, level),
-        int(Acc.ALL),
-        level_base(gfn, level),
-        write_fault=write,
-    )
-    if outcome is FaultOutcome.MMIO:
-        mmu.stats.mmio_exits += 1
-    else:
-        mmu.stats.pf_fixed += 1
-    return outcome
-
-
-def clear_flood_on_path(vcpu: Vcpu, gva: int) -> None:
-    """The guest used the tables on ``gva``'s path: reset their flood counts
-    (``shadow_page_table_clear_flood``)."""
-    for sp, _ in vcpu.shadow_path(gva):
-        sp.write_flooding_count = 0
 
 
 def sptes_of_gfn(mmu: Mmu, gfn: int) -> list[Sptep]:

@@ -14,103 +14,24 @@ is read back: an spte whose guest PTE now names another gfn than ``get_gfn(i)`` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from kvmmu.hw.x86 import Acc, Pte
 from kvmmu.kvm import spte as S
+from kvmmu.kvm.mmu import (
+    MmuVcpu,
+    clear_parents,
+    gpte_access,
+    gpte_gfn,
+    gpte_reserved,
+    read_gpte,
+    shadow_path,
+    unlink_unsync_page,
+    unsync_walk,
+)
 from kvmmu.kvm.page import MmuPage
 from kvmmu.kvm.role import shadow_root_role
 
-if TYPE_CHECKING:
-    from kvmmu.kvm.mmu import Mmu
-    from kvmmu.kvm.vcpu import Vcpu
 
-# role fields that may differ between a page and the vCPU that syncs it (kvm_sync_page_check)
-_SYNC_ROLE_IGNORED = ("level", "access", "quadrant", "passthrough", "invalid")
-
-
-def unsync_page(mmu: Mmu, sp: MmuPage) -> None:
-    """Let the guest write the table ``sp`` shadows without exits (``kvm_unsync_page``)."""
-    mmu.trace.emit("kvm_mmu_unsync_page", gfn=sp.gfn, sp=sp.serial)
-    mmu.stats.mmu_unsync += 1
-    sp.unsync = True
-    for parent, index in sp.parent_ptes:
-        mark_unsync(parent, index)
-
-
-def mark_unsync(parent: MmuPage, index: int) -> None:
-    """Record that spte ``index`` of ``parent`` leads to unsync pages (``mark_unsync``)."""
-    if index in parent.unsync_child_bitmap:
-        return
-    parent.unsync_child_bitmap.add(index)
-    parent.unsync_children += 1
-    if parent.unsync_children > 1:
-        return
-    for grand, gindex in parent.parent_ptes:
-        mark_unsync(grand, gindex)
-
-
-def clear_unsync_child_bit(sp: MmuPage, index: int) -> None:
-    """Forget that spte ``index`` leads to unsync pages (``clear_unsync_child_bit``)."""
-    sp.unsync_child_bitmap.discard(index)
-    sp.unsync_children -= 1
-
-
-def _clear_parents(sp: MmuPage) -> None:
-    """After ``sp`` was synced or zapped, clear the bits that pointed at it, upwards while a
-    parent has no other unsync child (``mmu_pages_clear_parents``)."""
-    for parent, index in sp.parent_ptes:
-        if index in parent.unsync_child_bitmap:
-            clear_unsync_child_bit(parent, index)
-            if not parent.unsync_children:
-                _clear_parents(parent)
-
-
-def unlink_unsync_page(mmu: Mmu, sp: MmuPage) -> None:
-    """Mark ``sp`` synced again (``kvm_unlink_unsync_page``)."""
-    mmu.trace.emit("kvm_mmu_sync_page", gfn=sp.gfn, sp=sp.serial)
-    sp.unsync = False
-    mmu.stats.mmu_unsync -= 1
-
-
-def unsync_walk(mmu: Mmu, sp: MmuPage) -> list[MmuPage]:
-    """The unsync leaf pages below ``sp``, found through the bitmaps (``mmu_unsync_walk``).
-
-    Stale bits (the child is gone or no longer unsync) are cleared on the way, as KVM does.
-    """
-    found: list[MmuPage] = []
-    for index in sorted(sp.unsync_child_bitmap):
-        spte = int(sp.spt[index])
-        if not S.is_shadow_present(spte) or S.is_large(spte):
-            clear_unsync_child_bit(sp, index)
-            continue
-        child = mmu.child_of(spte)
-        if child.unsync_children:
-            below = unsync_walk(mmu, child)
-            if below:
-                found.extend(below)
-            else:
-                clear_unsync_child_bit(sp, index)
-        elif child.unsync:
-            found.append(child)
-        else:
-            clear_unsync_child_bit(sp, index)
-    return found
-
-
-def zap_unsync_children(mmu: Mmu, parent: MmuPage) -> int:
-    """Zap every unsync page below ``parent`` (``mmu_zap_unsync_children``)."""
-    if parent.level == 1:
-        return 0
-    pages = unsync_walk(mmu, parent)
-    for sp in pages:
-        if not sp.role.invalid:
-            _clear_parents(sp)
-            mmu.zap_page(sp)
-    return len(pages)
-
-
-def sync_children(vcpu: Vcpu, parent: MmuPage) -> None:
+def sync_children(vcpu: MmuVcpu, parent: MmuPage) -> None:
     """Sync every unsync page below ``parent`` (``mmu_sync_children``).
 
     First write-protect each page's gfn again, then re-read its guest entries; a page that
@@ -127,12 +48,12 @@ def sync_children(vcpu: Vcpu, parent: MmuPage) -> None:
         if sp.role.invalid or not sp.unsync:
             continue
         unlink_unsync_page(mmu, sp)
-        _clear_parents(sp)
+        clear_parents(sp)
         if not sync_page(vcpu, sp):
             mmu.zap_page(sp)
 
 
-def sync_page_or_zap(vcpu: Vcpu, sp: MmuPage) -> bool:
+def sync_page_or_zap(vcpu: MmuVcpu, sp: MmuPage) -> bool:
     """Refresh an unsync page found by a lookup, leaving it unsync (``kvm_sync_page``).
 
     Returns False if the page had to be zapped.
@@ -143,9 +64,9 @@ def sync_page_or_zap(vcpu: Vcpu, sp: MmuPage) -> bool:
     return False
 
 
-def role_compatible(vcpu: Vcpu, sp: MmuPage) -> bool:
+def role_compatible(vcpu: MmuVcpu, sp: MmuPage) -> bool:
     """Can this vCPU's context read ``sp``'s guest entries? (``kvm_sync_page_check``)."""
-    if sp.direct or vcpu.vm.tdp:
+    if sp.direct or vcpu.mmu.tdp:
         return False
     ours = shadow_root_role(vcpu.cpu.cr0, vcpu.cpu.cr4, vcpu.cpu.efer)
     for name in (
@@ -164,7 +85,7 @@ def role_compatible(vcpu: Vcpu, sp: MmuPage) -> bool:
     return True
 
 
-def sync_page(vcpu: Vcpu, sp: MmuPage) -> bool:
+def sync_page(vcpu: MmuVcpu, sp: MmuPage) -> bool:
     """Re-read every guest entry behind ``sp`` and fix its sptes (``FNAME(sync_page)``).
 
     Returns False if the page cannot be synced by this vCPU (its role belongs to another
@@ -181,15 +102,13 @@ def sync_page(vcpu: Vcpu, sp: MmuPage) -> bool:
     return True
 
 
-def sync_spte(vcpu: Vcpu, sp: MmuPage, index: int) -> int:
+def sync_spte(vcpu: MmuVcpu, sp: MmuPage, index: int) -> int:
     """Bring spte ``index`` in line with its guest entry (``FNAME(sync_spte)``).
 
     0: unchanged; 1: changed or dropped (flush needed). The spte is dropped when the guest
     entry is no longer present, not accessed, has reserved bits, or names another gfn than the
     one recorded for the spte, read through ``get_gfn``.
     """
-    from kvmmu.kvm.mmu import gpte_access, gpte_gfn, gpte_reserved, read_gpte
-
     mmu = vcpu.mmu
     spte = int(sp.spt[index])
     if not spte:
@@ -249,10 +168,10 @@ def sync_spte(vcpu: Vcpu, sp: MmuPage, index: int) -> int:
     )
 
 
-def invlpg_sync(vcpu: Vcpu, gva: int) -> None:
+def invlpg_sync(vcpu: MmuVcpu, gva: int) -> None:
     """Sync the one spte behind ``gva`` in each unsync page on its path
     (``__kvm_mmu_invalidate_addr``), in the current root and the cached ones."""
-    if vcpu.vm.tdp:
+    if vcpu.mmu.tdp:
         return
     vcpu.reload()
     for root in vcpu.all_roots():
@@ -260,22 +179,22 @@ def invlpg_sync(vcpu: Vcpu, gva: int) -> None:
             continue
         if root.level == 2 and (gva >> 30) & 3 != _pae_quarter(vcpu, root):
             continue
-        for sp, index in vcpu.shadow_path(gva, root):
+        for sp, index in shadow_path(vcpu, gva, root):
             if sp.unsync:
                 sync_spte(vcpu, sp, index)
             if not sp.unsync_children:
                 break
 
 
-def _pae_quarter(vcpu: Vcpu, root: MmuPage) -> int:
+def _pae_quarter(vcpu: MmuVcpu, root: MmuPage) -> int:
     """Which quarter of the 32-bit address space a PAE root page directory covers."""
     roots = vcpu.pae_root or []
     return roots.index(root) if root in roots else -1
 
 
-def sync_roots(vcpu: Vcpu) -> None:
+def sync_roots(vcpu: MmuVcpu) -> None:
     """Sync every unsync page reachable from the current roots (``kvm_mmu_sync_roots``)."""
-    if vcpu.vm.tdp:
+    if vcpu.mmu.tdp:
         return
     for root in vcpu.current_roots():
         if not root.direct and root.unsync_children:

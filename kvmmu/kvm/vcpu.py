@@ -37,8 +37,10 @@ from kvmmu.hw.x86 import (
     is_canonical,
 )
 from kvmmu.kvm import spte as S
-from kvmmu.kvm.mmu import FaultOutcome, Mmu, direct_page_fault, page_fault
+from kvmmu.kvm.fault import direct_page_fault, get_shadow_page, page_fault
+from kvmmu.kvm.mmu import FaultOutcome, Mmu, shadow_walk_init
 from kvmmu.kvm.page import MmuPage
+from kvmmu.kvm.page_track import track_write
 from kvmmu.kvm.role import MmuPageRole, shadow_root_role, tdp_root_role
 from kvmmu.kvm.stats import MmuStats
 from kvmmu.kvm.sync import invlpg_sync, sync_roots
@@ -169,6 +171,7 @@ class Vm:
             n_max_mmu_pages=n_max_mmu_pages,
             huge_pages=huge_pages,
             allow_unsync=allow_unsync,
+            tdp=tdp,
         )
         self.vcpus: list[Vcpu] = []
         self.host_view = HostPhysical(self.memory.host)
@@ -481,7 +484,7 @@ class Vcpu:
         sync_roots(self)
 
     def _get_root(self, gfn: int, role: MmuPageRole) -> MmuPage:
-        sp = self.mmu.get_shadow_page(self, gfn, role)
+        sp = get_shadow_page(self, gfn, role)
         sp.root_count += 1
         return sp
 
@@ -502,41 +505,6 @@ class Vcpu:
                     self._get_root(self.cpu.root_gpa >> PAGE_SHIFT, replace(base, quadrant=i))
                 )
         return roots
-
-    def shadow_root_for(self, addr: int) -> tuple[MmuPage, int]:
-        """The shadow page where a walk for ``addr`` starts, and its level."""
-        if self.root is not None:
-            return self.root, self.root.level
-        assert self.pae_root is not None
-        sp = self.pae_root[(addr >> 30) & 3]
-        if sp is None:
-            raise KvmmuError(f"no PAE root for {addr:#x}: the guest's PDPTE is not present")
-        return sp, 2
-
-    @staticmethod
-    def shadow_index(addr: int, level: int) -> int:
-        """Index of ``addr`` in a shadow page of ``level`` (``SPTE_INDEX``)."""
-        return (addr >> (PAGE_SHIFT + 9 * (level - 1))) & 511
-
-    def shadow_path(self, addr: int, root: MmuPage | None = None) -> list[tuple[MmuPage, int]]:
-        """The shadow pages and indices a walk for ``addr`` visits, from ``root`` (default: the
-        current root for ``addr``) downwards."""
-        path: list[tuple[MmuPage, int]] = []
-        if root is not None:
-            sp, level = root, root.level
-        else:
-            self.reload()
-            try:
-                sp, level = self.shadow_root_for(addr)
-            except KvmmuError:
-                return path
-        while True:
-            index = self.shadow_index(addr, level)
-            path.append((sp, index))
-            spte = int(sp.spt[index])
-            if not S.is_shadow_present(spte) or S.is_last(spte, level):
-                return path
-            sp, level = self.mmu.child_of(spte), level - 1
 
     def hardware_cpu(self) -> CpuState:
         """The registers the CPU runs with while it walks the shadow tables.
@@ -766,7 +734,7 @@ class Vcpu:
 
     def _tdp_cpu(self) -> CpuState:
         """Registers of the TDP walk: 4/5-level tables from the TDP root, built once per root."""
-        root = self.shadow_root_for(0)[0]
+        root = shadow_walk_init(self, 0)[0]
         cached = self._tdp_cpu_state
         if cached is None or cached.cr3 != root.pfn << PAGE_SHIFT:
             cr4 = int(Cr4.PAE | (Cr4.LA57 if self.vm.tdp_levels == 5 else 0))
@@ -839,7 +807,7 @@ class Vcpu:
         self.memory.write(t.gpa, value, size)
         if t.emulated:
             self.memory.mark_page_dirty(t.gpa >> PAGE_SHIFT)
-            self.mmu.track_write(self, t.gpa, size)
+            track_write(self, t.gpa, size)
         return None
 
 

@@ -41,6 +41,7 @@ from kvmmu.hw.walk import reserved_mask
 from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Cr4, PagingMode, Pte
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.accounting import memory_from_counts
+from kvmmu.kvm.fault import get_shadow_page
 from kvmmu.kvm.page import MmuPage
 from kvmmu.kvm.role import MmuPageRole
 from kvmmu.kvm.vcpu import Vcpu
@@ -815,7 +816,7 @@ def _materialize(plan: Plan) -> None:
                     role: MmuPageRole = parent_sp.role.child(
                         direct=want_direct, access=int(accesses[c])
                     )
-                    sp = mmu.get_shadow_page(vcpu, int(gfns[c]), role)
+                    sp = get_shadow_page(vcpu, int(gfns[c]), role)
                     objects[level][c] = sp
                 mmu.link_shadow_page(parent_sp, i, sp)
     slots = _Slots(list(mmu.memory.slots))

@@ -20,6 +20,7 @@ from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.walk import CpuState, PageFault, WalkResult, walk
 from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Access, PagingMode, PfErr, Pte
+from kvmmu.kvm.mmu import shadow_path
 from kvmmu.kvm.page import LEVEL_BITS, MmuPage
 from kvmmu.kvm.role import MmuPageRole
 from kvmmu.kvm.vcpu import Vcpu, Vm
@@ -282,7 +283,7 @@ def sync_run(actions: Sequence[str]) -> pd.DataFrame:
     def record(step: int, action: str, result: str) -> None:
         leaf_table = pt.entry(DATA_GVA, 2) & _ENTRY_ADDR
         sps = [sp for sp in vm.mmu.pages_of(leaf_table >> PAGE_SHIFT) if sp.level == 1]
-        sp, index = vcpu.shadow_path(DATA_GVA)[-1]
+        sp, index = shadow_path(vcpu, DATA_GVA)[-1]
         spte = int(sp.spt[index])
         mapped = sp.get_gfn(index) << PAGE_SHIFT if sp.level == 1 and spte else None
         rows.append(
@@ -534,7 +535,7 @@ def role_problem(seed: int | str) -> RoleProblem:
     vcpu = vm.create_vcpu(pt.cpu())
     got = vcpu.access(gva, Access.READ, cpl=3)
     assert isinstance(got, int), got
-    path = vcpu.shadow_path(gva)
+    path = shadow_path(vcpu, gva)
     position = rng.randrange(1, len(path) + 1)
     sp = path[position - 1][0]
     root_level = path[0][0].level

@@ -31,6 +31,7 @@ By the end you will be able to:
         """%matplotlib inline
 import pandas as pd
 from kvmmu.teaching import exercises, viz, widgets
+from kvmmu.kvm.mmu import shadow_path
 from kvmmu.kvm.spte import describe_spte
 from kvmmu.hw.x86 import Access
 
@@ -110,7 +111,7 @@ spte, so that the first write faults and KVM can set the guest's dirty bit.""",
     ),
     (
         "code",
-        """for sp, index in vcpu.shadow_path(0x600000):
+        """for sp, index in shadow_path(vcpu, 0x600000):
     print(f"{sp.describe():45} [{index:3}] {describe_spte(int(sp.spt[index]), sp.level)}")""",
     ),
     (

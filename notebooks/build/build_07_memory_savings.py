@@ -76,8 +76,8 @@ of a TDP guest, and the 4 KiB tables that split a guest 2 MiB page the host cann
 ## Up to 64 GiB
 
 Faulting in a 64 GiB guest one page at a time would take 16 million faults. The batch path
-(`kvmmu.teaching.batch`) computes the same end state with numpy; its tests prove it equal to the fault
-path. Beside each measured count stands the closed form, and the `match` column compares them:
+(`kvmmu.teaching.batch`) computes the same end state with numpy; its tests prove it equal to the
+fault path. Beside each measured count stands the closed form, and the `match` column compares them:
 """)
 code("""
 sizes = X.savings_by_size("tdp-4k")

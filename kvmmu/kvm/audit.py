@@ -384,7 +384,12 @@ class _Auditor:
         if gpte is None or not gpte & Pte.PRESENT:
             self.bad("gpte-rights", sp, i, "spte present but the guest entry is not")
             return
-        if not gpte & Pte.ACCESSED:
+        # The walker cannot set A/D bits in a table inside a read-only slot, and KVM maps the
+        # access anyway (FNAME(update_accessed_dirty_bits) skips such a table): there a clean
+        # or unaccessed guest entry behind a present spte is legal.
+        slot = self.mmu.memory.slots.find(sp.gfn)
+        ad_settable = slot is None or not slot.readonly
+        if ad_settable and not gpte & Pte.ACCESSED:
             self.bad("gpte-rights", sp, i, f"guest entry {gpte:#x} is not accessed")
         if sp.level > 1:
             named = _large_gpte_gfn(gpte, sp, i) if gpte & Pte.PAGE_SIZE else -1
@@ -407,7 +412,7 @@ class _Auditor:
                 f"spte grants {_acc_str(extra)} that guest entry {gpte:#x} with role access "
                 f"{_acc_str(sp.role.access)} denies",
             )
-        if spte & S.WRITABLE and not gpte & Pte.DIRTY:
+        if ad_settable and spte & S.WRITABLE and not gpte & Pte.DIRTY:
             self.bad("gpte-rights", sp, i, f"writable spte for clean guest entry {gpte:#x}")
 
     # -- rmap ------------------------------------------------------------------------------

@@ -81,14 +81,18 @@ def page_fault(vcpu: MmuVcpu, gva: int, access: Access, *, implicit: bool = Fals
     user = cpu.cpl == 3 and not implicit
     gfn = result.gfn
     slot = mmu.memory.slots.find(gfn)
+    if slot is not None and write and slot.readonly:
+        # A store to a read-only slot is emulated and the emulator cannot write the slot
+        # (__kvm_write_guest_page refuses it), so it exits to userspace as MMIO: checked first,
+        # since a ROM page may also be one of the guest's write-tracked page tables.
+        mmu.stats.pf_emulate += 1
+        mmu.stats.mmio_exits += 1
+        return FaultResult(FaultOutcome.MMIO, gpa=result.gpa, walk=result)
     if write and slot is not None and mmu.is_write_tracked(gfn):
         # page_fault_handle_page_track: the guest writes one of its upper-level tables
         mmu.stats.pf_emulate += 1
         clear_flood_on_path(vcpu, gva)
         return FaultResult(FaultOutcome.EMULATE, gpa=result.gpa, walk=result)
-    if slot is not None and write and slot.readonly:
-        mmu.stats.pf_emulate += 1
-        return FaultResult(FaultOutcome.MMIO, gpa=result.gpa, walk=result)
     access_bits = int(result.access)
     if not write and not result.pte & Pte.DIRTY:
         access_bits &= ~Acc.WRITE  # FNAME(protect_clean_gpte): the first write must fault
@@ -207,6 +211,8 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
     )
     if outcome is FaultOutcome.MMIO:
         mmu.stats.mmio_exits += 1
+    elif outcome is FaultOutcome.EMULATE:
+        mmu.stats.pf_emulate += 1
     else:
         mmu.stats.pf_fixed += 1
     return outcome

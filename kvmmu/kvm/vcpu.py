@@ -640,9 +640,14 @@ class Vcpu:
             if mmio is not None:
                 return mmio
         if self.mode is PagingMode.NONE:
-            # nonpaging_page_fault: with paging off gva == gpa, mapped by direct pages only
-            if direct_page_fault(self, gva, kind) is FaultOutcome.MMIO:
+            # nonpaging_page_fault: with paging off gva == gpa, mapped by direct pages only. A
+            # write to a frame that still holds a shadowed table (the guest's former page
+            # tables) is emulated, as with paging on (RET_PF_EMULATE from direct_map).
+            outcome = direct_page_fault(self, gva, kind)
+            if outcome is FaultOutcome.MMIO:
                 return Translation(gva, mmio=True)
+            if outcome is FaultOutcome.EMULATE:
+                return Translation(gva, emulated=True)
             return None
         result = page_fault(self, gva, kind, implicit=implicit)
         if result.outcome is FaultOutcome.GUEST:
@@ -677,22 +682,49 @@ class Vcpu:
         """A reserved-bit fault on an MMIO spte (``handle_mmio_page_fault``).
 
         A stale generation means a memslot changed: fall back to the full fault path. Otherwise
-        the emulator translates the address again with the guest's rights and exits to userspace.
+        KVM caches the spte's gfn and rights (``vcpu_cache_mmio_info``) and the emulator uses
+        them when they permit the access (``vcpu_mmio_gva_to_gpa``): the guest reaches the gfn
+        the spte names, like a TLB entry that stays valid until the guest flushes it, even if
+        the guest PTE was re-pointed meanwhile. When they do not, the emulator walks the guest
+        tables itself: a guest fault, an MMIO exit, or (the PTE now names RAM) an emulated
+        access to that RAM.
         """
         spte = hw.steps[-1].entry if hw.steps else 0
         if not S.is_mmio(spte):
             raise KvmmuError(f"reserved-bit fault on a non-MMIO spte {spte:#x}: a kvmmu bug")
-        self.mmu.trace.emit("handle_mmio_page_fault", addr=gva, gfn=S.mmio_gfn(spte))
+        gfn = S.mmio_gfn(spte)
+        self.mmu.trace.emit("handle_mmio_page_fault", addr=gva, gfn=gfn)
         if S.mmio_generation(spte) != self.memory.slots.generation & S.MMIO_GEN_MASK:
             self.mmu.trace.emit("check_mmio_spte", spte=spte, stale=True)
             return None
+        if self._mmio_access_permitted(spte, kind, implicit):
+            self.mmu.stats.mmio_exits += 1
+            return Translation((gfn << PAGE_SHIFT) | (gva & 0xFFF), mmio=True)
         target = walk(self.memory, self.cpu, gva, kind, implicit=implicit)
         if isinstance(target, PageFault):
             self.mmu.stats.pf_guest += 1
             return target
         assert isinstance(target, WalkResult)
+        if self.memory.slots.find(target.gfn) is not None:
+            return Translation(target.gpa, emulated=True)
         self.mmu.stats.mmio_exits += 1
         return Translation(target.gpa, mmio=True)
+
+    def _mmio_access_permitted(self, spte: int, kind: Access, implicit: bool) -> bool:
+        """May the cached MMIO rights serve this access? (``permission_fault`` on
+        ``vcpu->arch.mmio_access`` in ``vcpu_mmio_gva_to_gpa``). An MMIO spte remembers only
+        W and U; an instruction fetch always takes the emulator's own walk."""
+        if kind is Access.FETCH:
+            return False
+        cpu = self.cpu
+        user = cpu.cpl == 3 and not implicit
+        if user and not spte & S.USER:
+            return False
+        smap_blocks = implicit or not cpu.rflags & Rflags.AC
+        if not user and spte & S.USER and cpu.cr4 & Cr4.SMAP and smap_blocks:
+            return False
+        wp_ignored = not user and not self.cr0_wp  # SDM 4.6: WP=0 lets supervisor writes in
+        return kind is not Access.WRITE or bool(spte & S.WRITABLE) or wp_ignored
 
     def _tdp_step(
         self, gva: int, kind: Access, implicit: bool, cls: tuple[Access, bool, bool]

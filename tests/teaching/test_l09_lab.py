@@ -45,3 +45,16 @@ def test_lab_problem_texts_do_not_contain_answers() -> None:
         problems = lab.lab_problems(seed)
         assert f"{key['gfn']:#x}" not in problems["gfn"].text
         assert str(key["saving"]) not in problems["saving"].text
+
+
+def test_check_uses_the_checker_of_the_named_exercise() -> None:
+    problems = lab.lab_problems("s1001")
+    key = lab.lab_solutions("s1001")
+    for name, (_, checker, _) in lab.LAB.items():
+        assert lab.check(name, problems[name], key[name]).passed
+        assert str(lab.check(name, problems[name], key[name])) == str(
+            checker(problems[name], key[name])
+        )
+    assert not lab.check("gfn", problems["gfn"], key["gfn"] + 1).passed
+    with pytest.raises(KvmmuError, match="unknown exercise"):
+        lab.check("walks", problems["walk"], 0)

@@ -114,8 +114,7 @@ def lab_solutions(seed: int | str) -> dict[str, object]:
     assert isinstance(counters_p, l05.CountersProblem) and isinstance(sync_p, l06.SyncProblem)
     assert isinstance(mode_p, l08.ModeProblem)
     gfns = saving_p._table["gfns bytes"]
-    memory, pt, _ = l01.fix_guest(seed)
-    del memory
+    _, pt, _ = l01.fix_guest(seed)
     level, value = l01.fix_answer(fix_p, pt)
     accesses = sync_p._table[sync_p._table["action"] == "access"]["access returns"]
     return {

@@ -30,7 +30,8 @@ By the end you will be able to:
         "code",
         """%matplotlib inline
 import pandas as pd
-from kvmmu.teaching import exercises, viz, widgets
+from kvmmu.teaching import ui
+from kvmmu.teaching.lessons import l01_guest_page_tables as lesson
 from kvmmu.hw.capture import load_capture, ptdump
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.memory import GuestMemory
@@ -94,7 +95,7 @@ assert pt.entry(gva, 1) & Pte.ACCESSED and not pt.entry(gva, 1) & Pte.DIRTY""",
 that index the next table, and each box shows the entry read and its flags (P, W, U, A, D, S for
 page size).""",
     ),
-    ("code", """widgets.show(viz.walk_tree_figure(memory, cpu, gva))"""),
+    ("code", """ui.show(lesson.walk_tree_figure(memory, cpu, gva))"""),
     (
         "md",
         """## One address, four paging modes
@@ -105,7 +106,7 @@ level is just a slice of the address.""",
     ),
     (
         "code",
-        """split = viz.address_split(0x7FFF_1234_5678)
+        """split = lesson.address_split(0x7FFF_1234_5678)
 assert split.loc["4-level", "split"] == "9+9+9+9+12"
 split""",
     ),
@@ -120,7 +121,7 @@ bit, I/D an instruction fetch, PK a protection-key denial. KVM uses the same bit
     ),
     (
         "code",
-        """faults = viz.fault_examples()
+        """faults = lesson.fault_examples()
 assert faults.loc["fetch from an XD data page", "I/D"] == 1
 faults""",
     ),
@@ -133,8 +134,8 @@ CPL 0 and at CPL 3, and `0x800000000000` (not canonical). The cell prints the de
     ),
     (
         "code",
-        """print(viz.walk_text(memory, cpu, "0x400123", "read", 3))
-widgets.make_walk_widget(memory, cpu, "0x400123", "read", 3, draw=True)""",
+        """print(lesson.walk_text(memory, cpu, "0x400123", "read", 3))
+lesson.make_walk_widget(memory, cpu, "0x400123", "read", 3, draw=True)""",
     ),
     (
         "md",
@@ -149,8 +150,8 @@ text address with the guest's own registers.""",
         """cap = load_capture("x86_64-4level")
 leaves = ptdump(cap.memory, cap.cpu)
 user_gva, kernel_gva = int(leaves.gva.iloc[0]), 0xFFFF_FFFF_8100_0000
-print(viz.walk_text(cap.memory, cap.cpu, user_gva, "read", 3))
-print(viz.walk_text(cap.memory, cap.cpu, kernel_gva, "read", 0))""",
+print(lesson.walk_text(cap.memory, cap.cpu, user_gva, "read", 3))
+print(lesson.walk_text(cap.memory, cap.cpu, kernel_gva, "read", 0))""",
     ),
     (
         "md",
@@ -163,7 +164,7 @@ the fixmap. Grouping the captured leaves by region shows who uses which page siz
     ),
     (
         "code",
-        """layout = viz.address_space_layout(leaves)
+        """layout = lesson.address_space_layout(leaves)
 assert layout.loc["user space (VMAs)", "user leaves"] == layout.loc["user space (VMAs)", "4 KiB"]
 layout""",
     ),
@@ -177,7 +178,7 @@ The capture `x86_64-4level-pti` holds both CR3s of one process.""",
     ),
     (
         "code",
-        """kpti = viz.kpti_comparison(load_capture("x86_64-4level-pti"))
+        """kpti = lesson.kpti_comparison(load_capture("x86_64-4level-pti"))
 total = kpti.loc["kernel half, total"]
 assert total["user CR3 leaves"] < total["kernel CR3 leaves"]
 kpti""",
@@ -186,20 +187,20 @@ kpti""",
         "md",
         """## Exercises
 
-`exercises.walk_problem(seed)` makes a fresh walk to predict from its table dump; answer with a gpa
+`lesson.walk_problem(seed)` makes a fresh walk to predict from its table dump; answer with a gpa
 (`0x...`) or `"fault 0x<error code>"`. Use your student number as the seed. A wrong answer gets a
 hint, as below.""",
     ),
     (
         "code",
-        """problem = exercises.walk_problem(1)
+        """problem = lesson.walk_problem(1)
 print(problem)
-exercises.check_walk(problem, "fault 0x4")""",
+lesson.check_walk(problem, "fault 0x4")""",
     ),
     (
         "code",
         """answer = 0x0  # your answer: a gpa such as 0x12345 or "fault 0x7"
-exercises.check_walk(problem, answer)""",
+lesson.check_walk(problem, answer)""",
     ),
 ]
 

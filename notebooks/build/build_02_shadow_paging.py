@@ -30,7 +30,8 @@ By the end you will be able to:
         "code",
         """%matplotlib inline
 import pandas as pd
-from kvmmu.teaching import exercises, viz, widgets
+from kvmmu.teaching import draw, ui
+from kvmmu.teaching.lessons import l02_shadow_paging as lesson
 from kvmmu.kvm.mmu import shadow_path
 from kvmmu.kvm.spte import describe_spte
 from kvmmu.hw.x86 import Access
@@ -42,13 +43,13 @@ pd.set_option("display.width", 160)""",
         """## gva -> gpa -> hpa
 
 The guest's tables map a guest-virtual address (gva) to a guest-physical one (gpa). KVM's memslots
-map each guest frame (gfn) to a host frame (pfn): the hpa. `viz.run_program(0)` builds a small
+map each guest frame (gfn) to a host frame (pfn): the hpa. `lesson.run_program(0)` builds a small
 4-level guest (code at `0x400000`, data at `0x600000`, a stack, a kernel direct map) that has run
 nothing yet.""",
     ),
     (
         "code",
-        """run = viz.run_program(0)
+        """run = lesson.run_program(0)
 vm, vcpu, pt = run.vm, run.vcpu, run.pt
 gpa = vcpu.access(0x400000, Access.FETCH)
 hpa = (vm.memory.gfn_to_pfn(gpa >> 12) << 12) | (gpa & 0xFFF)
@@ -79,7 +80,7 @@ requested mapping level and the leaf spte.""",
         "code",
         """with vm.mmu.trace.recording() as trace:
     vcpu.access(0x600000, Access.READ)
-events = viz.tidy_trace(trace.frame())
+events = draw.tidy_trace(trace.frame())
 assert list(events["event"])[::3] == ["kvm_mmu_pagetable_walk", "kvm_mmu_set_spte"]
 events""",
     ),
@@ -92,7 +93,7 @@ so far is *indirect*: it shadows one guest table, whose frame is its `gfn`.""",
     ),
     (
         "code",
-        """pages = viz.role_frame(vm)
+        """pages = draw.role_frame(vm)
 assert not pages["direct"].any()
 assert {int(g, 16) for g in pages["gfn"]} <= set(pt.tables)
 pages""",
@@ -102,7 +103,7 @@ pages""",
         """The guest's tables (left) and the shadow pages built so far (right). The shadow tree mirrors the
 part of the guest tree that the guest has used, and nothing more.""",
     ),
-    ("code", """widgets.show(viz.shadow_tables_figure(vm, vcpu))"""),
+    ("code", """ui.show(lesson.shadow_tables_figure(vm, vcpu))"""),
     (
         "md",
         """What the CPU now walks for `0x600000`: one shadow page per level, each entry an spte that points
@@ -118,7 +119,7 @@ spte, so that the first write faults and KVM can set the guest's dirty bit.""",
         "md",
         """## Step through a program
 
-`viz.DEMO_PROGRAM` is a small guest program: two code fetches, a variable read then written, a
+`lesson.DEMO_PROGRAM` is a small guest program: two code fetches, a variable read then written, a
 stack push, a read that hits in the TLB, a user read of a kernel page (the guest's own fault,
 reflected to it) and the same read from the kernel. Move the slider or press *next step*: each
 state is recomputed from scratch, so step *k* always shows the same pages. The cell first prints
@@ -126,10 +127,10 @@ the state after three steps.""",
     ),
     (
         "code",
-        """text, step_pages, counters = viz.shadow_step_view(3)
+        """text, step_pages, counters = lesson.shadow_step_view(3)
 print(text)
 display(step_pages, counters)
-widgets.make_shadow_steps_widget(steps=3)""",
+lesson.make_shadow_steps_widget(steps=3)""",
     ),
     (
         "md",
@@ -138,27 +139,27 @@ path of shadow pages under the one root.""",
     ),
     (
         "code",
-        """full = viz.run_program(len(viz.DEMO_PROGRAM))
+        """full = lesson.run_program(len(lesson.DEMO_PROGRAM))
 assert full.vm.mmu.stats.pf_guest == 1
-widgets.show(viz.shadow_tables_figure(full.vm, full.vcpu))""",
+ui.show(lesson.shadow_tables_figure(full.vm, full.vcpu))""",
     ),
     (
         "md",
         """## Exercises
 
-`exercises.shadow_fault_problem(seed)`: a guest has read one page; predict how many shadow pages
+`lesson.shadow_fault_problem(seed)`: a guest has read one page; predict how many shadow pages
 its next access creates. Use your student number as the seed.""",
     ),
     (
         "code",
-        """problem = exercises.shadow_fault_problem(1)
+        """problem = lesson.shadow_fault_problem(1)
 print(problem)
-exercises.check_shadow_fault(problem, 4)""",
+lesson.check_shadow_fault(problem, 4)""",
     ),
     (
         "code",
         """answer = 0  # your answer: a number of new shadow pages
-exercises.check_shadow_fault(problem, answer)""",
+lesson.check_shadow_fault(problem, answer)""",
     ),
 ]
 

@@ -30,7 +30,8 @@ By the end you will be able to:
         "code",
         """%matplotlib inline
 import pandas as pd
-from kvmmu.teaching import exercises, viz, widgets
+from kvmmu.teaching import ui
+from kvmmu.teaching.lessons import l03_mmu_page_role as lesson
 from kvmmu.hw.capture import load_capture
 from kvmmu.kvm.role import MmuPageRole
 
@@ -43,7 +44,7 @@ pd.set_option("display.width", 160)""",
 `MmuPageRole` mirrors the kernel's union bit for bit; `word` packs the fields, and the shadow-page
 hash compares `(gfn, role.word)`.""",
     ),
-    ("code", """viz.role_layout_table()"""),
+    ("code", """lesson.role_layout_table()"""),
     (
         "code",
         """role = MmuPageRole(level=1, access=0b101, cr0_wp=True, efer_nx=True)
@@ -60,7 +61,7 @@ the lookup sees another role and misses.""",
     ),
     (
         "code",
-        """wp = viz.role_scenario("cr0_wp")
+        """wp = lesson.role_scenario("cr0_wp")
 assert (wp.groupby("gfn")["cr0_wp"].nunique() == 2).all()
 wp""",
     ),
@@ -74,7 +75,7 @@ page table (1024 entries, 4 MiB) becomes two level-1 pages (`quadrant` 0 and 1).
     ),
     (
         "code",
-        """quadrants = viz.role_scenario("quadrants")
+        """quadrants = lesson.role_scenario("quadrants")
 assert sorted(quadrants.loc[quadrants.level == 2, "quadrant"]) == [0, 1, 2, 3]
 quadrants""",
     ),
@@ -85,7 +86,7 @@ quadrants""",
 A page table reached through a user PDE and through a supervisor-only PDE is shadowed twice: the
 rights of the upper levels are part of the role (`access`), because the leaf sptes must carry them.""",
     ),
-    ("code", """viz.role_scenario("access")"""),
+    ("code", """lesson.role_scenario("access")"""),
     (
         "md",
         """## Direct pages
@@ -98,8 +99,8 @@ lesson is about that.""",
     ),
     (
         "code",
-        """large = viz.role_scenario("large_guest_page")
-tdp = viz.setup_shadow_pages("4-level", tdp=True)
+        """large = lesson.role_scenario("large_guest_page")
+tdp = lesson.setup_shadow_pages("4-level", tdp=True)
 assert large["direct"].sum() == 1 and tdp["direct"].all()
 display(large, tdp)""",
     ),
@@ -114,8 +115,8 @@ maps 4 MiB at `0x400000`, reads two addresses 2 MiB apart, then its kernel write
     ),
     (
         "code",
-        """display(viz.setup_shadow_pages("4-level"))
-widgets.make_role_widget()""",
+        """display(lesson.setup_shadow_pages("4-level"))
+lesson.make_role_widget()""",
     ),
     (
         "md",
@@ -126,7 +127,7 @@ reads every user page at CPL 3 and an evenly spaced sample of each kernel region
     ),
     (
         "code",
-        """summary, per_level = viz.capture_shadow_census(load_capture("x86_64-4level"), kernel_per_region=64)
+        """summary, per_level = lesson.capture_shadow_census(load_capture("x86_64-4level"), kernel_per_region=64)
 assert summary["guest faults"] == 0
 display(summary.to_frame(), per_level)""",
     ),
@@ -140,21 +141,21 @@ a guest page table lives inside it, and a write-protected gfn forbids the large 
         "md",
         """## Exercises
 
-`exercises.role_problem(seed)` asks for the role of one page on a shadow walk: a dict with
+`lesson.role_problem(seed)` asks for the role of one page on a shadow walk: a dict with
 `level`, `direct`, `has_4_byte_gpte`, `quadrant`, `access` (letters such as `"uw-"`) and `cr0_wp`.""",
     ),
     (
         "code",
-        """problem = exercises.role_problem(1)
+        """problem = lesson.role_problem(1)
 print(problem)
 wrong = {"level": 2, "direct": False, "has_4_byte_gpte": True, "quadrant": 3, "access": "---"}
-exercises.check_role(problem, wrong | {"cr0_wp": False})""",
+lesson.check_role(problem, wrong | {"cr0_wp": False})""",
     ),
     (
         "code",
         """answer = {"level": 0, "direct": False, "has_4_byte_gpte": False, "quadrant": 0, "access": "---"}
 answer["cr0_wp"] = False  # your answer: fill in every field
-exercises.check_role(problem, answer)""",
+lesson.check_role(problem, answer)""",
     ),
 ]
 

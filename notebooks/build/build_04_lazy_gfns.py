@@ -31,7 +31,8 @@ By the end you will be able to:
         """%matplotlib inline
 import inspect
 import pandas as pd
-from kvmmu.teaching import exercises, viz, widgets
+from kvmmu.teaching import draw, ui
+from kvmmu.teaching.lessons import l04_lazy_gfns as lesson
 from kvmmu.kvm.accounting import memory_by_era
 from kvmmu.kvm.audit import audit_report
 from kvmmu.kvm.page import MmuPage
@@ -46,13 +47,13 @@ pd.set_option("display.width", 160)""",
 
 A leaf spte holds a *host* frame. To go back from an spte to the guest frame it maps (the reverse
 map needs that, to find all sptes of a gfn) KVM keeps, for each shadow page, an array of 512 gfns,
-one per spte. `viz.demo_mixed_vm()` is a guest with 4 KiB pages (indirect shadow pages) and one
+one per spte. `lesson.demo_mixed_vm()` is a guest with 4 KiB pages (indirect shadow pages) and one
 2 MiB page on a host without huge pages (a direct level-1 page under it).""",
     ),
     (
         "code",
-        """vm = viz.demo_mixed_vm()
-viz.role_frame(vm)""",
+        """vm = lesson.demo_mixed_vm()
+draw.role_frame(vm)""",
     ),
     (
         "md",
@@ -67,7 +68,7 @@ page maps `gfn + (i << 9*(L-1))`. Stored or computed, the answer is the same."""
         """direct = next(sp for sp in vm.mmu.active if sp.direct)
 indirect = next(sp for sp in vm.mmu.active if not sp.direct and sp.level == 1)
 assert direct.gfns is None and indirect.gfns is not None
-display(viz.gfn_table(direct), viz.gfn_table(indirect))""",
+display(lesson.gfn_table(direct), lesson.gfn_table(indirect))""",
     ),
     (
         "md",
@@ -87,7 +88,7 @@ print(inspect.getsource(MmuPage.set_gfn))""",
 
 Every place that needs an spte's gfn, in the kernel and in kvmmu:""",
     ),
-    ("code", """viz.gfn_readers()"""),
+    ("code", """lesson.gfn_readers()"""),
     (
         "md",
         """## Proof on a running MMU
@@ -99,7 +100,7 @@ checks this (rules `spte-gfn`, `rmap`, `direct-gfns`) along with every other inv
     (
         "code",
         """assert audit_report(vm) == []
-checks = viz.gfn_audit(vm)
+checks = lesson.gfn_audit(vm)
 assert checks["mismatches"].sum() == 0 and checks["leaf sptes"].sum() > 0
 checks""",
     ),
@@ -111,7 +112,7 @@ One 4096-byte page per direct shadow page. For the small VM above:""",
     ),
     (
         "code",
-        """savings = viz.gfns_savings(vm)
+        """savings = lesson.gfns_savings(vm)
 assert savings.loc["direct", "saved"] == 4096 * savings.loc["direct", "count"]
 savings""",
     ),
@@ -138,33 +139,33 @@ The default is entry 0 of the direct page.""",
     ),
     (
         "code",
-        """print(viz.gfn_lookup(vm, direct.serial, 0))
-widgets.make_gfn_widget(vm, direct.serial, 0)""",
+        """print(lesson.gfn_lookup(vm, direct.serial, 0))
+lesson.make_gfn_widget(vm, direct.serial, 0)""",
     ),
     (
         "md",
         """## Exercises
 
-`exercises.gfn_problem(seed)`: the gfn of an entry of a direct page. `exercises.saving_problem(seed)`:
+`lesson.gfn_problem(seed)`: the gfn of an entry of a direct page. `lesson.saving_problem(seed)`:
 the bytes the seed saves for a TDP guest.""",
     ),
     (
         "code",
-        """problem = exercises.gfn_problem(1)
+        """problem = lesson.gfn_problem(1)
 print(problem)
-exercises.check_gfn(problem, problem.page.gfn + problem.index)  # a common slip""",
+lesson.check_gfn(problem, problem.page.gfn + problem.index)  # a common slip""",
     ),
     (
         "code",
         """answer = 0x0  # your answer: a gfn
-exercises.check_gfn(problem, answer)""",
+lesson.check_gfn(problem, answer)""",
     ),
     (
         "code",
-        """saving = exercises.saving_problem(1)
+        """saving = lesson.saving_problem(1)
 print(saving)
 answer = 0  # your answer: bytes
-exercises.check_saving(saving, answer)""",
+lesson.check_saving(saving, answer)""",
     ),
 ]
 

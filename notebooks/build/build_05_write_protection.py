@@ -28,7 +28,8 @@ By the end you will be able to:
 """)
 code("""
 %matplotlib inline
-from kvmmu.teaching import exercises as E, viz, widgets
+from kvmmu.teaching import draw, ui
+from kvmmu.teaching.lessons import l05_write_protection as lesson
 from kvmmu.kvm.mmu import sptes_of_gfn
 from kvmmu.hw.x86 import Access, PAGE_SHIFT
 """)
@@ -36,14 +37,14 @@ md("""
 ## A guest that can write its own page tables
 
 Guest kernels map their page tables into their own address space (Linux reaches them through
-the direct map). `E.table_writer()` builds such a guest: 16 user pages at `DATA_GVA`, the page
+the direct map). `lesson.table_writer()` builds such a guest: 16 user pages at `DATA_GVA`, the page
 table mapping them at `PTE_WINDOW`, and the page directory above it at `PDE_WINDOW`. Unsync is
 off, so every leaf table stays write-protected, as in the 2010 kernel.
 """)
 code("""
-g = E.table_writer()
-print(f"data at {E.DATA_GVA:#x}, leaf table at {E.PTE_WINDOW:#x},",
-      f"page directory at {E.PDE_WINDOW:#x}")
+g = lesson.table_writer()
+print(f"data at {lesson.DATA_GVA:#x}, leaf table at {lesson.PTE_WINDOW:#x},",
+      f"page directory at {lesson.PDE_WINDOW:#x}")
 ranges = g.pt.info_mem()
 ranges[["start", "end"]] = ranges[["start", "end"]].map(hex)
 ranges
@@ -54,7 +55,7 @@ map: from a gfn to every spte that maps it. Walk it for the leaf table's gfn: th
 that frame is the one the kernel's window uses, and it is read-only.
 """)
 code("""
-table_gfn = g.pt.entry(E.DATA_GVA, 2) >> PAGE_SHIFT & (1 << 40) - 1
+table_gfn = g.pt.entry(lesson.DATA_GVA, 2) >> PAGE_SHIFT & (1 << 40) - 1
 shadows = [sp for sp in g.vm.mmu.pages_of(table_gfn)]
 print([sp.describe() for sp in shadows])
 for sp, index in sptes_of_gfn(g.vm.mmu, table_gfn):
@@ -77,7 +78,7 @@ one spte that shadows the written entry in place (`mmu_pte_updated`, the 2010 ke
 code("""
 with g.vm.mmu.trace.recording() as tr:
     g.write_pte(0)
-viz.tidy_trace(tr.frame())
+draw.tidy_trace(tr.frame())
 """)
 code("""
 g.counters()
@@ -85,7 +86,7 @@ g.counters()
 code("""
 c = g.counters()
 assert c["pf_emulate"] == 1 and c["mmu_pte_write"] == 1 and c["mmu_pte_updated"] == 1
-assert g.vcpu.access(E.DATA_GVA, Access.READ, cpl=3) == E.ALT_GPA
+assert g.vcpu.access(lesson.DATA_GVA, Access.READ, cpl=3) == lesson.ALT_GPA
 """)
 md("""
 The last line shows the point: after the store, the data page reads the new frame at once,
@@ -97,13 +98,13 @@ An spte of a page directory points at another shadow page; KVM never refreshes i
 zaps it (`mmu_pde_zapped`). And a table that is written again and again, without the guest
 faulting through it in between, is probably no longer a page table (the guest reused the page):
 on the third such store KVM zaps the whole shadow page (`mmu_flooded`) and stops
-write-protecting it. `E.table_write_counters` runs a fresh guest for a given number of stores:
+write-protecting it. `lesson.table_write_counters` runs a fresh guest for a given number of stores:
 """)
 code("""
-E.table_write_counters(pte_writes=0, pde_writes=4)
+lesson.table_write_counters(pte_writes=0, pde_writes=4)
 """)
 code("""
-c = E.table_write_counters(0, 4)
+c = lesson.table_write_counters(0, 4)
 assert (c["mmu_pde_zapped"], c["mmu_flooded"], c["pf_emulate"]) == (2, 1, 3)
 """)
 md("""
@@ -117,10 +118,10 @@ PTE store costs an exit while leaf tables are write-protected; tick *allow unsyn
 leaf table go unsync (lesson 6) and watch `pf_emulate` collapse. The default state first:
 """)
 code("""
-frame, fig = viz.table_write_view(pte_rate=10, pde_rate=0, unsync=False)
-widgets.show_figure(fig)
+frame, fig = lesson.table_write_view(pte_rate=10, pde_rate=0, unsync=False)
+ui.show_figure(fig)
 display(frame.T)
-widgets.make_table_write_widget()
+lesson.make_table_write_widget()
 """)
 md("""
 ## Exercises
@@ -130,21 +131,21 @@ the one below. The checker says what is wrong without giving the answer. First, 
 wrong answer, to see what a hint looks like:
 """)
 code("""
-p = E.counters_problem(seed=5)
+p = lesson.counters_problem(seed=5)
 p
 """)
 code("""
-E.check_counters(p, {"pf_emulate": 0, "mmu_pte_write": 0, "mmu_pte_updated": 0,
+lesson.check_counters(p, {"pf_emulate": 0, "mmu_pte_write": 0, "mmu_pte_updated": 0,
                      "mmu_pde_zapped": 0, "mmu_flooded": 0})
 """)
 md("Now yours. Replace the zeros with your prediction and run the check:")
 code("""
 answer = {"pf_emulate": 0, "mmu_pte_write": 0, "mmu_pte_updated": 0,
           "mmu_pde_zapped": 0, "mmu_flooded": 0}  # your answer
-E.check_counters(p, answer)
+lesson.check_counters(p, answer)
 """)
 md("""
-Going further: with `E.table_write_workload(pte_rate, pde_rate, unsync=True)`, why does
+Going further: with `lesson.table_write_workload(pte_rate, pde_rate, unsync=True)`, why does
 `pf_fixed` grow with the PTE rate while `pf_emulate` falls? (Hint: what must happen after
 an INVLPG of a page whose gfn changed?)
 """)

@@ -23,25 +23,26 @@ By the end you will be able to:
 - predict what each access returns in a sequence of such actions.
 """)
 code("""
-from kvmmu.teaching import exercises as E, viz, widgets
+from kvmmu.teaching import ui
+from kvmmu.teaching.lessons import l06_unsync as lesson
 from kvmmu.kvm.sync import sync_spte
 import inspect
 """)
 md("""
 ## Edit, and the old translation stays visible
 
-`E.sync_run(actions)` replays a list of actions on a fresh 4-level guest that maps `DATA_GVA`
-to the first of `E.SYNC_FRAMES` and has read it once. An *edit* is a guest store, through the
+`lesson.sync_run(actions)` replays a list of actions on a fresh 4-level guest that maps `DATA_GVA`
+to the first of `lesson.SYNC_FRAMES` and has read it once. An *edit* is a guest store, through the
 guest's own mapping of its page table, that points the PTE at the next frame. Right after the
 edit, the guest PTE says one thing and the spte and the TLB another:
 """)
 code("""
-viz.sync_view(["edit", "access"])
+lesson.sync_view(["edit", "access"])
 """)
 code("""
-t = E.sync_run(["edit", "access"])
+t = lesson.sync_run(["edit", "access"])
 assert t.loc[1, "unsync"] and t.loc[1, "guest PTE ->"] != t.loc[1, "spte ->"]
-assert t.loc[2, "access returns"] == f"{E.SYNC_FRAMES[0]:#x}"   # still the old frame
+assert t.loc[2, "access returns"] == f"{lesson.SYNC_FRAMES[0]:#x}"   # still the old frame
 """)
 md("""
 The edit did fault once: the table was write-protected, and the fault handler chose to unsync
@@ -62,12 +63,12 @@ where = next(n for n, line in enumerate(source) if "sp.get_gfn(index)" in line)
 print("\\n".join(source[where : where + 3]))
 """)
 code("""
-t = E.sync_run(["edit", "invlpg", "access"])
+t = lesson.sync_run(["edit", "invlpg", "access"])
 t
 """)
 code("""
 assert t.loc[2, "spte ->"] == "-" and t.loc[2, "TLB ->"] == "-"
-assert t.loc[3, "access returns"] == f"{E.SYNC_FRAMES[1]:#x}"
+assert t.loc[3, "access returns"] == f"{lesson.SYNC_FRAMES[1]:#x}"
 assert t.loc[3, "unsync"]        # the page itself stays unsync
 """)
 md("""
@@ -80,11 +81,11 @@ A MOV to CR3 flushes the (non-global) TLB, and KVM answers with `kvm_mmu_sync_ro
 unsync page reachable from the root is write-protected again and synced with `sync_page`.
 """)
 code("""
-t = E.sync_run(["edit", "cr3", "access"])
+t = lesson.sync_run(["edit", "cr3", "access"])
 t
 """)
 code("""
-assert not t.loc[2, "unsync"] and t.loc[3, "access returns"] == f"{E.SYNC_FRAMES[1]:#x}"
+assert not t.loc[2, "unsync"] and t.loc[3, "access returns"] == f"{lesson.SYNC_FRAMES[1]:#x}"
 """)
 md("""
 ## Play: any order you like
@@ -95,8 +96,8 @@ and the unsync flag. Try: *edit, access, access*; then *edit, invlpg*; then *edi
 The default state, with the sequence `edit, access`:
 """)
 code("""
-display(viz.sync_view(["edit", "access"]))
-widgets.make_sync_widget(("edit", "access"))
+display(lesson.sync_view(["edit", "access"]))
+lesson.make_sync_widget(("edit", "access"))
 """)
 md("""
 ## Exercises
@@ -104,17 +105,17 @@ md("""
 Predict the gpa of every access in a generated sequence. A deliberately wrong answer first:
 """)
 code("""
-p = E.sync_problem(seed=4)
+p = lesson.sync_problem(seed=4)
 p
 """)
 code("""
-E.check_sync(p, [E.SYNC_FRAMES[0]] * p.actions.count("access"))
+lesson.check_sync(p, [lesson.SYNC_FRAMES[0]] * p.actions.count("access"))
 """)
 md("Your seed, your answer (one gpa per access, in order):")
 code("""
-p = E.sync_problem(seed=2024)
+p = lesson.sync_problem(seed=2024)
 answer = [0x0] * p.actions.count("access")  # your answer
-E.check_sync(p, answer)
+lesson.check_sync(p, answer)
 """)
 md("""
 To think about: a guest that relies on a *global* translation surviving a CR3 load (CR4.PGE)

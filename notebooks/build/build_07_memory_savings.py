@@ -28,7 +28,8 @@ By the end you will be able to:
 code("""
 %matplotlib inline
 from kvmmu.kvm import accounting
-from kvmmu.teaching import exercises as E, experiments as X, viz, widgets
+from kvmmu.teaching import experiments as X, ui
+from kvmmu.teaching.lessons import l07_memory_savings as lesson
 from kvmmu.kvm.vcpu import Vm
 """)
 md("""
@@ -89,7 +90,7 @@ share = sizes["saved by 2010"] / sizes["pre-2010 bytes"]
 print(f"the seed saves {share.min():.1%} .. {share.max():.1%} of a TDP guest's shadow-page memory")
 """)
 code("""
-widgets.show_figure(viz.savings_figure(sizes))
+ui.show_figure(lesson.savings_figure(sizes))
 """)
 md("""
 The lines are parallel on a log-log plot: memory grows linearly with the guest, about 4 MiB of
@@ -100,11 +101,11 @@ shadow pages per GiB of guest in 2010 and half that after the seed.
 The widget prices one guest (batch path, formula checked in the first line). The default state:
 """)
 code("""
-text, table, fig = viz.savings_view(4, "TDP", "4 KiB")
+text, table, fig = lesson.savings_view(4, "TDP", "4 KiB")
 print(text)
-widgets.show_figure(fig)
+ui.show_figure(fig)
 display(table)
-widgets.make_savings_widget()
+lesson.make_savings_widget()
 """)
 md("""
 ## Exercises
@@ -112,16 +113,16 @@ md("""
 How many bytes of gfns arrays does the seed save for a generated guest? A wrong answer first:
 """)
 code("""
-p = E.saving_problem(seed=2)
+p = lesson.saving_problem(seed=2)
 p
 """)
 code("""
-E.check_saving(p, 16 * 4096)
+lesson.check_saving(p, 16 * 4096)
 """)
 code("""
-p = E.saving_problem(seed=1234)
+p = lesson.saving_problem(seed=1234)
 answer = 0  # your answer, in bytes
-E.check_saving(p, answer)
+lesson.check_saving(p, answer)
 """)
 
 if __name__ == "__main__":

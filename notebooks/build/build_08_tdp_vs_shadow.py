@@ -27,7 +27,8 @@ By the end you will be able to:
 """)
 code("""
 %matplotlib inline
-from kvmmu.teaching import exercises as E, experiments as X, viz, widgets
+from kvmmu.teaching import experiments as X, ui
+from kvmmu.teaching.lessons import l08_tdp_vs_shadow as lesson
 from kvmmu.kvm import tdp
 """)
 md("""
@@ -48,7 +49,7 @@ The `measured` column counts the references the simulated hardware walk made on 
 """)
 code("""
 assert costs["match"].all()
-widgets.show_figure(viz.walk_cost_figure(costs))
+ui.show_figure(lesson.walk_cost_figure(costs))
 """)
 md("""
 Real CPUs cut this cost with paging-structure caches and large TDP pages; the model below leaves
@@ -66,7 +67,7 @@ exits[["pte writes", "exits on pte writes", "invlpg exits", "emulated", "exits p
 code("""
 tdp_rows = exits.xs("TDP", level="paging")
 assert (tdp_rows["exits on pte writes"] == 0).all()
-widgets.show_figure(viz.pte_exit_figure(exits))
+ui.show_figure(lesson.pte_exit_figure(exits))
 """)
 md("""
 Without unsync every PTE store is an emulated exit (lesson 5). Unsync pages remove those, but
@@ -92,18 +93,18 @@ every process (one set of shadow tables per address space), which TDP does not.
 
 ## Play: which mode wins?
 
-The cost model, stated openly (`E.mode_costs`): per million guest instructions, a TLB miss costs
+The cost model, stated openly (`lesson.mode_costs`): per million guest instructions, a TLB miss costs
 its walk references times 20 cycles (4 references under shadow paging, 24 under 4-on-4 TDP);
 under shadow paging every page-table store and every CR3 load is a VM exit of 2500 cycles;
 under TDP neither exits. First-touch faults exit in both modes and are left out. These are round
 numbers for teaching, not measurements of a CPU. The default state:
 """)
 code("""
-text, table, fig = viz.mode_view(2000, 20, 10)
+text, table, fig = lesson.mode_view(2000, 20, 10)
 print(text)
-widgets.show_figure(fig)
+ui.show_figure(fig)
 display(table)
-widgets.make_mode_widget()
+lesson.make_mode_widget()
 """)
 md("""
 The break-even point follows from the model: TDP's extra 20 references per TLB miss cost
@@ -114,16 +115,16 @@ sliders to find it.
 ## Exercises
 """)
 code("""
-p = E.mode_problem(seed=3)
+p = lesson.mode_problem(seed=3)
 p
 """)
 code("""
-E.check_mode(p, "shadow")
+lesson.check_mode(p, "shadow")
 """)
 code("""
-p = E.mode_problem(seed=99)
+p = lesson.mode_problem(seed=99)
 answer = ""  # your answer: "tdp" or "shadow"
-E.check_mode(p, answer)
+lesson.check_mode(p, answer)
 """)
 
 if __name__ == "__main__":

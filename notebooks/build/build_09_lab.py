@@ -10,7 +10,8 @@ md("""
 # 9. Lab: the shadow MMU, graded
 
 Eight exercises across the lessons, each generated from **your seed** and checked by
-`kvmmu.teaching.exercises`. A checker tells you what is wrong without telling you the answer.
+`kvmmu.teaching.lessons.l09_lab`, which gathers them from the lesson modules. A checker tells
+you what is wrong without telling you the answer.
 
 By the end you will be able to show that you can predict a walk, a shadow page's role, a
 direct page's gfn, a memory saving, write-protection counters and sync outcomes, repair a
@@ -25,18 +26,18 @@ md("""
 - **A different lab per student.** Each student sets `SEED` below to their student number (any
   int or string). The same seed always gives the same problems, so a student can close the
   notebook and come back, and you can regenerate any student's lab with
-  `E.lab_problems(seed)`.
+  `lab.lab_problems(seed)`.
 - **Self-checking.** Every exercise cell ends with a check; students re-run it until it says
-  *correct*. `E.check_lab(SEED, answers)` (last cell) gives the score table.
+  *correct*. `lab.check_lab(SEED, answers)` (last cell) gives the score table.
 - **Grading a class in one call.** Collect each student's `answers` dict (the last cell prints
-  it) and run `E.grade_lab({seed: answers, ...})`: one row per student, one column of points per
-  exercise and a total. `E.lab_solutions(seed)` gives the key for a seed: keep it to yourself.
+  it) and run `lab.grade_lab({seed: answers, ...})`: one row per student, one column of points per
+  exercise and a total. `lab.lab_solutions(seed)` gives the key for a seed: keep it to yourself.
 - Everything runs locally in a few seconds; no network.
 """)
 code("""
-from kvmmu.teaching import exercises as E
+from kvmmu.teaching.lessons import l09_lab as lab
 SEED = "s0000000"  # your student number
-problems = E.lab_problems(SEED)
+problems = lab.lab_problems(SEED)
 answers = {}
 """)
 md("""
@@ -49,7 +50,7 @@ problems["walk"]
 """)
 code("""
 answers["walk"] = 0x0  # your answer
-E.check_walk(problems["walk"], answers["walk"])
+lab.check("walk", problems["walk"], answers["walk"])
 """)
 md("""
 ## 2. Predict a role (lesson 3)
@@ -63,7 +64,7 @@ problems["role"]
 code("""
 answers["role"] = {"level": 1, "direct": False, "has_4_byte_gpte": False,
                    "quadrant": 0, "access": "uwx", "cr0_wp": True}  # your answer
-E.check_role(problems["role"], answers["role"])
+lab.check("role", problems["role"], answers["role"])
 """)
 md("## 3. Predict a gfn (lesson 4: the seed change)")
 code("""
@@ -71,7 +72,7 @@ problems["gfn"]
 """)
 code("""
 answers["gfn"] = 0x0  # your answer
-E.check_gfn(problems["gfn"], answers["gfn"])
+lab.check("gfn", problems["gfn"], answers["gfn"])
 """)
 md("## 4. Predict a saving (lesson 7), in bytes")
 code("""
@@ -79,7 +80,7 @@ problems["saving"]
 """)
 code("""
 answers["saving"] = 0  # your answer
-E.check_saving(problems["saving"], answers["saving"])
+lab.check("saving", problems["saving"], answers["saving"])
 """)
 md("""
 ## 5. Fix a broken guest table (lessons 1-2)
@@ -92,7 +93,7 @@ problems["fix"]
 """)
 code("""
 answers["fix"] = (1, 0x0)  # your answer
-E.check_fix(problems["fix"], answers["fix"])
+lab.check("fix", problems["fix"], answers["fix"])
 """)
 md("## 6. Predict write-protection counters (lesson 5)")
 code("""
@@ -101,7 +102,7 @@ problems["counters"]
 code("""
 answers["counters"] = {"pf_emulate": 0, "mmu_pte_write": 0, "mmu_pte_updated": 0,
                        "mmu_pde_zapped": 0, "mmu_flooded": 0}  # your answer
-E.check_counters(problems["counters"], answers["counters"])
+lab.check("counters", problems["counters"], answers["counters"])
 """)
 md("## 7. Predict a sync outcome (lesson 6)")
 code("""
@@ -109,7 +110,7 @@ problems["sync"]
 """)
 code("""
 answers["sync"] = [0x0] * problems["sync"].actions.count("access")  # your answer
-E.check_sync(problems["sync"], answers["sync"])
+lab.check("sync", problems["sync"], answers["sync"])
 """)
 md("## 8. TDP or shadow? (lesson 8)")
 code("""
@@ -117,7 +118,7 @@ problems["mode"]
 """)
 code("""
 answers["mode"] = ""  # your answer: "tdp" or "shadow"
-E.check_mode(problems["mode"], answers["mode"])
+lab.check("mode", problems["mode"], answers["mode"])
 """)
 md("""
 ## Your score
@@ -125,7 +126,7 @@ md("""
 Hand in the `answers` dict printed below (copy it into the class form or a file).
 """)
 code("""
-E.check_lab(SEED, answers)[["points", "max", "passed"]]
+lab.check_lab(SEED, answers)[["points", "max", "passed"]]
 """)
 code("""
 print(answers)

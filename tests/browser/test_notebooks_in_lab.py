@@ -131,21 +131,21 @@ def welcome_translation(variables: Namespace) -> str:
 
 
 def walk_of_another_address(variables: Namespace) -> str:
-    from kvmmu.teaching import viz
+    from kvmmu.teaching.lessons import l01_guest_page_tables as lesson
 
-    return viz.walk_text(variables["memory"], variables["cpu"], "0x600abc", "read", 3)
+    return lesson.walk_text(variables["memory"], variables["cpu"], "0x600abc", "read", 3)
 
 
 def gfn_of_entry_37(variables: Namespace) -> str:
-    from kvmmu.teaching import viz
+    from kvmmu.teaching.lessons import l04_lazy_gfns as lesson
 
-    return viz.gfn_lookup(variables["vm"], variables["direct"].serial, 37)
+    return lesson.gfn_lookup(variables["vm"], variables["direct"].serial, 37)
 
 
 def savings_of_a_16_gib_guest(variables: Namespace) -> str:
-    from kvmmu.teaching import viz
+    from kvmmu.teaching.lessons import l07_memory_savings as lesson
 
-    text, _, _ = viz.savings_view(16, "TDP", "4 KiB")
+    text, _, _ = lesson.savings_view(16, "TDP", "4 KiB")
     return text
 
 

@@ -1,0 +1,126 @@
+"""Lesson 7, memory-savings experiments: the figures, widget and exercise of
+``notebooks/07_memory_savings.ipynb``.
+
+Shadow-page memory by kernel era against guest size, one guest priced by era (batch path beside
+the closed form) with its widget, and the saving exercise, which lesson 4 introduced and which
+lives there (:func:`kvmmu.teaching.lessons.l04_lazy_gfns.saving_problem`). The experiments
+themselves are :mod:`kvmmu.teaching.experiments`; the memory is ``kvm_mmu_alloc_page``'s by era.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+from matplotlib.figure import Figure
+
+from kvmmu.errors import ModeError
+from kvmmu.teaching.draw import DPI, FAULT, MIB_F, SHADOW, TABLE, bar_axes, legend
+from kvmmu.teaching.experiments import GIB, batch_summary, expected_pages
+from kvmmu.teaching.lessons.l04_lazy_gfns import SavingProblem, check_saving, saving_problem
+from kvmmu.teaching.ui import wire
+
+__all__ = [
+    "ERA_COLOURS",
+    "SavingProblem",
+    "check_saving",
+    "make_savings_widget",
+    "saving_problem",
+    "savings_figure",
+    "savings_view",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory by era, against guest size
+# ------------------------------------------------------------------------------------------------
+
+ERA_COLOURS = {"pre-2010": FAULT, "2010 seed": SHADOW, "today": TABLE}
+_SCENARIO_OF = {
+    ("TDP", "4 KiB"): "tdp-4k",
+    ("TDP", "2 MiB"): "tdp-huge",
+    ("shadow", "4 KiB"): "shadow-4k",
+    ("shadow", "2 MiB"): "shadow-2m",
+}
+
+
+def savings_figure(frame: pd.DataFrame) -> Figure:
+    """Kernel bytes of shadow pages by era against guest size, from
+    :func:`kvmmu.teaching.experiments.savings_by_size`; log-log. No kernel counterpart."""
+    fig = Figure(figsize=(7.0, 3.6), dpi=DPI)
+    ax = bar_axes(fig)
+    sizes = frame.index.to_numpy(dtype=float)
+    for era, colour in ERA_COLOURS.items():
+        mib = frame[f"{era} bytes"].to_numpy(dtype=float) / (1 << 20)
+        ax.plot(sizes, mib, marker="o", color=colour, label=era)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("guest memory (GiB)")
+    ax.set_ylabel("shadow-page memory (MiB)")
+    legend(ax)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Try it: one guest priced by era, and its widget
+# ------------------------------------------------------------------------------------------------
+
+
+def savings_view(
+    size_gib: int = 4, mode: str = "TDP", page_size: str = "4 KiB"
+) -> tuple[str, pd.DataFrame, Figure]:
+    """The lesson 7 widget: kernel memory of the shadow pages by era for one guest.
+
+    ``mode`` is ``"TDP"`` or ``"shadow"``, ``page_size`` ``"4 KiB"`` or ``"2 MiB"`` (the host's
+    pages with TDP, the guest's with shadow paging). Counts come from the batch path
+    (:func:`kvmmu.teaching.experiments.batch_summary`); the closed form is checked beside them. No
+    kernel counterpart.
+    """
+    key = (mode, page_size)
+    if key not in _SCENARIO_OF:
+        raise ModeError(
+            f"mode must be 'TDP' or 'shadow' and page size '4 KiB' or '2 MiB', got {key}"
+        )
+    if isinstance(size_gib, bool) or not isinstance(size_gib, int) or not 1 <= size_gib <= 256:
+        raise ModeError(f"size_gib must be an int in 1..256, got {size_gib!r}")
+    scenario = _SCENARIO_OF[key]
+    summary = batch_summary(scenario, size_gib * GIB)
+    raw = summary.memory()
+    table = pd.DataFrame(
+        {
+            "shadow pages": raw["pages"],
+            "gfns (MiB)": (raw["gfns bytes"] / MIB_F).round(2),
+            "total (MiB)": (raw["total bytes"] / MIB_F).round(2),
+            "saved vs pre-2010 (MiB)": (raw["saved vs pre-2010"] / MIB_F).round(2),
+        }
+    )
+    n_direct, n_indirect = expected_pages(scenario, size_gib * GIB)
+    agree = n_direct + n_indirect == summary.n_pages
+    text = (
+        f"{scenario}: {summary.n_direct} direct and {summary.n_indirect} indirect shadow pages "
+        f"(closed form: {n_direct + n_indirect}, {'agrees' if agree else 'DISAGREES'})"
+    )
+    fig = Figure(figsize=(7.0, 2.2), dpi=DPI)
+    ax = bar_axes(fig)
+    eras = list(table.index)
+    ax.barh(
+        eras[::-1],
+        table["total (MiB)"].to_numpy(dtype=float)[::-1],
+        color=[ERA_COLOURS[e] for e in eras[::-1]],
+    )
+    ax.set_xlabel("shadow-page memory (MiB)")
+    return text, table, fig
+
+
+def make_savings_widget(size_gib: int = 4, mode: str = "TDP", page_size: str = "4 KiB") -> Any:
+    """Pick a guest size, a paging mode and a page size; see shadow-page memory by era.
+
+    Shows :func:`savings_view`. Controls, in order: size in GiB (IntSlider 1..64), mode
+    (Dropdown TDP/shadow), page size (Dropdown 4 KiB / 2 MiB).
+    No kernel counterpart.
+    """
+    size = widgets.IntSlider(value=size_gib, min=1, max=64, description="GiB")
+    paging = widgets.Dropdown(options=["TDP", "shadow"], value=mode, description="mode")
+    pages = widgets.Dropdown(options=["4 KiB", "2 MiB"], value=page_size, description="page size")
+    return wire([size, paging, pages], lambda: savings_view(size.value, paging.value, pages.value))

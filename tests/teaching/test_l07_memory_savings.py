@@ -1,0 +1,36 @@
+"""Specifications of kvmmu.teaching.lessons.l07_memory_savings: the savings figure, one guest
+priced by era and its widget."""
+
+from __future__ import annotations
+
+import pytest
+from widget_output import controls, shown
+
+from kvmmu.errors import KvmmuError
+from kvmmu.teaching import experiments as X
+from kvmmu.teaching.lessons import l07_memory_savings as lesson
+
+
+def test_lesson_7_figure_has_labelled_axes() -> None:
+    sizes = X.savings_by_size("tdp-4k", sizes=(1 << 30, 4 << 30))
+    ax = lesson.savings_figure(sizes).axes[0]
+    assert ax.get_xlabel() == "guest memory (GiB)" and "MiB" in ax.get_ylabel()
+    assert len(ax.lines) == 3  # one line per era
+
+
+def test_savings_view_rejects_bad_input() -> None:
+    with pytest.raises(KvmmuError, match="size_gib"):
+        lesson.savings_view(0, "TDP", "4 KiB")
+    with pytest.raises(KvmmuError, match="mode must be"):
+        lesson.savings_view(4, "EPT", "4 KiB")
+
+
+def test_savings_widget_prices_the_chosen_guest() -> None:
+    widget = lesson.make_savings_widget()
+    text, table, _ = lesson.savings_view(4, "TDP", "4 KiB")
+    assert shown(widget)[0] == text + "\n" and "agrees" in text
+    _size, mode, _pages = controls(widget)
+    mode.value = "shadow"
+    text, table, _ = lesson.savings_view(4, "shadow", "4 KiB")
+    assert shown(widget)[0] == text + "\n"
+    assert table.loc["2010 seed", "saved vs pre-2010 (MiB)"] == 0  # no direct pages to save on

@@ -1,23 +1,29 @@
-"""Reference tables kept in the repository's ``data/`` folder, loaded as pandas DataFrames.
+"""The data sets kvmmu ships inside the package, and the reference tables among them.
 
-No kernel counterpart. ``data/reference/kernel_eras.csv`` records what each kernel era allocated
-per shadow page and where the figures come from; ``data/workloads/scenarios.csv`` defines the
-guests of the memory-savings experiments. ``data/README.md`` says where each table came from and
-how to change it. The folder sits beside the package, so kvmmu must run from a checkout (the
-README installs it in editable mode).
+No kernel counterpart. Everything kvmmu reads lives in ``kvmmu/data/`` and is package data, so a
+wheel carries it and an installed kvmmu needs no checkout: :data:`DATA_DIR` is that folder as
+:mod:`importlib.resources` finds it. ``kvmmu/data/reference/kernel_eras.csv`` records what each
+kernel era allocated per shadow page and where the figures come from;
+``kvmmu/data/workloads/scenarios.csv`` defines the guests of the memory-savings experiments;
+``kvmmu/data/linux-guest/`` holds the Linux captures that :mod:`kvmmu.hw.capture` loads.
+``kvmmu/data/README.md`` says where each data set came from and how to change it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import pandas as pd
 
 from kvmmu.errors import KvmmuError
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+# The package's data folder: a directory of the installed package (or of the checkout, in an
+# editable install), or a folder inside a zip where Python imports kvmmu from one.
+DATA_DIR: Path | Traversable = files("kvmmu") / "data"
 
 
 class ReferenceDataError(KvmmuError):
@@ -25,16 +31,17 @@ class ReferenceDataError(KvmmuError):
 
 
 def _read(relative: str, columns: tuple[str, ...]) -> pd.DataFrame:
-    path = DATA_DIR / relative
+    path = DATA_DIR.joinpath(*relative.split("/"))
     if not path.is_file():
         raise ReferenceDataError(
-            f"data/{relative} is missing; kvmmu reads it from the repository checkout, so "
-            "install with `pip install -e .` from a clone"
+            f"kvmmu/data/{relative} is missing from this installation of kvmmu; reinstall it "
+            "(`pip install --force-reinstall kvmmu`, or `pip install -e .` in a clone)"
         )
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    with path.open("rb") as stream:
+        frame = pd.read_csv(stream, dtype=str, keep_default_na=False)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ReferenceDataError(f"data/{relative} lacks the columns {missing}")
+        raise ReferenceDataError(f"kvmmu/data/{relative} lacks the columns {missing}")
     return frame
 
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Capture the page tables of a booted Linux x86-64 guest under QEMU (TCG).
 
-This is the recipe behind ``data/linux-guest/``; see ``data/linux-guest/README.md``. It is
-not part of the test run: it needs Debian packages the tests do not (``qemu-system-x86``,
-``busybox-static``) and the network to fetch a stock kernel with ``apt-get download``.
+This is the recipe behind ``kvmmu/data/linux-guest/`` (package data: it writes there, and that
+folder is the only copy); see ``kvmmu/data/linux-guest/README.md``. It is not part of the test
+run: it needs Debian packages the tests do not (``qemu-system-x86``, ``busybox-static``) and the
+network to fetch a stock kernel with ``apt-get download``.
 
 For every capture it boots a distribution kernel with a tiny busybox initramfs, waits until
 init has started a busy-looping user process and a few sleeping ones, then stops the vCPU
@@ -55,7 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "data" / "linux-guest"
+DEFAULT_OUT = REPO / "kvmmu" / "data" / "linux-guest"
 
 PAGE_SIZE = 4096
 ENTRIES = 512

@@ -1,8 +1,8 @@
 """The walker against a real kernel: the page tables of booted Linux guests, captured under QEMU.
 
-Each capture in ``data/linux-guest/`` holds the page-table pages reachable from CR3 and QEMU's
-own ``info tlb`` (every present leaf) and ``info mem`` (runs of equal rights) as the answer key.
-Every difference between the walker and QEMU is a failure.
+Each capture in ``kvmmu/data/linux-guest/`` holds the page-table pages reachable from CR3 and
+QEMU's own ``info tlb`` (every present leaf) and ``info mem`` (runs of equal rights) as the answer
+key. Every difference between the walker and QEMU is a failure.
 
 All walks here pass ``set_ad=False``: a read walk would otherwise set accessed bits in the
 captured tables, and ``info tlb`` prints the A and D bits of every leaf, which are compared

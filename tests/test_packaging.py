@@ -5,6 +5,7 @@ Each test names the file that drifted and what to change, so a failure is a to-d
 
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 OPEN_COMMAND = (
     'python3 -m venv .venv && .venv/bin/python -m pip install -e ".[lab]" '
-    "&& .venv/bin/jupyter lab notebooks/00_welcome.ipynb"
+    "&& .venv/bin/python -m kvmmu.lab"
 )
 TEST_COMMAND = (
     'python3 -m venv .venv && .venv/bin/python -m pip install -e ".[test]" '
@@ -178,3 +179,38 @@ def test_ci_runs_the_readme_test_command() -> None:
 # HTML export needs none), and the Playwright for Python package is playwright-python there.
 CONDA_NAME["nbconvert"] = "nbconvert-core"
 CONDA_NAME["playwright"] = "playwright-python"
+
+
+LINK_DEFINITION = re.compile(r"^\[(binder|hub)\]: (\S+)$", re.MULTILINE)
+
+
+def readme_links() -> dict[str, str]:
+    links = dict(LINK_DEFINITION.findall(readme()))
+    assert set(links) == {"binder", "hub"}, "README.md must define the [binder] and [hub] links"
+    return links
+
+
+def test_binder_badge_launches_the_welcome_lesson() -> None:
+    assert "[![Binder](https://mybinder.org/badge_logo.svg)][binder]" in readme()
+    url = urllib.parse.urlsplit(readme_links()["binder"])
+    assert url.scheme == "https" and url.path.startswith("/v2/gh/")
+    owner, repo, branch = url.path.removeprefix("/v2/gh/").split("/")
+    assert owner and repo and branch
+    (target,) = urllib.parse.parse_qs(url.query)["urlpath"]
+    assert target.startswith("lab/tree/") and (ROOT / target.removeprefix("lab/tree/")).is_file()
+
+
+def test_course_hub_link_pulls_the_repository_and_opens_a_lesson() -> None:
+    url = urllib.parse.urlsplit(readme_links()["hub"])
+    assert url.scheme == "https" and url.path == "/hub/user-redirect/git-pull"
+    query = urllib.parse.parse_qs(url.query)
+    (repo,) = query["repo"]
+    assert urllib.parse.urlsplit(repo).scheme == "https", "repo must be the clone URL, encoded"
+    (target,) = query["urlpath"]
+    # nbgitpuller clones into a folder named after the repository, inside the user's home.
+    folder = urllib.parse.urlsplit(repo).path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    prefix = f"lab/tree/{folder}/"
+    assert target.startswith(prefix), f"urlpath must open a notebook under {prefix}"
+    assert (ROOT / target.removeprefix(prefix)).is_file(), f"{target} names no notebook"
+    binder_repo = urllib.parse.urlsplit(readme_links()["binder"]).path.split("/")[4]
+    assert folder == binder_repo, "the [binder] and [hub] lines name different repositories"

@@ -1,4 +1,4 @@
-"""The reference tables in data/ load, are well-formed, and are what the experiments use."""
+"""The reference tables in kvmmu/data/ load, are well-formed, and are what the experiments use."""
 
 from pathlib import Path
 
@@ -54,7 +54,7 @@ def test_missing_table_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setattr(reference, "DATA_DIR", tmp_path)
     kernel_eras.cache_clear()
     try:
-        with pytest.raises(ReferenceDataError, match="pip install -e"):
+        with pytest.raises(ReferenceDataError, match="reinstall it"):
             kernel_eras()
     finally:
         kernel_eras.cache_clear()

@@ -4,10 +4,10 @@ Hand-made tables teach the rules; a kernel's own tables show what the rules are 
 map in 2 MiB and 1 GiB pages, the kernel image split into 4 KiB pages where text ends and
 read-only data begins, vmalloc'ed stacks, the ESPFIX area that maps one page 65536 times, and a
 busy user process (``busybox sh``) with its text, heap and stack. The captures under
-``data/linux-guest/`` were taken by ``scripts/capture_linux_guest.py``: QEMU (TCG) booted a
-stock Debian kernel, the vCPU was stopped while it ran in user mode, and the script kept the
-registers, every page-table page reachable from CR3, and QEMU's own view of the tables as the
-answer key:
+``kvmmu/data/linux-guest/`` (package data, read through :mod:`importlib.resources`) were
+taken by ``scripts/capture_linux_guest.py``: QEMU (TCG) booted a stock Debian kernel, the vCPU
+was stopped while it ran in user mode, and the script kept the registers, every page-table page
+reachable from CR3, and QEMU's own view of the tables as the answer key:
 
 * ``info tlb`` (``tlb_info_la48`` / ``tlb_info_la57`` in QEMU's ``target/i386/monitor.c``):
   one line per present leaf, the linear address, the physical address and the leaf's flags;
@@ -31,6 +31,7 @@ import json
 import lzma
 import re
 from dataclasses import dataclass, replace
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,12 @@ from kvmmu.errors import KvmmuError
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.walk import CpuState
 from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Cr4, Pte, canonicalize, describe_flags
+from kvmmu.reference import DATA_DIR as PACKAGE_DATA
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "linux-guest"
+# Where the captures live: package data, so an installed wheel has them too.
+DATA_DIR: Path | Traversable = PACKAGE_DATA / "linux-guest"
+# A folder of captures: the package's own, or any directory a caller names.
+Folder = Path | Traversable
 
 # The physical-address masks QEMU's info tlb applies before printing (monitor.c): bits 12..49
 # of a 4 KiB PTE, 21..49 of a 2 MiB PDE, 30..49 of a 1 GiB PDPTE.
@@ -119,19 +124,25 @@ class Capture:
         return None if view is None else view.cpu
 
 
-def list_captures(data_dir: Path | None = None) -> list[str]:
-    """Names of the captures under ``data/linux-guest/`` (folders holding ``capture.json``)."""
+def list_captures(data_dir: Folder | None = None) -> list[str]:
+    """Names of the captures under ``kvmmu/data/linux-guest/`` (folders holding ``capture.json``).
+
+    No kernel counterpart.
+    """
     root = DATA_DIR if data_dir is None else data_dir
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / "capture.json").is_file())
 
 
-def load_capture(name: str, data_dir: Path | None = None) -> Capture:
+def load_capture(name: str, data_dir: Folder | None = None) -> Capture:
     """Load capture ``name`` into guest memory and CPU state, in one call.
 
     Raises :class:`MissingCaptureError` naming the captures that exist when there is no such
-    capture, and :class:`CaptureError` when a file is missing or does not parse.
+    capture, and :class:`CaptureError` when a file is missing or does not parse. ``data_dir``
+    names another folder of captures (default: the package's own, :data:`DATA_DIR`).
+
+    No kernel counterpart.
     """
     root = DATA_DIR if data_dir is None else data_dir
     folder = root / name
@@ -364,7 +375,7 @@ def _hex(value: object) -> int:
     raise ValueError(f"expected a hex string, got {value!r}")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Folder) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -374,19 +385,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Folder) -> str:
     """A text file, xz-compressed if its name ends in ``.xz``."""
     if not path.is_file():
         raise CaptureError(f"{path} is missing; rerun scripts/capture_linux_guest.py")
     raw = path.read_bytes()
-    return (lzma.decompress(raw) if path.suffix == ".xz" else raw).decode()
+    return (lzma.decompress(raw) if path.name.endswith(".xz") else raw).decode()
 
 
-def _load_tables(path: Path, memory: GuestMemory) -> tuple[int, ...]:
+def _load_tables(path: Folder, memory: GuestMemory) -> tuple[int, ...]:
     """Write the captured table pages (``gpa`` -> ``uint64[512]``) into guest memory."""
     if not path.is_file():
         raise CaptureError(f"{path} is missing; rerun scripts/capture_linux_guest.py")
-    with np.load(path) as npz:
+    with path.open("rb") as stream, np.load(stream) as npz:
         gpas = npz["gpa"].astype(np.uint64)
         pages = npz["pages"].astype("<u8")
     if pages.shape != (len(gpas), 512):

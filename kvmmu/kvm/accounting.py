@@ -14,7 +14,7 @@ in ``arch/x86/kvm/mmu/mmu.c`` allocate for one shadow page:
 Each era also allocates the ``struct kvm_mmu_page`` header from a slab cache
 (``mmu_page_header_cache``). Its size is **approximate**, added up by hand from the field list
 on x86-64 with natural alignment (the kernel never printed it). The figures, with their
-sources, live in ``data/reference/kernel_eras.csv``:
+sources, live in ``kvmmu/data/reference/kernel_eras.csv``:
 
 * 2010 (``arch/x86/include/asm/kvm_host.h``, v2.6.35): ``link`` and ``hash_link`` (16 each),
   ``gfn`` (8), ``role`` (4, padded to 8), ``spt`` and ``gfns`` (8 each), ``slot_bitmap``

@@ -5,8 +5,8 @@ DataFrames. Every number comes from the simulation (the fault path, or the batch
 tests prove equal to it); where a closed form exists it is computed independently beside it, and
 a ``match`` column says whether the two agree.
 
-Scenarios (``SCENARIOS``, from ``data/workloads/scenarios.csv``) name a guest that maps all its
-memory at gva = gpa and touches it:
+Scenarios (``SCENARIOS``, from ``kvmmu/data/workloads/scenarios.csv``) name a guest that maps all
+its memory at gva = gpa and touches it:
 
 * ``tdp-4k``: TDP, host memory in 4 KiB pages, so every TDP leaf is 4 KiB: direct pages only;
 * ``tdp-huge``: TDP, host memory in huge pages: 2 MiB or 1 GiB TDP leaves;

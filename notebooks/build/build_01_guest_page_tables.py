@@ -141,9 +141,9 @@ lesson.make_walk_widget(memory, cpu, "0x400123", "read", 3, draw=True)""",
         "md",
         """## A real kernel's tables
 
-`data/linux-guest/` holds the page tables of a Debian kernel booted under QEMU, stopped while a
-user process ran. The walker translates a user address (the process's first page) and a kernel
-text address with the guest's own registers.""",
+`kvmmu/data/linux-guest/` (data shipped inside the package) holds the page tables of a Debian
+kernel booted under QEMU, stopped while a user process ran. The walker translates a user address
+(the process's first page) and a kernel text address with the guest's own registers.""",
     ),
     (
         "code",

@@ -18,6 +18,7 @@ import json
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -902,3 +903,53 @@ def program(name: str) -> Program:
     if name not in PROGRAMS:
         raise ProgramError(f"no program {name!r}; choose one of {sorted(PROGRAMS)}")
     return PROGRAMS[name]()
+
+
+# -- captures of real runs -------------------------------------------------------------------
+
+CAPTURE_DIR = Path(__file__).resolve().parents[2] / "data" / "kvm-captures"
+
+
+@dataclass(frozen=True, slots=True)
+class HostCapture:
+    """A stored run of the standard programs on a real KVM: host facts and the comparisons."""
+
+    name: str
+    host: dict[str, Any]
+    comparisons: dict[str, Comparison]
+
+
+def capture_to_dict(host: dict[str, Any], comparisons: Sequence[Comparison]) -> dict[str, Any]:
+    """The JSON form of a capture. No kernel counterpart."""
+    return {
+        "format": 1,
+        "host": host,
+        "comparisons": [c.to_dict() for c in comparisons],
+    }
+
+
+def load_host_capture(name: str, capture_dir: Path | None = None) -> HostCapture:
+    """Read ``data/kvm-captures/<name>.json`` (written by ``scripts/capture_host_kvm.py``).
+
+    :class:`HostCaptureError` names the file and what is wrong with it. No kernel counterpart.
+    """
+    root = CAPTURE_DIR if capture_dir is None else capture_dir
+    path = root / f"{name}.json"
+    if not path.is_file():
+        found = sorted(p.stem for p in root.glob("*.json")) if root.is_dir() else []
+        raise HostCaptureError(
+            f"no host capture {name!r} in data/kvm-captures (have: {found}); run "
+            "scripts/capture_host_kvm.py on a machine with /dev/kvm to make one"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != 1:
+            raise KeyError("format")
+        comparisons = [comparison_from_dict(c) for c in data["comparisons"]]
+        host = dict(data["host"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise HostCaptureError(
+            f"host capture {path.name} is damaged ({type(exc).__name__}: {exc}); "
+            "restore it from git or capture again with scripts/capture_host_kvm.py"
+        ) from exc
+    return HostCapture(name, host, {c.program: c for c in comparisons})

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from pathlib import Path
 
 import pytest
+from iced_x86 import Code, Decoder
 
 from kvmmu.errors import KvmmuError
 from kvmmu.host import kernel as K
+from kvmmu.host.asm import Asm, AsmError
 from kvmmu.host.kvm import (
     KVM_EXIT_IO,
     GuestTimeout,
@@ -50,8 +53,8 @@ def test_uapi_structures_have_the_kernel_sizes() -> None:
         KvmSregs: 312,
         KvmTranslation: 24,
     }
-    for struct, size in sizes.items():
-        assert ctypes.sizeof(struct) == size, struct.__name__
+    for cstruct, size in sizes.items():
+        assert ctypes.sizeof(cstruct) == size, cstruct.__name__
 
 
 def test_a_missing_device_is_a_typed_error_that_says_what_to_do(tmp_path: Path) -> None:
@@ -142,3 +145,41 @@ def test_memslot_errors_are_typed() -> None:
             vm.set_user_memory_region(1, 0x8000, 0x10000)  # overlaps slot 0
         with pytest.raises(HostKvmError, match="not inside one memslot"):
             vm.read(0x20000, 8)
+
+
+def test_labels_must_be_bound_once() -> None:
+    a = Asm()
+    label = a.label()
+    a.bind(label)
+    with pytest.raises(AsmError, match="bound twice"):
+        a.bind(label)
+    b = Asm()
+    b.op(Code.HLT)
+    b.bind(b.label())
+    with pytest.raises(AsmError, match="after the last instruction"):
+        b.encode(0x1000)
+
+
+def test_branches_to_labels_are_resolved_where_the_code_is_placed() -> None:
+    a = Asm()
+    target = a.label()
+    a.jmp(Code.JMP_REL32_64, target)
+    a.op(Code.UD2)
+    a.bind(target)
+    a.op(Code.HLT)
+    for rip in (0x1000, K.kva(0x1000)):
+        decoded = list(Decoder(64, a.encode(rip), ip=rip))
+        assert decoded[0].near_branch_target == decoded[2].ip
+        assert decoded[2].code == Code.HLT
+
+
+def test_the_kernel_image_fits_its_slots_and_every_gate_points_into_it() -> None:
+    image = K.kernel_image()
+    idt = struct.unpack("<64Q", image[K.IDT])
+    for vector in range(32):
+        low, high = idt[2 * vector], idt[2 * vector + 1]
+        handler = (low & 0xFFFF) | ((low >> 48) & 0xFFFF) << 16 | high << 32
+        assert (low >> 16) & 0xFFFF == K.KERNEL_CS and (low >> 40) & 0xFF == 0x8E
+        gpa = handler - K.KERNEL_BASE
+        assert any(start <= gpa < start + len(code) for start, code in image.items()), vector
+    assert struct.unpack_from("<Q", image[K.TSS], 4)[0] == K.kva(K.KERNEL_STACK_TOP)

@@ -168,3 +168,11 @@ def test_kvm_and_kvmmu_agree(name: str) -> None:
             assert not compared.loc[diff.counter, "equal"], (
                 f"{diff.counter} is equal in {name}: drop {name} from its KnownDifference"
             )
+
+
+def test_a_cpl3_store_to_a_shadowed_table_unsyncs_it_and_invlpg_syncs_it() -> None:
+    result = run_kvmmu(program("unsync"))
+    assert result.counters["mmu_unsync"] == 1, "the leaf table went unsync, not emulated"
+    assert result.counters["mmu_pte_write"] == 0
+    assert result.values[5] == 0x1009, "after invlpg the re-pointed PTE is used"
+    assert result.faults == {9: (DATA_GVA + 0x2008, U)}, "the PTE cleared from CPL 3"

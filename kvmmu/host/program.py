@@ -73,7 +73,13 @@ class HostCaptureError(KvmmuError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Map:
-    """A mapping in address space ``space``: ``gva`` -> ``gpa``, size "4K" or "2M"."""
+    """A mapping in address space ``space``: ``gva`` -> ``gpa``, size "4K" or "2M".
+
+    With ``table_of`` set, ``gpa`` is ignored and ``gva`` maps the guest's own leaf page table
+    that maps ``table_of`` (as a kernel maps its page tables): CPL-3 stores there are guest
+    PTE writes that reach the MMU as write faults, not as emulated stores. Such mappings are
+    made after all the others.
+    """
 
     gva: int
     gpa: int
@@ -82,6 +88,7 @@ class Map:
     user: bool = True
     nx: bool = False
     space: int = 0
+    table_of: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,8 +257,13 @@ def build_image(program: Program) -> Image:
             pt.set_entry(K.KERNEL_BASE, 4, spaces[0].entry(K.KERNEL_BASE, 4))
         pt.map(K.USER_CODE_GVA, K.USER_CODE_GPA, length=K.USER_CODE_PAGES << 12, user=True)
         spaces.append(pt)
-    for m in program.mappings:
-        spaces[m.space].map(m.gva, m.gpa, m.size, writable=m.writable, user=m.user, nx=m.nx)
+    ordered = sorted(program.mappings, key=lambda m: m.table_of is not None)
+    for m in ordered:
+        pt = spaces[m.space]
+        gpa = m.gpa
+        if m.table_of is not None:
+            gpa = entry_gpa(memory.read, pt.cr3, m.table_of, 1) & ~0xFFF
+        pt.map(m.gva, gpa, m.size, writable=m.writable, user=m.user, nx=m.nx)
     for gpa, value in program.init:
         memory.write(gpa, value)
     for gpa, data in K.kernel_image().items():
@@ -894,6 +906,26 @@ def _program_readonly_slot() -> Program:
     return Program("readonly_slot", maps, ops, init=((RO_GPA + 8, 0x42),))
 
 
+def _program_unsync() -> Program:
+    """The process writes its own page table from CPL 3: the shadowed table goes unsync."""
+    table = 0x2000_0000  # where the leaf table of DATA_GVA is mapped
+    repoint = user_page(9) | int(Pte.PRESENT | Pte.WRITABLE | Pte.USER)
+    maps = (*_data(3), Map(table, 0, table_of=DATA_GVA))
+    ops: tuple[Op, ...] = (
+        Read(DATA_GVA + 8),
+        Read(DATA_GVA + 0x1008),
+        Write(table + 8, repoint),  # PTE 1 -> frame 9, a write fault on a shadowed gfn
+        Read(DATA_GVA + 0x1008),  # the TLB (or the unsync spte) may still give frame 1
+        Invlpg(DATA_GVA + 0x1000),  # syncs the page
+        Read(DATA_GVA + 0x1008),
+        Read(table + 8),
+        Write(table + 0x10, 0),  # unmap page 2 through the table
+        Invlpg(DATA_GVA + 0x2000),
+        Read(DATA_GVA + 0x2008),
+    )
+    return Program("unsync", maps, ops, init=_init(10), description="CPL-3 guest PTE writes")
+
+
 PROGRAMS: dict[str, Callable[[], Program]] = {
     "touch": _program_touch,
     "pte_edits": _program_pte_edits,
@@ -902,6 +934,7 @@ PROGRAMS: dict[str, Callable[[], Program]] = {
     "huge_page": _program_huge,
     "dirty_log": _program_dirty_log,
     "readonly_slot": _program_readonly_slot,
+    "unsync": _program_unsync,
 }
 
 

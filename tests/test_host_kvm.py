@@ -183,3 +183,20 @@ def test_the_kernel_image_fits_its_slots_and_every_gate_points_into_it() -> None
         gpa = handler - K.KERNEL_BASE
         assert any(start <= gpa < start + len(code) for start, code in image.items()), vector
     assert struct.unpack_from("<Q", image[K.TSS], 4)[0] == K.kva(K.KERNEL_STACK_TOP)
+
+
+@needs_kvm
+def test_several_vcpus_each_have_their_own_run_page_and_stats() -> None:
+    image = build_image(program("touch"))
+    with Kvm() as kvm, kvm.create_vm() as vm:
+        slot = vm.set_user_memory_region(0, 0, K.RAM_SIZE)
+        slot.memory[:] = image.memory.read_bytes(0, K.RAM_SIZE)
+        vcpus = [vm.create_vcpu() for _ in range(2)]
+        assert [v.vcpu_id for v in vcpus] == [0, 1]
+        runner = vcpus[1]
+        runner.set_sregs(K.long_mode_sregs(runner.get_sregs(), image.spaces[0].cr3))
+        entry = K.kva(K.KERNEL_CODE + K.ENTRY_OFFSET)
+        runner.set_regs(KvmRegs(rip=entry, rsp=K.kva(K.KERNEL_STACK_TOP), rflags=2))
+        assert runner.run().reason == KVM_EXIT_IO
+        assert runner.stats()["pf_fixed"] > 0
+        assert vcpus[0].stats()["exits"] == 0, "the other vCPU never ran"

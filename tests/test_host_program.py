@@ -15,6 +15,7 @@ import pytest
 
 from kvmmu.host.kvm import kvm_usable
 from kvmmu.host.program import (
+    COUNTERS,
     DATA_GVA,
     KERNEL_ONLY,
     KNOWN_DIFFERENCES,
@@ -108,7 +109,8 @@ def test_kvmmu_still_matches_the_stored_real_run() -> None:
         assert len(saved.faults) == len(fresh.faults), name
         for counter, row in saved.counters.iterrows():
             if row["why"] == "":
-                ours = {"pages_4k": "pages"}.get(str(counter), str(counter))
+                ours = COUNTERS[str(counter)]
+                assert ours is not None
                 assert int(fresh.counters[ours]) == int(row["kvm"]), (name, counter)
 
 
@@ -176,3 +178,18 @@ def test_a_cpl3_store_to_a_shadowed_table_unsyncs_it_and_invlpg_syncs_it() -> No
     assert result.counters["mmu_pte_write"] == 0
     assert result.values[5] == 0x1009, "after invlpg the re-pointed PTE is used"
     assert result.faults == {9: (DATA_GVA + 0x2008, U)}, "the PTE cleared from CPL 3"
+
+
+def test_a_spurious_fault_is_where_kvm_and_kvmmu_part_ways_after_a_pde_zap() -> None:
+    """The stored run: KVM's pf_fixed + pf_spurious is kvmmu's pf_fixed (RET_PF_SPURIOUS)."""
+    saved = load_host_capture(CAPTURE).comparisons["table_edits"].counters
+    fresh = run_kvmmu(program("table_edits")).counters
+    assert saved.loc["pf_spurious", "kvm"] > 0
+    assert saved.loc["pf_fixed", "kvm"] + saved.loc["pf_spurious", "kvm"] == fresh["pf_fixed"]
+    assert fresh["mmu_pde_zapped"] == 1 and fresh["mmu_flooded"] == 1
+
+
+def test_leaf_sptes_are_counted_per_size_as_kvm_counts_pages_4k() -> None:
+    counters = run_kvmmu(program("touch")).counters
+    assert counters["leaf_4k"] == 9, "8 data pages and the code page"
+    assert counters["leaf_2m"] == 0 and counters["pages"] == 5, "shadow pages are another count"

@@ -15,14 +15,18 @@ import json
 import sys
 
 from kvmmu.host.detect import detect_host_mmu, host_facts
-from kvmmu.host.kvm import Kvm
+from kvmmu.host.kvm import HostKvmUnavailable, Kvm
 from kvmmu.host.program import CAPTURE_DIR, PROGRAMS, capture_to_dict, compare
 
 
 def main(argv: list[str]) -> int:
     name = argv[1] if len(argv) > 1 else (detect_host_mmu().backend or "unknown")
-    with Kvm() as kvm:
-        api = kvm.api_version
+    try:
+        with Kvm() as kvm:
+            api = kvm.api_version
+    except HostKvmUnavailable as exc:
+        print(f"cannot capture: {exc}", file=sys.stderr)
+        return 1
     comparisons = [compare(make()) for make in PROGRAMS.values()]
     data = capture_to_dict(host_facts(api_version=api), comparisons)
     CAPTURE_DIR.mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,15 @@ from kvmmu.host.program import (
     MAX_OPS,
     PROGRAMS,
     Comparison,
+    Fetch,
     HostCaptureError,
     Map,
     Program,
     ProgramError,
     Read,
     SwitchCr3,
+    Write,
+    build_image,
     compare,
     compare_results,
     comparison_from_dict,
@@ -87,6 +90,11 @@ def test_programs_are_checked() -> None:
         Program("x", (), (SwitchCr3(2),), spaces=2)
     with pytest.raises(ProgramError, match="logs hold"):
         Program("x", (), tuple(Read(DATA_GVA) for _ in range(MAX_OPS + 1)))
+    clash = Program(
+        "x", (Map(DATA_GVA, user_page(0)),), (Fetch(DATA_GVA + 16), Write(DATA_GVA + 12))
+    )
+    with pytest.raises(ProgramError, match="overwrites the code a Fetch"):
+        build_image(clash)
     with pytest.raises(ProgramError, match="choose one of"):
         program("nope")
     with pytest.raises(ProgramError, match=r"0\.\.255"):

@@ -72,14 +72,16 @@ class HostMmu:
 
     @property
     def kvmmu_tdp(self) -> bool | None:
-        """The ``Vm(tdp=...)`` that matches this host; None without KVM."""
+        """The ``Vm(tdp=...)`` that matches this host; None without KVM. No kernel counterpart."""
         if self.kind is HostMmuKind.NONE:
             return None
         return self.kind is not HostMmuKind.SHADOW
 
     @property
     def comparable(self) -> tuple[str, ...]:
-        """Counters that mean the same on this host and in the matching kvmmu mode."""
+        """Counters that mean the same on this host and in the matching kvmmu mode.
+
+        No kernel counterpart."""
         if self.kind is HostMmuKind.NONE:
             return ()
         if self.kind is HostMmuKind.SHADOW:
@@ -91,7 +93,7 @@ class HostMmu:
 
     @property
     def not_comparable(self) -> dict[str, str]:
-        """Counters left out on this host, with the reason."""
+        """Counters left out on this host, with the reason. No kernel counterpart."""
         out = {}
         for name in ALL_COUNTERS:
             if name in self.comparable:

@@ -458,7 +458,7 @@ class HostMemslot:
 
     @property
     def npages(self) -> int:
-        """Number of 4 KiB pages in the slot."""
+        """Number of 4 KiB pages in the slot. No kernel counterpart."""
         return len(self.memory) >> 12
 
     def region(self) -> KvmUserspaceMemoryRegion:
@@ -554,7 +554,9 @@ class VmFd(_Closing):
         return read_stats(self._stats_fd)
 
     def close(self) -> None:
-        """Close the vCPUs, the stats fd, the VM fd, then unmap guest memory."""
+        """Close the vCPUs, the stats fd, the VM fd, then unmap guest memory.
+
+        No kernel counterpart."""
         self._stack.close()
         if self._stats_fd >= 0:
             os.close(self._stats_fd)

@@ -59,6 +59,7 @@ MAX_OPS = K.LOG_ENTRY_MAX
 MAX_EXITS = 10_000
 FETCH_STUB = bytes((0x41, 0xFF, 0xE6))  # jmp r14: a fetched page returns to the program
 RESERVED_BIT = 1 << 51  # above MAXPHYADDR 48: a reserved bit in every paging entry
+_ADDR = 0x000F_FFFF_FFFF_F000  # the address bits of a 4-level paging entry
 
 
 class ProgramError(KvmmuError, ValueError):
@@ -187,7 +188,7 @@ class Program:
 
 
 def user_page(index: int) -> int:
-    """The gpa of user data frame ``index`` (0..255) in slot 0."""
+    """The gpa of user data frame ``index`` (0..255) in slot 0. No kernel counterpart."""
     if not 0 <= index < 256:
         raise ProgramError(f"user data frame {index} is outside 0..255")
     return USER_DATA_GPA + (index << PAGE_SHIFT)
@@ -220,7 +221,7 @@ def leaf_entry(read: Callable[[int], int], cr3: int, gva: int) -> tuple[int, int
             return None
         if level == 1 or entry & Pte.PAGE_SIZE:
             return level, gpa, entry
-        table = entry & 0x000F_FFFF_FFFF_F000
+        table = entry & _ADDR
     return None
 
 
@@ -231,7 +232,7 @@ def entry_gpa(read: Callable[[int], int], cr3: int, gva: int, level: int) -> int
         entry = read(table + ((gva >> (12 + 9 * (lv - 1))) & 0x1FF) * 8)
         if not entry & Pte.PRESENT or entry & Pte.PAGE_SIZE:
             raise ProgramError(f"no level-{lv - 1} table on the path of {gva:#x}")
-        table = entry & 0x000F_FFFF_FFFF_F000
+        table = entry & _ADDR
     return table + ((gva >> (12 + 9 * (level - 1))) & 0x1FF) * 8
 
 
@@ -282,21 +283,36 @@ def build_image(program: Program) -> Image:
     return Image(memory, spaces, code, blocks, pte_gpas)
 
 
+def _gpa_of(memory: GuestMemory, pt: GuestPageTables, gva: int) -> int | None:
+    leaf = leaf_entry(memory.read, pt.cr3, gva)
+    if leaf is None:
+        return None
+    level, _, entry = leaf
+    size_mask = (1 << (12 + 9 * (level - 1))) - 1
+    return (entry & _ADDR & ~size_mask) | (gva & size_mask)
+
+
 def _place_fetch_stubs(
     program: Program, memory: GuestMemory, spaces: list[GuestPageTables]
 ) -> None:
+    """Put ``jmp r14`` where each Fetch lands; refuse a Write that would overwrite one."""
+    stubs = set()
     for op in program.ops:
-        if not isinstance(op, Fetch):
+        if isinstance(op, Fetch):
+            for pt in spaces:
+                gpa = _gpa_of(memory, pt, op.gva)
+                if gpa is not None and memory.slots.find(gpa >> PAGE_SHIFT) is not None:
+                    memory.write_bytes(gpa, FETCH_STUB)
+                    stubs.add(gpa)
+    for op in program.ops:
+        if not isinstance(op, Write):
             continue
         for pt in spaces:
-            leaf = leaf_entry(memory.read, pt.cr3, op.gva)
-            if leaf is None:
-                continue
-            level, _, entry = leaf
-            size_mask = (1 << (12 + 9 * (level - 1))) - 1
-            gpa = (entry & 0x000F_FFFF_FFFF_F000 & ~size_mask) | (op.gva & size_mask)
-            if memory.slots.find(gpa >> PAGE_SHIFT) is not None:
-                memory.write_bytes(gpa, FETCH_STUB)
+            gpa = _gpa_of(memory, pt, op.gva)
+            if gpa is not None and any(gpa < s + len(FETCH_STUB) and s < gpa + 8 for s in stubs):
+                raise ProgramError(
+                    f"{op} overwrites the code a Fetch jumps to; fetch from another offset"
+                )
 
 
 # -- the user process ------------------------------------------------------------------------
@@ -629,7 +645,7 @@ class KnownDifference:
     programs: tuple[str, ...] = ("*",)
 
     def applies(self, program: str) -> bool:
-        """True if this difference is expected in ``program``."""
+        """True if this difference is expected in ``program``. No kernel counterpart."""
         return "*" in self.programs or program in self.programs
 
 
@@ -709,17 +725,19 @@ class Comparison:
 
     @property
     def behaviour_equal(self) -> bool:
-        """True when values, faults, A/D bits and dirty logs all agree."""
+        """True when values, faults, A/D bits and dirty logs all agree. No kernel counterpart."""
         tables = (self.values, self.faults, self.accessed_dirty, self.dirty_logs)
         return all(bool(t["equal"].all()) for t in tables)
 
     def unexplained(self) -> list[str]:
-        """Counters that differ without an entry in :data:`KNOWN_DIFFERENCES`."""
+        """Counters that differ without an entry in :data:`KNOWN_DIFFERENCES`.
+
+        No kernel counterpart."""
         c = self.counters
         return [str(n) for n in c.index[~c["equal"] & (c["why"] == "")]]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready form (:func:`comparison_from_dict` reverses it)."""
+        """A JSON-ready form (:func:`comparison_from_dict` reverses it). No kernel counterpart."""
         out: dict[str, Any] = {"program": self.program}
         for name in TABLES:
             frame = getattr(self, name)
@@ -816,7 +834,6 @@ def compare(program: Program, *, timeout: float = 2.0) -> Comparison:
 DATA_GVA = 0x1000_0000
 HUGE_GVA = 0x4000_0000
 _W, _A, _D = int(Pte.WRITABLE), int(Pte.ACCESSED), int(Pte.DIRTY)
-_ADDR = 0x000F_FFFF_FFFF_F000
 
 
 def _data(n: int) -> tuple[Map, ...]:

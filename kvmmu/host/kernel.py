@@ -8,9 +8,9 @@ kernel therefore only sets the stage and serves its one process:
   stack: what ``arch/x86/kernel/cpu/common.c`` sets up, in a few hundred bytes;
 * a #PF handler that logs the faulting op, CR2 and the error code (``exc_page_fault``) and
   resumes the process at the address it left in R15 (the fault is a value, not a crash);
-* a "system call" entered by ``ud2`` (#UD), since ``syscall``/``int n``/``out`` are refused
-  from CPL 3 on this backend: record a value, ``invlpg``, a CR3 load, a read-modify-write of a
-  guest page-table entry, a call to the host VMM, exit;
+* a "system call" entered by ``ud2`` (#UD), since ``int n`` and ``out`` fail from CPL 3 on
+  this backend (and ``syscall`` would need its MSRs set up): record a value, ``invlpg``, a
+  CR3 load, a read-modify-write of a guest page-table entry, a call to the host VMM, exit;
 * a stub for every other vector that reports it to the host and stops.
 
 Guest physical layout (slot 0, :data:`RAM_SIZE`) and the direct map of all of it at

@@ -80,6 +80,11 @@ def conda_requirements() -> dict[str, str]:
     return requirements
 
 
+def pip_requirements() -> dict[str, str]:
+    """Requirements environment.yml installs with pip (those conda-forge lacks), name -> spec."""
+    return dict(split_requirement(line) for line in pip_section() if not line.startswith("-"))
+
+
 def pip_section() -> list[str]:
     sections = [dep["pip"] for dep in environment()["dependencies"] if isinstance(dep, dict)]
     assert len(sections) == 1, "environment.yml must have exactly one pip section"
@@ -104,6 +109,12 @@ def test_pyproject_declares_a_python_311_package_named_kvmmu() -> None:
 def test_every_pyproject_requirement_is_in_environment_yml(name: str) -> None:
     conda_name = normalize(CONDA_NAME.get(name, name))
     conda = conda_requirements()
+    if name in pip_requirements() and conda_name not in conda:
+        assert pip_requirements()[name] == pyproject_requirements()[name], (
+            f"environment.yml's pip section asks for {name}{pip_requirements()[name]} but "
+            f"pyproject.toml for {name}{pyproject_requirements()[name]}: make them agree"
+        )
+        return
     assert conda_name in conda, f"add `{conda_name}` to environment.yml (pyproject.toml needs it)"
     assert conda[conda_name] == pyproject_requirements()[name], (
         f"environment.yml asks for {conda_name}{conda[conda_name]} but pyproject.toml for "

@@ -16,6 +16,7 @@ bottom in the order of its notebook; its docstring names the notebook that uses 
 | ``07_memory_savings.ipynb`` | :mod:`.l07_memory_savings` |
 | ``08_tdp_vs_shadow.ipynb`` | :mod:`.l08_tdp_vs_shadow` |
 | ``09_lab.ipynb`` | :mod:`.l09_lab` (gathers the exercises of lessons 1-8) |
+| ``10_beside_kvm.ipynb`` | :mod:`.l10_beside_kvm` (a stored real-KVM run; live with ``/dev/kvm``) |
 
 What more than one lesson uses lives beside this package: :mod:`kvmmu.teaching.draw` (colours,
 boxes, bar axes, the shadow-page and trace tables), :mod:`kvmmu.teaching.ui` (ipywidgets wiring,

@@ -42,17 +42,28 @@ class Lesson:
         """Add a code cell."""
         self.cells.append(nbformat.v4.new_code_cell(text.strip()))
 
+    def raw(self, text: str) -> None:
+        """Add a raw cell (otter-grader's markers in a master notebook)."""
+        self.cells.append(nbformat.v4.new_raw_cell(text.strip()))
+
     def write(self, *, run: bool = True) -> Path:
         """Write ``notebooks/<name>``, executed unless ``run`` is false."""
         nb = nbformat.v4.new_notebook()
         nb.cells = self.cells
-        stem = Path(self.name).stem.split("_")[0]
-        for number, cell in enumerate(nb.cells):
-            cell.id = f"c{stem}-{number:03d}"  # stable ids keep a rebuild's diff to what changed
-        nb.metadata["kernelspec"] = dict(KERNELSPEC)
-        nb.metadata["language_info"] = {"name": "python"}
-        if run:
-            execute(nb)
-        path = NOTEBOOKS / self.name
-        nbformat.write(nb, path)
-        return path
+        return write_notebook(nb, self.name, run=run)
+
+
+def write_notebook(nb: nbformat.NotebookNode, name: str, *, run: bool = True) -> Path:
+    """Give ``nb`` stable cell ids and kernel metadata, execute it unless ``run`` is false, and
+    write it to ``notebooks/<name>``."""
+    stem = Path(name).stem.split("_")[0]
+    for number, cell in enumerate(nb.cells):
+        cell.id = f"c{stem}-{number:03d}"  # stable ids keep a rebuild's diff to what changed
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata["language_info"] = {"name": "python"}
+    if run:
+        execute(nb)
+    path = NOTEBOOKS / name
+    path.parent.mkdir(exist_ok=True)
+    nbformat.write(nb, path)
+    return path

@@ -37,6 +37,7 @@ __all__ = [
     "capture_shadow_census",
     "check_role",
     "make_role_widget",
+    "role_field_right",
     "role_layout_table",
     "role_problem",
     "role_scenario",
@@ -377,6 +378,21 @@ def _parse_acc(value: object) -> int:
     return parse_int("access", value) & int(Acc.ALL)
 
 
+def role_field_right(problem: RoleProblem, name: str, given: object) -> bool:
+    """Whether ``given`` is the value of role field ``name`` (one of :data:`ROLE_FIELDS`) of
+    the problem's page; a grader's partial credit per field. A value of the wrong shape raises
+    :class:`ExerciseError`. No kernel counterpart.
+    """
+    if name not in ROLE_FIELDS:
+        raise ExerciseError(f"unknown role field {name!r}; the fields are {list(ROLE_FIELDS)}")
+    role = problem._role
+    if name == "access":
+        return _parse_acc(given) == role.access
+    if name in ("level", "quadrant"):
+        return parse_int(name, given) == int(getattr(role, name))
+    return bool(given) == bool(getattr(role, name))
+
+
 def check_role(problem: RoleProblem, answer: Mapping[str, object]) -> Check:
     """Check a predicted ``kvm_mmu_page_role``: the hint names the first wrong field and the
     rule behind it, never its value."""
@@ -385,19 +401,8 @@ def check_role(problem: RoleProblem, answer: Mapping[str, object]) -> Check:
     missing = [f for f in ROLE_FIELDS if f not in answer]
     if missing:
         return fail("give every field; missing: " + ", ".join(missing))
-    role = problem._role
-    wrong = []
-    for name in ROLE_FIELDS:
-        given = answer[name]
-        if name == "access":
-            same = _parse_acc(given) == role.access
-        elif name in ("level", "quadrant"):
-            same = parse_int(name, given) == getattr(role, name)
-        else:
-            same = bool(given) == bool(getattr(role, name))
-        if not same:
-            wrong.append(name)
+    wrong = [name for name in ROLE_FIELDS if not role_field_right(problem, name, answer[name])]
     if not wrong:
-        return ok(f"the page's role is {role.describe()}.")
+        return ok(f"the page's role is {problem._role.describe()}.")
     hint = _ROLE_HINTS[wrong[0]].format(root=problem._root_level)
     return fail(f"{len(wrong)} field(s) wrong. First, {hint}")

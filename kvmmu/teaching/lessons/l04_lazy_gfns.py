@@ -328,7 +328,7 @@ def check_gfn(problem: GfnProblem, answer: int | str) -> Check:
                 f"off by one level: you shifted the index by {shift} bits; a level-{sp.level} "
                 "spte covers 512**(level-1) frames"
             )
-    return fail("gfns[i] = gfn + (i << ((level - 1) * 9)): recompute with this page's values")
+    return fail("get_gfn(i) = gfn + (i << ((level - 1) * 9)): recompute with this page's values")
 
 
 # ------------------------------------------------------------------------------------------------

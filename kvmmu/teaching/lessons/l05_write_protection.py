@@ -39,6 +39,7 @@ __all__ = [
     "CountersProblem",
     "TableWriter",
     "check_counters",
+    "counter_right",
     "counters_problem",
     "make_table_write_widget",
     "table_write_counters",
@@ -297,6 +298,15 @@ def counters_problem(seed: int | str) -> CountersProblem:
     return CountersProblem(seed, text, pte_writes, pde_writes, clear, counters)
 
 
+def counter_right(problem: CountersProblem, name: str, given: object) -> bool:
+    """Whether ``given`` is counter ``name`` (one of :data:`WP_FIELDS`) after the problem's run;
+    a grader's partial credit per counter. No kernel counterpart.
+    """
+    if name not in WP_FIELDS:
+        raise ExerciseError(f"unknown counter {name!r}; the counters are {list(WP_FIELDS)}")
+    return parse_int(name, given) == problem._counters[name]
+
+
 def check_counters(problem: CountersProblem, answer: Mapping[str, object]) -> Check:
     """Check predicted write-protection counters; the hint explains the first wrong one.
 
@@ -307,7 +317,7 @@ def check_counters(problem: CountersProblem, answer: Mapping[str, object]) -> Ch
     missing = [f for f in WP_FIELDS if f not in answer]
     if missing:
         return fail("give every counter; missing: " + ", ".join(missing))
-    wrong = [f for f in WP_FIELDS if parse_int(f, answer[f]) != problem._counters[f]]
+    wrong = [f for f in WP_FIELDS if not counter_right(problem, f, answer[f])]
     if not wrong:
         return ok("those are the MMU's counters for this run.")
     return fail(f"{len(wrong)} counter(s) wrong. First, {_WP_HINTS[wrong[0]]}")

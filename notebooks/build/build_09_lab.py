@@ -170,17 +170,12 @@ for q, (title, shape) in QUESTIONS.items():
     raw("# END TESTS")
     raw("# END QUESTION")
 
-md("""
-## Recap
-
+master.recap("""
 Each exercise replayed one lesson's mechanism on a problem of your own: the walk and its
 faults (1-2), the role that keys a shadow page (3), gfns computed rather than stored (4, 7),
 write protection and its counters (5), unsync pages and when they resync (6), and the cost
 ledger of TDP against shadow paging (8). The check-all cell below runs every public check
 again; the export cell writes the file you hand in.
-
-Previous: [8. TDP versus shadow paging](08_tdp_vs_shadow.ipynb) ·
-Back to the start: [0. Welcome](00_welcome.ipynb)
 """)
 
 

@@ -42,6 +42,17 @@ class Lesson:
         """Add a code cell."""
         self.cells.append(nbformat.v4.new_code_cell(text.strip()))
 
+    def recap(self, text: str) -> None:
+        """End the lesson: a recap of ``text`` and links to the previous and next notebooks."""
+        names = sorted({p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")} | {self.name})
+        here = names.index(Path(self.name).name) if Path(self.name).name in names else -1
+        links = []
+        if here > 0:
+            links.append(f"Previous: [{_title(names[here - 1])}]({names[here - 1]})")
+        if 0 <= here < len(names) - 1:
+            links.append(f"Next: [{_title(names[here + 1])}]({names[here + 1]})")
+        self.md("## Recap\n\n" + text.strip() + "\n\n" + " · ".join(links))
+
     def raw(self, text: str) -> None:
         """Add a raw cell (otter-grader's markers in a master notebook)."""
         self.cells.append(nbformat.v4.new_raw_cell(text.strip()))
@@ -51,6 +62,12 @@ class Lesson:
         nb = nbformat.v4.new_notebook()
         nb.cells = self.cells
         return write_notebook(nb, self.name, run=run)
+
+
+def _title(name: str) -> str:
+    """``"05_write_protection.ipynb"`` -> ``"lesson 5, write protection"``."""
+    number, _, topic = Path(name).stem.partition("_")
+    return f"lesson {int(number)}, {topic.replace('_', ' ')}"
 
 
 def write_notebook(nb: nbformat.NotebookNode, name: str, *, run: bool = True) -> Path:

@@ -58,12 +58,19 @@ def environment() -> dict[str, Any]:
 
 
 def pyproject_requirements() -> dict[str, str]:
-    """Every requirement the project declares (runtime, lab and test), name -> specifier."""
+    """Every requirement the project declares (runtime, lab, grading and test), name -> spec."""
     project = pyproject()["project"]
     groups = project["optional-dependencies"]
-    assert {"lab", "test"} <= set(groups), "pyproject.toml must define the lab and test extras"
+    assert {"lab", "grading", "test"} <= set(groups), (
+        "pyproject.toml must define the lab, grading and test extras"
+    )
     requirements: dict[str, str] = {}
-    for requirement in [*project["dependencies"], *groups["lab"], *groups["test"]]:
+    for requirement in [
+        *project["dependencies"],
+        *groups["lab"],
+        *groups["grading"],
+        *groups["test"],
+    ]:
         name, spec = split_requirement(requirement)
         previous = requirements.setdefault(name, spec)
         assert previous == spec, f"pyproject.toml asks for {name} as both {previous} and {spec}"

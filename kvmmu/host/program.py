@@ -690,14 +690,6 @@ KNOWN_DIFFERENCES: tuple[KnownDifference, ...] = (
         "up to 8 leaves per fault in a direct page",
         ("huge_page",),
     ),
-    KnownDifference(
-        "mmio_exits",
-        "emulator_read_write (KVM_EXIT_MMIO) / kvm_mmu_page_fault",
-        "KVM counts each exit to userspace for a store to the read-only slot; kvmmu's shadow "
-        "fault path counts such a store in pf_emulate only (mmio_exits only on its MMIO-spte "
-        "and direct paths)",
-        ("readonly_slot",),
-    ),
 )
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "box",
     "legend",
     "role_frame",
+    "size_text",
     "style",
     "tidy_trace",
 ]
@@ -67,6 +68,21 @@ def acc_text(acc: int) -> str:
     return "".join(
         c if acc & b else "-" for c, b in (("u", Acc.USER), ("w", Acc.WRITE), ("x", Acc.EXEC))
     )
+
+
+def size_text(nbytes: int) -> str:
+    """A byte count in the unit that shows it best: ``"0 B"``, ``"512 B"``, ``"12.0 KiB"``,
+    ``"4.50 MiB"``, ``"2.00 GiB"``; small savings never round to "0.0 MiB". No kernel
+    counterpart.
+    """
+    n = int(nbytes)
+    if abs(n) < 1024:
+        return f"{n} B"
+    if abs(n) < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    if abs(n) < 1 << 30:
+        return f"{n / (1 << 20):.2f} MiB"
+    return f"{n / (1 << 30):.2f} GiB"
 
 
 def style(fig: Figure) -> None:
@@ -134,7 +150,7 @@ def bar_axes(fig: Figure) -> Axes:
     return ax
 
 
-def legend(ax: Axes, loc: Literal["best", "lower right"] = "best") -> None:
+def legend(ax: Axes, loc: Literal["best", "lower right", "upper right"] = "best") -> None:
     """A frameless legend at ``loc`` with its labels in the ink colour; no kernel counterpart."""
     for item in ax.legend(frameon=False, fontsize=9, loc=loc).get_texts():
         item.set_color(INK)

@@ -130,7 +130,7 @@ faults""",
         """## Try it
 
 Type an address, pick an access and a CPL. Try `0x600000` as a fetch, `0x400000` as a write at
-CPL 0 and at CPL 3, and `0x800000000000` (not canonical). The cell prints the default state first.""",
+CPL 0 and at CPL 3, and `0x800000000000` (not canonical). The cell prints a static copy of the default state first (it does not follow the widget), then the live widget, which redraws on every move.""",
     ),
     (
         "code",
@@ -205,5 +205,14 @@ lesson.check_walk(problem, answer)""",
 ]
 
 
+RECAP = """
+The guest's walk goes from CR3 through one entry per level, 9 bits of the gva each, and
+checks P, R/W, U/S and XD at every level; a 2 MiB or 1 GiB page ends the walk early (PS). A walk
+that fails returns a #PF error code whose bits say why. Everything the shadow MMU does starts
+from this walk.
+"""
+
 if __name__ == "__main__":
-    Lesson(NAME, CELLS).write()
+    lesson = Lesson(NAME, CELLS)
+    lesson.recap(RECAP)
+    lesson.write()

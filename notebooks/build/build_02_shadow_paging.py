@@ -36,7 +36,8 @@ from kvmmu.kvm.mmu import shadow_path
 from kvmmu.kvm.spte import describe_spte
 from kvmmu.hw.x86 import Access
 
-pd.set_option("display.width", 160)""",
+pd.set_option("display.width", 160)
+pd.set_option("display.max_colwidth", None)  # whole cells: no "..." in the trace or role tables""",
     ),
     (
         "md",
@@ -89,7 +90,15 @@ events""",
         """The code fetch before it had already built the shadows of the PML4, the PDPT and the page
 directory (the data page shares them), so the handler followed their sptes without a lookup; only
 the data page's page table was new: one `kvm_mmu_get_page` with `created=True`. Every shadow page
-so far is *indirect*: it shadows one guest table, whose frame is its `gfn`.""",
+so far is *indirect*: it shadows one guest table, whose frame is its `gfn`.
+
+The table of shadow pages below shows each page's **role**, the key that lesson 3 takes apart.
+For now, its columns: `level` (4 = PML4 ... 1 = page table), `direct` (maps a range of guest
+frames rather than shadowing a guest table), `4-byte gpte` (the guest uses 32-bit paging, with
+4-byte entries), `quadrant` (which part of a 32-bit guest table this page shadows: a 4-byte
+table holds twice the entries a 512-entry shadow page can), `access` (the rights, `u`ser,
+`w`rite, e`x`ecute, that the entries above allow), `cr0_wp` (a copy of the guest's CR0.WP bit),
+and `word`, all role fields packed into one number, as the kernel stores them.""",
     ),
     (
         "code",
@@ -123,7 +132,8 @@ spte, so that the first write faults and KVM can set the guest's dirty bit.""",
 stack push, a read that hits in the TLB, a user read of a kernel page (the guest's own fault,
 reflected to it) and the same read from the kernel. Move the slider or press *next step*: each
 state is recomputed from scratch, so step *k* always shows the same pages. The cell first prints
-the state after three steps.""",
+a static copy of the state after three steps (it does not follow the widget), then the live
+widget.""",
     ),
     (
         "code",
@@ -164,5 +174,14 @@ lesson.check_shadow_fault(problem, answer)""",
 ]
 
 
+RECAP = """
+Without EPT/NPT, KVM builds shadow pages on demand: each guest page fault that the shadow
+tables cannot serve walks the guest's tables and fills the missing shadow pages and sptes
+(`FNAME(fetch)`), found again later through the page hash by gfn and role. The rmap records every
+spte of a gfn, and every guest table page is write-protected so its shadows stay right.
+"""
+
 if __name__ == "__main__":
-    Lesson(NAME, CELLS).write()
+    lesson = Lesson(NAME, CELLS)
+    lesson.recap(RECAP)
+    lesson.write()

@@ -35,7 +35,8 @@ from kvmmu.teaching.lessons import l03_mmu_page_role as lesson
 from kvmmu.hw.capture import load_capture
 from kvmmu.kvm.role import MmuPageRole
 
-pd.set_option("display.width", 160)""",
+pd.set_option("display.width", 160)
+pd.set_option("display.max_colwidth", None)  # whole cells: no "..." in the trace or role tables""",
     ),
     (
         "md",
@@ -111,12 +112,20 @@ display(large, tdp)""",
 Change the guest's mode, CR0.WP, TDP, the guest's page size and the host's huge pages. The guest
 maps 4 MiB at `0x400000`, reads two addresses 2 MiB apart, then its kernel writes the first. With
 *paging off* there are no guest tables to shadow: even without TDP every page is direct
-(`nonpaging_page_fault`), under KVM's four PAE roots.""",
+(`nonpaging_page_fault`), under KVM's four PAE roots.
+
+The cell prints a static copy of the default state first (it stays as it is), then the live
+widget, which redraws on every change. The widget's first line names the controls that change
+nothing in the current setup: under TDP, for instance, the guest's large pages and CR0.WP do not
+matter, since no guest table is shadowed. After a change, the `changed` column marks the pages
+that are new (by gfn and role word) and the line counts those gone.""",
     ),
     (
         "code",
-        """display(lesson.setup_shadow_pages("4-level"))
-lesson.make_role_widget()""",
+        """text, pages = lesson.role_setup_view("4-level")  # a static copy of the default state
+print(text)
+display(pages)
+lesson.make_role_widget()  # live: it says which controls do nothing and marks new pages""",
     ),
     (
         "md",
@@ -160,5 +169,14 @@ lesson.check_role(problem, answer)""",
 ]
 
 
+RECAP = """
+A shadow page is found by its gfn *and* its role: level, direct, 4-byte gptes and
+quadrant, access, CR0.WP and the other mode bits. One guest table can therefore have several
+shadow pages, one per way the guest uses it, and a change of guest mode never reuses a shadow
+built under another.
+"""
+
 if __name__ == "__main__":
-    Lesson(NAME, CELLS).write()
+    lesson = Lesson(NAME, CELLS)
+    lesson.recap(RECAP)
+    lesson.write()

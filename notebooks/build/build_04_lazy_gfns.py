@@ -61,7 +61,22 @@ draw.role_frame(vm)""",
 
 An indirect page copies a guest table: entry *i* maps whatever frame the guest wrote there, so the
 gfn must be stored. A direct page maps a linear range starting at its `gfn`: entry *i* of a level-*L*
-page maps `gfn + (i << 9*(L-1))`. Stored or computed, the answer is the same.""",
+page maps `gfn + (i << 9*(L-1))`. Stored or computed, the answer is the same.
+
+Computing is safe because of an invariant the kernel keeps, and `kvmmu.kvm.audit` checks:
+
+- **Only two paths write a direct page's sptes**, the direct map (TDP, or guest paging off) and
+  `FNAME(fetch)` when it maps a guest huge page with small pages, and both always write entry *i*
+  with gfn = base + *i* (times the entry's size in frames).
+- **A direct page is never unsync**: it shadows no guest table the guest could edit, so
+  `sync_page` never sees one and never rewrites its sptes.
+- **`set_gfn` on a direct page only checks**: it stores nothing and raises (the kernel warns) if
+  the gfn it is given is not the computed one.
+
+So the value that would have been stored is always the value computed. In the second table below
+the formula column of the *indirect* page is not its gfns: there the formula gives `0xfc3` for
+entry 0, the guest table's own frame plus the index, while `0x100` is stored, the frame the
+guest's PTE points at. For an indirect page only the stored array is right.""",
     ),
     (
         "code",
@@ -134,8 +149,9 @@ memory_by_era(tdp_vm)""",
         "md",
         """## Try it
 
-Pick a shadow page and an entry: a direct page computes the gfn, an indirect one reads `gfns[i]`.
-The default is entry 0 of the direct page.""",
+Pick a shadow page and an entry: a direct page computes the gfn, an indirect one reads its stored
+array (`get_gfn(i)` does either).
+The cell prints a static copy of entry 0 of the direct page (it does not follow the widget), then the live widget, which redraws on every move.""",
     ),
     (
         "code",
@@ -170,5 +186,14 @@ lesson.check_saving(saving, answer)""",
 ]
 
 
+RECAP = """
+A direct shadow page shadows no guest table: its sptes map a contiguous run of guest frames,
+so `get_gfn(i)` computes `gfn + (i << ((level - 1) * 9))`. Only the direct-map and fetch paths
+write its sptes, and always with that gfn, so nothing needs storing; since 2010 only indirect
+pages carry a `gfns` array.
+"""
+
 if __name__ == "__main__":
-    Lesson(NAME, CELLS).write()
+    lesson = Lesson(NAME, CELLS)
+    lesson.recap(RECAP)
+    lesson.write()

@@ -2,6 +2,7 @@
 
 Run ``python notebooks/build/build_05_write_protection.py``: it writes the executed notebook.
 """
+# ruff: noqa: E501  (markdown cell prose is wrapped by its own width, inside string literals)
 
 from lesson import Lesson
 
@@ -31,7 +32,7 @@ code("""
 from kvmmu.teaching import draw, ui
 from kvmmu.teaching.lessons import l05_write_protection as lesson
 from kvmmu.kvm.mmu import sptes_of_gfn
-from kvmmu.hw.x86 import Access, PAGE_SHIFT
+from kvmmu.hw.x86 import Access
 """)
 md("""
 ## A guest that can write its own page tables
@@ -55,7 +56,7 @@ map: from a gfn to every spte that maps it. Walk it for the leaf table's gfn: th
 that frame is the one the kernel's window uses, and it is read-only.
 """)
 code("""
-table_gfn = g.pt.entry(lesson.DATA_GVA, 2) >> PAGE_SHIFT & (1 << 40) - 1
+table_gfn = g.leaf_table_gfn()  # the PDE's address bits: the leaf table's frame
 shadows = [sp for sp in g.vm.mmu.pages_of(table_gfn)]
 print([sp.describe() for sp in shadows])
 for sp, index in sptes_of_gfn(g.vm.mmu, table_gfn):
@@ -98,7 +99,9 @@ An spte of a page directory points at another shadow page; KVM never refreshes i
 zaps it (`mmu_pde_zapped`). And a table that is written again and again, without the guest
 faulting through it in between, is probably no longer a page table (the guest reused the page):
 on the third such store KVM zaps the whole shadow page (`mmu_flooded`) and stops
-write-protecting it. `lesson.table_write_counters` runs a fresh guest for a given number of stores:
+write-protecting it. Only upper-level tables are watched for flooding: in today's kernel
+`detect_write_flooding` skips leaf (level-1) pages, which can go unsync instead (lesson 6), and
+`kvmmu` does the same. `lesson.table_write_counters` runs a fresh guest for a given number of stores:
 """)
 code("""
 lesson.table_write_counters(pte_writes=0, pde_writes=4)
@@ -115,7 +118,7 @@ write-protected it (`pf_fixed` counts the fault that made its mapping writable).
 
 The widget runs 200 user reads with PTE and PDE stores mixed in at the rates you pick. Every
 PTE store costs an exit while leaf tables are write-protected; tick *allow unsync* to let the
-leaf table go unsync (lesson 6) and watch `pf_emulate` collapse. The default state first:
+leaf table go unsync (lesson 6) and watch `pf_emulate` collapse. First a static copy of the default state (printed once: it does not follow the widget), then the live widget, which redraws on every move:
 """)
 code("""
 frame, fig = lesson.table_write_view(pte_rate=10, pde_rate=0, unsync=False)
@@ -138,7 +141,13 @@ code("""
 lesson.check_counters(p, {"pf_emulate": 0, "mmu_pte_write": 0, "mmu_pte_updated": 0,
                      "mmu_pde_zapped": 0, "mmu_flooded": 0})
 """)
-md("Now yours. Replace the zeros with your prediction and run the check:")
+md(
+    "Now yours, from a new seed (put your student number in its place). Read the problem, then replace the zeros with your prediction and run the check:"
+)
+code("""
+p = lesson.counters_problem(seed=2024)
+p
+""")
 code("""
 answer = {"pf_emulate": 0, "mmu_pte_write": 0, "mmu_pte_updated": 0,
           "mmu_pde_zapped": 0, "mmu_flooded": 0}  # your answer
@@ -148,6 +157,14 @@ md("""
 Going further: with `lesson.table_write_workload(pte_rate, pde_rate, unsync=True)`, why does
 `pf_fixed` grow with the PTE rate while `pf_emulate` falls? (Hint: what must happen after
 an INVLPG of a page whose gfn changed?)
+""")
+
+lesson.recap("""
+Every guest table page KVM shadows is write-protected: a guest store to it exits, is
+emulated (`pf_emulate`), and updates or zaps the sptes built from it (`mmu_pte_write`,
+`mmu_pte_updated`, `mmu_pde_zapped`). An upper-level table written again and again without being
+used is zapped whole (`mmu_flooded`); leaf tables are exempt in today's kernel, because they can
+go unsync instead.
 """)
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Build and execute notebooks/06_unsync.ipynb: ``python notebooks/build/build_06_unsync.py``."""
+# ruff: noqa: E501  (markdown cell prose is wrapped by its own width, inside string literals)
 
 from lesson import Lesson
 
@@ -93,7 +94,7 @@ md("""
 Press the buttons in any order. The table shows, after each action, what the access returned,
 the frame in the guest PTE, the frame the spte maps (through `get_gfn`), the frame in the TLB,
 and the unsync flag. Try: *edit, access, access*; then *edit, invlpg*; then *edit, edit, cr3*.
-The default state, with the sequence `edit, access`:
+First a static copy of the default state, with the sequence `edit, access` (printed once: it does not follow the widget), then the live widget:
 """)
 code("""
 display(lesson.sync_view(["edit", "access"]))
@@ -114,6 +115,9 @@ lesson.check_sync(p, [lesson.SYNC_FRAMES[0]] * p.actions.count("access"))
 md("Your seed, your answer (one gpa per access, in order):")
 code("""
 p = lesson.sync_problem(seed=2024)
+p
+""")
+code("""
 answer = [0x0] * p.actions.count("access")  # your answer
 lesson.check_sync(p, answer)
 """)
@@ -121,6 +125,13 @@ md("""
 To think about: a guest that relies on a *global* translation surviving a CR3 load (CR4.PGE)
 would see it survive on real hardware but not under KVM's shadow paging, which never sets G in
 sptes. Why is that still correct x86 behaviour? (See the `kvmmu.kvm.vcpu` module docstring.)
+""")
+
+lesson.recap("""
+A leaf shadow page may go unsync: the guest writes its table without exits, and KVM syncs the
+page's sptes only where x86 lets a stale translation be used no longer: an INVLPG syncs that
+gva's spte, a CR3 load every unsync page under the root. Until then the guest may see the old
+translation, as it could on real hardware with a stale TLB entry.
 """)
 
 if __name__ == "__main__":

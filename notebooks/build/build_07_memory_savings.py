@@ -2,6 +2,7 @@
 
 Run ``python notebooks/build/build_07_memory_savings.py``; it writes the notebook with its outputs.
 """
+# ruff: noqa: E501  (markdown cell prose is wrapped by its own width, inside string literals)
 
 from lesson import Lesson
 
@@ -98,7 +99,7 @@ shadow pages per GiB of guest in 2010 and half that after the seed.
 
 ## Play: size, mode, page size
 
-The widget prices one guest (batch path, formula checked in the first line). The default state:
+The widget prices one guest (batch path, formula checked in the first line). First a static copy of the default state (printed once: it does not follow the widget), then the live widget, which redraws on every move:
 """)
 code("""
 text, table, fig = lesson.savings_view(4, "TDP", "4 KiB")
@@ -119,10 +120,20 @@ p
 code("""
 lesson.check_saving(p, 16 * 4096)
 """)
+md("Now yours (put your student number in place of the seed):")
 code("""
 p = lesson.saving_problem(seed=1234)
+p
+""")
+code("""
 answer = 0  # your answer, in bytes
 lesson.check_saving(p, answer)
+""")
+
+lesson.recap("""
+The 2010 change drops the 4 KiB `gfns` array of every direct shadow page. Under TDP every
+shadow page is direct, so it saves about half of the shadow-page memory, growing linearly with
+the guest; shadow paging with 4 KiB guest pages has no direct pages and saves nothing.
 """)
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Run ``python notebooks/build/build_08_tdp_vs_shadow.py``; it writes the notebook with its outputs.
 """
+# ruff: noqa: E501  (markdown cell prose is wrapped by its own width, inside string literals)
 
 from lesson import Lesson
 
@@ -72,7 +73,11 @@ ui.show_figure(lesson.pte_exit_figure(exits))
 md("""
 Without unsync every PTE store is an emulated exit (lesson 5). Unsync pages remove those, but
 the guest's INVLPGs still exit so KVM can sync (lesson 6). Under TDP the guest edits its tables
-and flushes its TLB without KVM ever knowing.
+and flushes its TLB without KVM ever knowing: TDP has no exits on PTE stores and no INVLPG
+exits. The TDP bars that grow with the rate are **other exits**, faults on ordinary data
+accesses: each re-pointed PTE sends the guest to a frame it has not touched yet, and the first
+touch of a gpa is an EPT violation that KVM must map, in both modes (with unsync pages, shadow
+paging also refaults where a sync dropped a stale spte). All bars share one absolute scale.
 
 ## Memory
 
@@ -93,11 +98,11 @@ every process (one set of shadow tables per address space), which TDP does not.
 
 ## Play: which mode wins?
 
-The cost model, stated openly (`lesson.mode_costs`): per million guest instructions, a TLB miss costs
-its walk references times 20 cycles (4 references under shadow paging, 24 under 4-on-4 TDP);
+The cost model, stated openly (`lesson.mode_costs`): per million guest instructions, a TLB miss
+costs its walk references times 20 cycles (4 references under shadow paging, 24 under 4-on-4 TDP);
 under shadow paging every page-table store and every CR3 load is a VM exit of 2500 cycles;
 under TDP neither exits. First-touch faults exit in both modes and are left out. These are round
-numbers for teaching, not measurements of a CPU. The default state:
+numbers for teaching, not measurements of a CPU. First a static copy of the default state (printed once: it does not follow the widget), then the live widget, which redraws on every move:
 """)
 code("""
 text, table, fig = lesson.mode_view(2000, 20, 10)
@@ -110,7 +115,13 @@ md("""
 The break-even point follows from the model: TDP's extra 20 references per TLB miss cost
 400 cycles, so TDP wins when `400 * tlb_misses < 2500 * (pt_writes + cr3_loads)`, that is when
 the workload makes more than about one page-table store or CR3 load per 6 TLB misses. Move the
-sliders to find it.
+sliders to find it; the axis keeps one scale, so a bar's length is its absolute cost.
+
+A caveat about the model: it charges every TDP miss the full 24 references. Real CPUs keep
+paging-structure caches (and TLB entries for the guest's and the TDP tables' upper levels) and
+KVM backs guests with large TDP pages, so most two-dimensional walks cost a few references.
+That is why TDP usually wins in practice, and why KVM uses it whenever the CPU has EPT or NPT,
+although this default model often says shadow paging is cheaper.
 
 ## Exercises
 """)
@@ -121,10 +132,21 @@ p
 code("""
 lesson.check_mode(p, "shadow")
 """)
+md("Now yours (put your student number in place of the seed):")
 code("""
 p = lesson.mode_problem(seed=99)
+p
+""")
+code("""
 answer = ""  # your answer: "tdp" or "shadow"
 lesson.check_mode(p, answer)
+""")
+
+lesson.recap("""
+TDP makes a TLB miss dearer, `(n + 1)(m + 1) - 1` references instead of `n`, and takes away
+the exits that guest page-table writes and CR3 loads cost under shadow paging. Which wins depends
+on the workload's mix, and on the paging-structure caches of real CPUs, which make most TDP walks
+far cheaper than the model's worst case.
 """)
 
 if __name__ == "__main__":

@@ -5,8 +5,7 @@
 
 Each ``build_NN_*.py`` writes ``notebooks/NN_*.ipynb`` with its outputs (see ``lesson.py``).
 Run this after any change to ``kvmmu`` that moves a number a notebook prints: nbval compares the
-stored outputs with what the code produces. ``00_welcome.ipynb`` has no build script; it is
-re-executed in place.
+stored outputs with what the code produces.
 """
 
 from __future__ import annotations
@@ -14,9 +13,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-
-import nbformat
-from lesson import NOTEBOOKS, execute
 
 BUILD = Path(__file__).resolve().parent
 
@@ -26,11 +22,6 @@ def main(selected: list[str]) -> None:
         if not selected or script.name.split("_")[1] in selected:
             print(f"building {script.name}", flush=True)
             subprocess.run([sys.executable, str(script)], check=True)
-    welcome = NOTEBOOKS / "00_welcome.ipynb"
-    if not selected or "00" in selected:
-        nb = nbformat.read(welcome, as_version=4)
-        execute(nb)
-        nbformat.write(nb, welcome)
 
 
 if __name__ == "__main__":

@@ -42,17 +42,45 @@ class Lesson:
         """Add a code cell."""
         self.cells.append(nbformat.v4.new_code_cell(text.strip()))
 
+    def recap(self, text: str) -> None:
+        """End the lesson: a recap of ``text`` and links to the previous and next notebooks."""
+        names = sorted({p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")} | {self.name})
+        here = names.index(Path(self.name).name) if Path(self.name).name in names else -1
+        links = []
+        if here > 0:
+            links.append(f"Previous: [{_title(names[here - 1])}]({names[here - 1]})")
+        if 0 <= here < len(names) - 1:
+            links.append(f"Next: [{_title(names[here + 1])}]({names[here + 1]})")
+        self.md("## Recap\n\n" + text.strip() + "\n\n" + " · ".join(links))
+
+    def raw(self, text: str) -> None:
+        """Add a raw cell (otter-grader's markers in a master notebook)."""
+        self.cells.append(nbformat.v4.new_raw_cell(text.strip()))
+
     def write(self, *, run: bool = True) -> Path:
         """Write ``notebooks/<name>``, executed unless ``run`` is false."""
         nb = nbformat.v4.new_notebook()
         nb.cells = self.cells
-        stem = Path(self.name).stem.split("_")[0]
-        for number, cell in enumerate(nb.cells):
-            cell.id = f"c{stem}-{number:03d}"  # stable ids keep a rebuild's diff to what changed
-        nb.metadata["kernelspec"] = dict(KERNELSPEC)
-        nb.metadata["language_info"] = {"name": "python"}
-        if run:
-            execute(nb)
-        path = NOTEBOOKS / self.name
-        nbformat.write(nb, path)
-        return path
+        return write_notebook(nb, self.name, run=run)
+
+
+def _title(name: str) -> str:
+    """``"05_write_protection.ipynb"`` -> ``"lesson 5, write protection"``."""
+    number, _, topic = Path(name).stem.partition("_")
+    return f"lesson {int(number)}, {topic.replace('_', ' ')}"
+
+
+def write_notebook(nb: nbformat.NotebookNode, name: str, *, run: bool = True) -> Path:
+    """Give ``nb`` stable cell ids and kernel metadata, execute it unless ``run`` is false, and
+    write it to ``notebooks/<name>``."""
+    stem = Path(name).stem.split("_")[0]
+    for number, cell in enumerate(nb.cells):
+        cell.id = f"c{stem}-{number:03d}"  # stable ids keep a rebuild's diff to what changed
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata["language_info"] = {"name": "python"}
+    if run:
+        execute(nb)
+    path = NOTEBOOKS / name
+    path.parent.mkdir(exist_ok=True)
+    nbformat.write(nb, path)
+    return path

@@ -20,3 +20,13 @@ def test_tidy_trace_keeps_event_names_and_formats_gfns_in_hex() -> None:
 def test_vm_is_not_needed_for_role_frame_of_a_page_list() -> None:
     vm = Vm(4 << 20)
     assert draw.role_frame(vm).empty
+
+
+def test_size_text_picks_the_unit() -> None:
+    assert [draw.size_text(n) for n in (0, 512, 12288, 9 << 19, 2 << 30)] == [
+        "0 B",
+        "512 B",
+        "12.0 KiB",
+        "4.50 MiB",
+        "2.00 GiB",
+    ]

@@ -69,14 +69,31 @@ def test_paging_off_under_shadow_paging_maps_with_direct_pages() -> None:
 def test_role_widget_shows_the_pages_of_the_chosen_setup() -> None:
     widget = lesson.make_role_widget()
     mode, wp, tdp, large, huge = controls(widget)
-    assert shown(widget) == [repr(lesson.setup_shadow_pages("4-level"))]
+    text, frame = lesson.role_setup_view("4-level")
+    assert shown(widget) == [text + "\n", repr(frame)]
+    assert "changed" not in frame.columns
     mode.value = "32-bit"
     large.value = True
     huge.value = False
     wp.value = False
-    assert shown(widget) == [repr(lesson.setup_shadow_pages("32-bit", False, False, True, False))]
+    assert "changed" in shown(widget)[1] and "since the last setup" in shown(widget)[0]
+    before = lesson.setup_shadow_pages("32-bit", False, False, True, False)
     tdp.value = True
-    assert shown(widget) == [repr(lesson.setup_shadow_pages("32-bit", False, True, True, False))]
+    text, frame = lesson.role_setup_view("32-bit", False, True, True, False, before)
+    assert shown(widget) == [text + "\n", repr(frame)]
+    assert (frame["changed"] == "new").all()  # TDP pages are all direct: none existed before
+
+
+def test_role_view_names_controls_without_effect_and_marks_changes() -> None:
+    text, _ = lesson.role_setup_view("4-level", tdp=True)
+    assert "guest large pages" in text.split("no effect in this setup: ")[1]
+    text, _ = lesson.role_setup_view("4-level", tdp=False, host_huge_pages=False)
+    assert "guest large pages" not in text
+    before = lesson.setup_shadow_pages("4-level")
+    text, frame = lesson.role_setup_view("4-level", cr0_wp=False, previous=before)
+    assert set(frame["changed"]) == {"new"} and f"{len(frame)} new, {len(before)} gone" in text
+    text, frame = lesson.role_setup_view("4-level", previous=before)
+    assert set(frame["changed"]) == {""} and "0 new, 0 gone" in text
 
 
 def test_capture_census_counts_real_shadow_pages() -> None:

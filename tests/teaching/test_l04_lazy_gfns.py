@@ -20,6 +20,11 @@ def test_gfn_table_and_lookup_agree_with_get_gfn() -> None:
     assert f"= {direct.gfn + 5:#x}; nothing stored" in text
     indirect = next(sp for sp in vm.mmu.active if not sp.direct and sp.level == 1)
     index = int(indirect.present_indices()[0])
+    assert table.loc[5, "note"] == "computed: no array needed"
+    notes = lesson.gfn_table(indirect)
+    formula_wrong = notes["gfn + (i << 9*(level-1))"] != notes["stored gfns[i]"]
+    assert formula_wrong.any()
+    assert (notes.loc[formula_wrong, "note"] == "stored: the formula is not this page's rule").all()
     assert f"gfns[{index}] = {indirect.get_gfn(index):#x}" in lesson.gfn_lookup(
         vm, indirect.serial, index
     )

@@ -50,7 +50,7 @@ def test_counters_match_the_mmu_and_hint_names_the_counter() -> None:
     msg = lesson.check_counters(p, {**right, "mmu_flooded": 0}).message
     assert msg.startswith("1 counter(s) wrong") and "third time" in msg
     msg = lesson.check_counters(p, {**right, "mmu_pte_updated": 99}).message
-    assert "not zero" in msg
+    assert "write a present entry" in msg
     assert "missing: mmu_pte_write," in lesson.check_counters(p, {"pf_emulate": 1}).message
 
 
@@ -59,3 +59,22 @@ def test_unsync_removes_the_pte_store_exits() -> None:
     unsync = lesson.table_write_workload(20, unsync=True)
     assert wp["pf_emulate"] == 40 and wp["mmu_pte_updated"] == 40
     assert unsync["pf_emulate"] == 0 and unsync["mmu_unsync"] == 1
+
+
+def test_pte_updated_hint_follows_the_kind_of_store() -> None:
+    seen = set()
+    for seed in range(40):
+        p = lesson.counters_problem(seed)
+        wrong = dict(p._counters)
+        wrong["mmu_pte_updated"] += 1
+        message = lesson.check_counters(p, wrong).message
+        assert ("write zero" in message) == p.clear
+        assert ("write a present entry" in message) == (not p.clear)
+        seen.add(p.clear)
+    assert seen == {True, False}
+
+
+def test_leaf_table_gfn_is_the_frame_the_pde_points_at() -> None:
+    g = lesson.table_writer()
+    sps = g.vm.mmu.pages_of(g.leaf_table_gfn())
+    assert [sp.level for sp in sps] == [1]

@@ -33,4 +33,13 @@ def test_savings_widget_prices_the_chosen_guest() -> None:
     mode.value = "shadow"
     text, table, _ = lesson.savings_view(4, "shadow", "4 KiB")
     assert shown(widget)[0] == text + "\n"
-    assert table.loc["2010 seed", "saved vs pre-2010 (MiB)"] == 0  # no direct pages to save on
+    assert table.loc["2010 seed", "saved vs pre-2010"] == "0 B"  # no direct pages to save on
+
+
+def test_small_savings_print_in_kib_and_today_is_drawn_dashed() -> None:
+    _, table, _ = lesson.savings_view(1, "shadow", "2 MiB")
+    assert not any(str(v).startswith("0.0") for v in table["saved vs pre-2010"])
+    sizes = X.savings_by_size("tdp-4k")
+    lines = {line.get_label(): line for line in lesson.savings_figure(sizes).axes[0].get_lines()}
+    today = next(line for label, line in lines.items() if label.startswith("today"))
+    assert today.get_linestyle() == "--" and lines["2010 seed"].get_linestyle() == "-"

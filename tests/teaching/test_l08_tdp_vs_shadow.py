@@ -16,7 +16,12 @@ def test_lesson_8_figures_have_labelled_axes() -> None:
     assert ax.get_xlabel() == "memory references per TLB miss"
     exits = X.pte_write_exits((0.0, 0.2), ops=60)
     ax = lesson.pte_exit_figure(exits).axes[0]
-    assert len(ax.lines) == 3 and ax.get_ylabel() == "exits per 1000 operations"
+    assert len(ax.patches) == 3 * len(exits) and ax.get_xlabel() == "exits per 1000 operations"
+    names = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert names == list(lesson.EXIT_CAUSES.values()) and names[2].startswith("other")
+    # TDP's bars are its other exits alone, at their absolute size
+    tdp = exits.xs("TDP", level="paging")
+    assert (tdp["exits on pte writes"] == 0).all() and (tdp["other exits"] > 0).any()
 
 
 def test_mode_view_rejects_bad_input() -> None:
@@ -57,3 +62,9 @@ def test_mode_costs_and_problem() -> None:
     assert "no answer yet" in lesson.check_mode(p, "").message
     with pytest.raises(KvmmuError):
         lesson.check_mode(p, "ept")
+
+
+def test_mode_view_keeps_one_absolute_scale() -> None:
+    small = lesson.mode_view(100, 0, 0)[2].axes[0].get_xlim()
+    large = lesson.mode_view(20000, 500, 200)[2].axes[0].get_xlim()
+    assert small == large == (0.0, lesson.MODE_SCALE_KCYCLES)

@@ -33,13 +33,16 @@ from kvmmu.teaching.ui import wire
 __all__ = [
     "ROLE_FIELDS",
     "ROLE_MEANINGS",
+    "SETUP_CONTROLS",
     "RoleProblem",
     "capture_shadow_census",
     "check_role",
     "make_role_widget",
+    "role_field_right",
     "role_layout_table",
     "role_problem",
     "role_scenario",
+    "role_setup_view",
     "setup_shadow_pages",
 ]
 
@@ -186,6 +189,46 @@ def setup_shadow_pages(
     return role_frame(vm)
 
 
+SETUP_CONTROLS = ("CR0.WP", "TDP", "guest large pages", "host huge pages")
+"""The yes/no controls of :func:`make_role_widget`, in the order of :func:`setup_shadow_pages`."""
+
+
+def role_setup_view(
+    mode: str | PagingMode = PagingMode.LEVEL4,
+    cr0_wp: bool = True,
+    tdp: bool = False,
+    large_guest_pages: bool = False,
+    host_huge_pages: bool = True,
+    previous: pd.DataFrame | None = None,
+) -> tuple[str, pd.DataFrame]:
+    """The role widget's view: :func:`setup_shadow_pages` with a ``changed`` column (``new``
+    for a page, by gfn and role word, that ``previous`` did not have) and a line naming the
+    controls that would change nothing in this setup (guest large pages under TDP, say): each
+    is toggled and the pages compared. No kernel counterpart.
+    """
+    flags = [cr0_wp, tdp, large_guest_pages, host_huge_pages]
+    pages = setup_shadow_pages(mode, *flags)
+    idle = []
+    for n, name in enumerate(SETUP_CONTROLS):
+        toggled = [not f if k == n else f for k, f in enumerate(flags)]
+        if setup_shadow_pages(mode, *toggled).equals(pages):
+            idle.append(name)
+    text = (
+        "no effect in this setup: " + ", ".join(idle)
+        if idle
+        else "every control changes the shadow pages here"
+    )
+    frame = pages.copy()
+    if previous is not None:
+        before = set(zip(previous["gfn"], previous["word"], strict=True))
+        frame["changed"] = [
+            "" if key in before else "new" for key in zip(frame["gfn"], frame["word"], strict=True)
+        ]
+        gone = len(before - set(zip(frame["gfn"], frame["word"], strict=True)))
+        text += f"\nsince the last setup: {(frame['changed'] == 'new').sum()} new, {gone} gone"
+    return text, frame
+
+
 def make_role_widget(
     mode: str = "4-level",
     cr0_wp: bool = True,
@@ -195,8 +238,9 @@ def make_role_widget(
 ) -> Any:
     """Change the guest's setup and see which shadow pages exist, with their roles.
 
-    Shows :func:`setup_shadow_pages`. Controls, in order: mode (Dropdown), CR0.WP, TDP,
-    guest large pages, host huge pages (Checkboxes).
+    Shows :func:`role_setup_view`: the pages, which controls have no effect, and from the
+    first change on what changed. Controls, in order: mode (Dropdown), CR0.WP, TDP, guest large
+    pages, host huge pages (Checkboxes).
 
     No kernel counterpart: a widget over :func:`setup_shadow_pages`.
     """
@@ -209,10 +253,17 @@ def make_role_widget(
     use_tdp = widgets.Checkbox(value=tdp, description="TDP")
     large = widgets.Checkbox(value=large_guest_pages, description="guest large pages")
     huge = widgets.Checkbox(value=host_huge_pages, description="host huge pages")
-    return wire(
-        [modes, wp, use_tdp, large, huge],
-        lambda: setup_shadow_pages(modes.value, wp.value, use_tdp.value, large.value, huge.value),
-    )
+    shown: list[pd.DataFrame] = []  # the setup on screen, to mark what the next one changes
+
+    def view() -> tuple[str, pd.DataFrame]:
+        previous = shown[-1] if shown else None
+        text, frame = role_setup_view(
+            modes.value, wp.value, use_tdp.value, large.value, huge.value, previous
+        )
+        shown[:] = [frame]
+        return text, frame
+
+    return wire([modes, wp, use_tdp, large, huge], view)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -377,6 +428,21 @@ def _parse_acc(value: object) -> int:
     return parse_int("access", value) & int(Acc.ALL)
 
 
+def role_field_right(problem: RoleProblem, name: str, given: object) -> bool:
+    """Whether ``given`` is the value of role field ``name`` (one of :data:`ROLE_FIELDS`) of
+    the problem's page; a grader's partial credit per field. A value of the wrong shape raises
+    :class:`ExerciseError`. No kernel counterpart.
+    """
+    if name not in ROLE_FIELDS:
+        raise ExerciseError(f"unknown role field {name!r}; the fields are {list(ROLE_FIELDS)}")
+    role = problem._role
+    if name == "access":
+        return _parse_acc(given) == role.access
+    if name in ("level", "quadrant"):
+        return parse_int(name, given) == int(getattr(role, name))
+    return bool(given) == bool(getattr(role, name))
+
+
 def check_role(problem: RoleProblem, answer: Mapping[str, object]) -> Check:
     """Check a predicted ``kvm_mmu_page_role``: the hint names the first wrong field and the
     rule behind it, never its value."""
@@ -385,19 +451,8 @@ def check_role(problem: RoleProblem, answer: Mapping[str, object]) -> Check:
     missing = [f for f in ROLE_FIELDS if f not in answer]
     if missing:
         return fail("give every field; missing: " + ", ".join(missing))
-    role = problem._role
-    wrong = []
-    for name in ROLE_FIELDS:
-        given = answer[name]
-        if name == "access":
-            same = _parse_acc(given) == role.access
-        elif name in ("level", "quadrant"):
-            same = parse_int(name, given) == getattr(role, name)
-        else:
-            same = bool(given) == bool(getattr(role, name))
-        if not same:
-            wrong.append(name)
+    wrong = [name for name in ROLE_FIELDS if not role_field_right(problem, name, answer[name])]
     if not wrong:
-        return ok(f"the page's role is {role.describe()}.")
+        return ok(f"the page's role is {problem._role.describe()}.")
     hint = _ROLE_HINTS[wrong[0]].format(root=problem._root_level)
     return fail(f"{len(wrong)} field(s) wrong. First, {hint}")

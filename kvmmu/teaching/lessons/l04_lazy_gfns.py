@@ -84,6 +84,15 @@ def _page_by_serial(vm: Vm, serial: int) -> MmuPage:
 # ------------------------------------------------------------------------------------------------
 
 
+def _gfn_note(sp: MmuPage, index: int, computed: int) -> str:
+    """Why the formula column is right (a direct page) or not (an indirect one)."""
+    if sp.direct:
+        return "computed: no array needed"
+    if computed == sp.get_gfn(index):
+        return "stored; the formula agrees by chance"
+    return "stored: the formula is not this page's rule"
+
+
 def gfn_table(sp: MmuPage, indices: list[int] | None = None) -> pd.DataFrame:
     """For some entries of one shadow page: the gfn computed, the gfn stored, and the spte.
 
@@ -106,6 +115,7 @@ def gfn_table(sp: MmuPage, indices: list[int] | None = None) -> pd.DataFrame:
                 "get_gfn": f"{sp.get_gfn(index):#x}",
                 "gfn + (i << 9*(level-1))": f"{computed:#x}",
                 "stored gfns[i]": "(no array)" if sp.direct else f"{sp.get_gfn(index):#x}",
+                "note": _gfn_note(sp, index, computed),
             }
         )
     return pd.DataFrame(rows).set_index("index")
@@ -328,7 +338,7 @@ def check_gfn(problem: GfnProblem, answer: int | str) -> Check:
                 f"off by one level: you shifted the index by {shift} bits; a level-{sp.level} "
                 "spte covers 512**(level-1) frames"
             )
-    return fail("gfns[i] = gfn + (i << ((level - 1) * 9)): recompute with this page's values")
+    return fail("get_gfn(i) = gfn + (i << ((level - 1) * 9)): recompute with this page's values")
 
 
 # ------------------------------------------------------------------------------------------------

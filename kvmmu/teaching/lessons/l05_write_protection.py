@@ -39,6 +39,7 @@ __all__ = [
     "CountersProblem",
     "TableWriter",
     "check_counters",
+    "counter_right",
     "counters_problem",
     "make_table_write_widget",
     "table_write_counters",
@@ -112,6 +113,11 @@ class TableWriter:
         """
         slot = PDE_WINDOW + 8 * (PDE_SCRATCH_INDEX + k % 100)
         self.vcpu.write(slot, (0x200_0000 + k * 0x1000) | PWUA, 8)
+
+    def leaf_table_gfn(self) -> int:
+        """The gfn of the guest page table that maps the data pages: the address bits of their
+        PDE (``gpte_to_gfn``), not a bit field a reader has to decode."""
+        return (self.pt.entry(DATA_GVA, 2) & ENTRY_ADDR) >> PAGE_SHIFT
 
     def counters(self) -> pd.Series:
         """The counters this lesson is about (a selection of ``MmuStats``)."""
@@ -248,9 +254,13 @@ _WP_HINTS = {
         "mmu_pte_write: counted once per emulated store that lands in a table some shadow "
         "page still shadows (kvm_mmu_track_write)"
     ),
-    "mmu_pte_updated": (
-        "mmu_pte_updated: the MMU tries to refresh a leaf spte in place whenever the new guest "
-        "PTE is not zero; a store of zero (an unmap) only drops the spte"
+    "mmu_pte_updated clear": (
+        "mmu_pte_updated: these PTE stores write zero (an unmap), and a zero PTE is never "
+        "refreshed in place: the MMU only drops the spte"
+    ),
+    "mmu_pte_updated present": (
+        "mmu_pte_updated: these PTE stores write a present entry, and the MMU refreshes the "
+        "leaf spte that shadows it in place, once per store, while its table is still shadowed"
     ),
     "mmu_pde_zapped": (
         "mmu_pde_zapped: an upper-level spte is never refreshed in place: each non-zero store "
@@ -297,6 +307,15 @@ def counters_problem(seed: int | str) -> CountersProblem:
     return CountersProblem(seed, text, pte_writes, pde_writes, clear, counters)
 
 
+def counter_right(problem: CountersProblem, name: str, given: object) -> bool:
+    """Whether ``given`` is counter ``name`` (one of :data:`WP_FIELDS`) after the problem's run;
+    a grader's partial credit per counter. No kernel counterpart.
+    """
+    if name not in WP_FIELDS:
+        raise ExerciseError(f"unknown counter {name!r}; the counters are {list(WP_FIELDS)}")
+    return parse_int(name, given) == problem._counters[name]
+
+
 def check_counters(problem: CountersProblem, answer: Mapping[str, object]) -> Check:
     """Check predicted write-protection counters; the hint explains the first wrong one.
 
@@ -307,7 +326,10 @@ def check_counters(problem: CountersProblem, answer: Mapping[str, object]) -> Ch
     missing = [f for f in WP_FIELDS if f not in answer]
     if missing:
         return fail("give every counter; missing: " + ", ".join(missing))
-    wrong = [f for f in WP_FIELDS if parse_int(f, answer[f]) != problem._counters[f]]
+    wrong = [f for f in WP_FIELDS if not counter_right(problem, f, answer[f])]
     if not wrong:
         return ok("those are the MMU's counters for this run.")
-    return fail(f"{len(wrong)} counter(s) wrong. First, {_WP_HINTS[wrong[0]]}")
+    first = wrong[0]
+    if first == "mmu_pte_updated":  # the hint follows the kind of store the problem made
+        first += " clear" if problem.clear else " present"
+    return fail(f"{len(wrong)} counter(s) wrong. First, {_WP_HINTS[first]}")

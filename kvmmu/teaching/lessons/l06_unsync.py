@@ -32,6 +32,7 @@ __all__ = [
     "SyncProblem",
     "check_sync",
     "make_sync_widget",
+    "sync_accesses_right",
     "sync_problem",
     "sync_run",
     "sync_view",
@@ -196,6 +197,19 @@ def sync_problem(seed: int | str) -> SyncProblem:
         "Give the gpa each access returns, in order, as a list."
     )
     return SyncProblem(seed, text, tuple(actions), table)
+
+
+def sync_accesses_right(problem: SyncProblem, answer: Sequence[object]) -> list[bool]:
+    """For each access of the problem, whether ``answer`` (a list of gpas, one per access) has
+    the gpa it returns; a grader's partial credit per access (a missing gpa is wrong). No kernel
+    counterpart.
+    """
+    if isinstance(answer, str) or not isinstance(answer, Sequence):
+        raise ExerciseError("give a list of gpas, one per 'access'")
+    table = problem._table
+    right = [int(str(v), 16) for v in table[table["action"] == "access"]["access returns"]]
+    given = [parse_int(f"access {n}", v) for n, v in enumerate(answer[: len(right)], 1)]
+    return [n < len(given) and given[n] == r for n, r in enumerate(right)]
 
 
 def check_sync(problem: SyncProblem, answer: Sequence[object]) -> Check:

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from kvmmu.errors import ModeError
-from kvmmu.teaching.draw import DPI, FAULT, MIB_F, SHADOW, TABLE, bar_axes, legend
+from kvmmu.teaching.draw import DPI, FAULT, MIB_F, SHADOW, TABLE, bar_axes, legend, size_text
 from kvmmu.teaching.experiments import GIB, batch_summary, expected_pages
 from kvmmu.teaching.lessons.l04_lazy_gfns import SavingProblem, check_saving, saving_problem
 from kvmmu.teaching.ui import wire
@@ -51,9 +51,21 @@ def savings_figure(frame: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(7.0, 3.6), dpi=DPI)
     ax = bar_axes(fig)
     sizes = frame.index.to_numpy(dtype=float)
+    # "today" equals "2010 seed" wherever nothing newer saves more: draw it dashed over a wider
+    # solid line, so both stay visible, and say so in the legend
+    same = frame["today bytes"].equals(frame["2010 seed bytes"])
     for era, colour in ERA_COLOURS.items():
         mib = frame[f"{era} bytes"].to_numpy(dtype=float) / (1 << 20)
-        ax.plot(sizes, mib, marker="o", color=colour, label=era)
+        dashed = era == "today"
+        ax.plot(
+            sizes,
+            mib,
+            marker="x" if dashed else "o",
+            color=colour,
+            linestyle="--" if dashed else "-",
+            linewidth=1.5 if dashed else 3.5 if era == "2010 seed" else 2.0,
+            label="today (= 2010 seed)" if dashed and same else era,
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.set_xlabel("guest memory (GiB)")
@@ -90,9 +102,9 @@ def savings_view(
     table = pd.DataFrame(
         {
             "shadow pages": raw["pages"],
-            "gfns (MiB)": (raw["gfns bytes"] / MIB_F).round(2),
-            "total (MiB)": (raw["total bytes"] / MIB_F).round(2),
-            "saved vs pre-2010 (MiB)": (raw["saved vs pre-2010"] / MIB_F).round(2),
+            "gfns": raw["gfns bytes"].map(size_text),
+            "total": raw["total bytes"].map(size_text),
+            "saved vs pre-2010": raw["saved vs pre-2010"].map(size_text),
         }
     )
     n_direct, n_indirect = expected_pages(scenario, size_gib * GIB)
@@ -106,7 +118,7 @@ def savings_view(
     eras = list(table.index)
     ax.barh(
         eras[::-1],
-        table["total (MiB)"].to_numpy(dtype=float)[::-1],
+        (raw["total bytes"].to_numpy(dtype=float) / MIB_F)[::-1],
         color=[ERA_COLOURS[e] for e in eras[::-1]],
     )
     ax.set_xlabel("shadow-page memory (MiB)")

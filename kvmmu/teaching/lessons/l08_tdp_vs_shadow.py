@@ -58,20 +58,34 @@ def walk_cost_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
+EXIT_CAUSES = {
+    "exits on pte writes": "on PTE stores (write protection)",
+    "invlpg exits": "INVLPG intercepts",
+    "other exits": "other: faults on data accesses (first touch of a re-pointed frame)",
+}
+"""Columns of :func:`kvmmu.teaching.experiments.pte_write_exits` -> what the figure calls them."""
+
+
 def pte_exit_figure(frame: pd.DataFrame) -> Figure:
-    """Exits per 1000 operations against the PTE-write rate for each paging setup, from
-    :func:`kvmmu.teaching.experiments.pte_write_exits`. No kernel counterpart."""
-    fig = Figure(figsize=(7.0, 3.0), dpi=DPI)
+    """Exits per 1000 operations by cause, one stacked bar per paging setup and PTE-write rate,
+    from :func:`kvmmu.teaching.experiments.pte_write_exits`; one absolute scale for all bars, so
+    TDP's (other) exits show at their real size. No kernel counterpart."""
+    fig = Figure(figsize=(7.0, 4.2), dpi=DPI, layout="constrained")
     ax = bar_axes(fig)
-    colours = [SHADOW, FAULT, TABLE]
-    for colour, (name, part) in zip(
-        colours, frame.groupby(level="paging", sort=False), strict=False
-    ):
-        rates = part.index.get_level_values("rate").to_numpy(dtype=float)
-        ax.plot(rates, part["exits per 1000 ops"].to_numpy(), marker="o", color=colour, label=name)
-    ax.set_xlabel("share of operations that write a PTE")
-    ax.set_ylabel("exits per 1000 operations")
-    legend(ax)
+    rows = list(frame.index)[::-1]
+    labels = [f"{paging} · {rate:.0%}" for rate, paging in rows]
+    # exits per 1000 operations per exit counted (1000 / ops), 0 where a run had no exits
+    scale = (frame["exits per 1000 ops"] / frame[list(EXIT_CAUSES)].sum(axis=1)).fillna(0.0)
+    left = pd.Series(0.0, index=frame.index)
+    for colour, (column, name) in zip([FAULT, SHADOW, TABLE], EXIT_CAUSES.items(), strict=True):
+        width = (frame[column] * scale).astype(float)
+        ax.barh(
+            labels, width[rows].to_numpy(), left=left[rows].to_numpy(), color=colour, label=name
+        )
+        left += width
+    ax.set_xlabel("exits per 1000 operations")
+    ax.set_ylabel("paging · share of PTE stores")
+    legend(ax, loc="upper right")
     return fig
 
 
@@ -148,9 +162,17 @@ def mode_view(
     exits = costs["exit cycles"].to_numpy() / 1e3
     ax.barh(modes, walks, color=TABLE, label="page walks")
     ax.barh(modes, exits, left=walks, color=FAULT, label="VM exits")
-    ax.set_xlabel("thousand cycles per million guest instructions")
+    # one fixed scale, the widest the widget's sliders reach, so a move shows its absolute effect
+    ax.set_xlim(0, max(MODE_SCALE_KCYCLES, float((walks + exits).max())))
+    ax.set_xlabel("thousand cycles per million guest instructions (fixed scale)")
     legend(ax, loc="lower right")
     return text, costs.astype("int64"), fig
+
+
+MODE_LIMITS = (20000, 500, 200)
+"""The widget's slider maxima: TLB misses, page-table stores and CR3 loads per million."""
+MODE_SCALE_KCYCLES = float(mode_costs(*MODE_LIMITS)["total cycles"].max()) / 1e3
+"""The x-axis of :func:`mode_view`, in thousand cycles: the dearest mode at the sliders' ends."""
 
 
 def make_mode_widget(tlb_misses: int = 2000, pt_writes: int = 20, cr3_loads: int = 10) -> Any:
@@ -160,9 +182,12 @@ def make_mode_widget(tlb_misses: int = 2000, pt_writes: int = 20, cr3_loads: int
     (IntSliders).
     No kernel counterpart.
     """
-    tlb = widgets.IntSlider(value=tlb_misses, min=0, max=20000, step=100, description="TLB miss")
-    writes = widgets.IntSlider(value=pt_writes, min=0, max=500, step=5, description="PT stores")
-    cr3 = widgets.IntSlider(value=cr3_loads, min=0, max=200, step=1, description="CR3 loads")
+    top_tlb, top_writes, top_cr3 = MODE_LIMITS
+    tlb = widgets.IntSlider(value=tlb_misses, min=0, max=top_tlb, step=100, description="TLB miss")
+    writes = widgets.IntSlider(
+        value=pt_writes, min=0, max=top_writes, step=5, description="PT stores"
+    )
+    cr3 = widgets.IntSlider(value=cr3_loads, min=0, max=top_cr3, step=1, description="CR3 loads")
     return wire([tlb, writes, cr3], lambda: mode_view(tlb.value, writes.value, cr3.value))
 
 

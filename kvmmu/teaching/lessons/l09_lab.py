@@ -1,19 +1,21 @@
-"""Lesson 9, the lab: one seed, every exercise of lessons 1-8, one score table; the module of
-``notebooks/09_lab.ipynb``.
+"""Lesson 9, the lab: every exercise of lessons 1-8 for one student; the module of
+``notebooks/09_lab.ipynb``, the student's side.
 
-The lab generates nothing of its own: :data:`LAB` gathers each exercise's generator and checker
-from its lesson's module, with its points, and this module grades a student (:func:`check_lab`),
-a class (:func:`grade_lab`) and gives an instructor the key (:func:`lab_solutions`, OSTEP's
-``-c``). No kernel counterpart: this is the course's side.
+The lab generates nothing of its own: :data:`EXERCISES` gathers each exercise's generator and
+checker from its lesson's module. A student's problems come from a seed that is a hash of their
+student id (:func:`student_seed`), so nobody picks their own. This module hands the notebook only
+what a student may see: each problem's description (:func:`describe`, text regenerated from the
+seed, the problem object with its answer dropped) and each checker's hint (:func:`hint`). The
+grading side, with the key and the points, is :mod:`kvmmu.teaching.grading`. No kernel
+counterpart: this is the course's side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import pandas as pd
-
-from kvmmu.hw.walk import PageFault
 from kvmmu.teaching.lessons import l01_guest_page_tables as l01
 from kvmmu.teaching.lessons import l03_mmu_page_role as l03
 from kvmmu.teaching.lessons import l04_lazy_gfns as l04
@@ -22,108 +24,71 @@ from kvmmu.teaching.lessons import l06_unsync as l06
 from kvmmu.teaching.lessons import l08_tdp_vs_shadow as l08
 from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail
 
-__all__ = ["LAB", "check", "check_lab", "grade_lab", "lab_problems", "lab_solutions"]
+__all__ = ["EXERCISES", "NO_ANSWER", "Description", "describe", "hint", "student_seed"]
 
-LAB: dict[str, tuple[Callable[[int | str], Problem], Callable[..., Check], int]] = {
-    "walk": (l01.walk_problem, l01.check_walk, 2),
-    "role": (l03.role_problem, l03.check_role, 2),
-    "gfn": (l04.gfn_problem, l04.check_gfn, 1),
-    "saving": (l04.saving_problem, l04.check_saving, 1),
-    "fix": (l01.fix_problem, l01.check_fix, 2),
-    "counters": (l05.counters_problem, l05.check_counters, 2),
-    "sync": (l06.sync_problem, l06.check_sync, 2),
-    "mode": (l08.mode_problem, l08.check_mode, 1),
+EXERCISES: dict[str, tuple[Callable[[int | str], Problem], Callable[..., Check]]] = {
+    "walk": (l01.walk_problem, l01.check_walk),
+    "role": (l03.role_problem, l03.check_role),
+    "gfn": (l04.gfn_problem, l04.check_gfn),
+    "saving": (l04.saving_problem, l04.check_saving),
+    "fix": (l01.fix_problem, l01.check_fix),
+    "counters": (l05.counters_problem, l05.check_counters),
+    "sync": (l06.sync_problem, l06.check_sync),
+    "mode": (l08.mode_problem, l08.check_mode),
 }
-"""Exercise name -> (generator, checker, points), each from the lesson that teaches it."""
+"""Exercise name -> (generator, checker), each from the lesson that teaches it, in lab order."""
+
+NO_ANSWER = "no answer yet: replace the ... with yours"
+"""The hint for an answer the student has not given (``...``, ``None`` or missing)."""
 
 
-def lab_problems(seed: int | str) -> dict[str, Problem]:
-    """Every lab exercise for one student's seed, in lesson order. No kernel counterpart."""
-    return {name: gen(seed) for name, (gen, _, _) in LAB.items()}
+def student_seed(student_id: object) -> str:
+    """The seed of a student's lab: the first 16 hex digits of the SHA-256 of their id.
 
-
-def check(name: str, problem: Problem, answer: object) -> Check:
-    """Check one answer with the checker of lab exercise ``name`` (its lesson's checker).
-
-    A malformed answer raises that checker's :class:`ExerciseError`. No kernel counterpart.
+    Leading and trailing blanks and case are ignored, so ``" S123 "`` and ``"s123"`` get the
+    same lab. An id that is not a non-empty string raises :class:`ExerciseError`. No kernel
+    counterpart.
     """
-    if name not in LAB:
-        raise ExerciseError(f"unknown exercise {name!r}; the lab has {list(LAB)}")
-    return LAB[name][1](problem, answer)
-
-
-def check_lab(seed: int | str, answers: Mapping[str, object]) -> pd.DataFrame:
-    """Grade one student's answers: one row per exercise (``points``, ``max``, ``passed``,
-    ``message``). A missing answer scores 0; a malformed one scores 0 and says what shape is
-    expected. No kernel counterpart.
-    """
-    if not isinstance(answers, Mapping):
-        raise ExerciseError("answers must be a dict: exercise name -> answer")
-    unknown = sorted(set(answers) - set(LAB))
-    if unknown:
-        raise ExerciseError(f"unknown exercise(s) {unknown}; the lab has {list(LAB)}")
-    rows = []
-    for name, (gen, checker, points) in LAB.items():
-        if name not in answers or answers[name] is None:
-            verdict = fail("no answer")
-        else:
-            try:
-                verdict = checker(gen(seed), answers[name])
-            except ExerciseError as err:
-                verdict = fail(f"answer not understood: {err}")
-        rows.append(
-            {
-                "exercise": name,
-                "points": points if verdict.passed else 0,
-                "max": points,
-                "passed": verdict.passed,
-                "message": verdict.message,
-            }
+    if not isinstance(student_id, str) or not student_id.strip():
+        raise ExerciseError(
+            f'STUDENT_ID must be your student id as a string, e.g. "s1234567"; got {student_id!r}'
         )
-    return pd.DataFrame(rows).set_index("exercise")
+    digest = hashlib.sha256(student_id.strip().lower().encode()).hexdigest()
+    return digest[:16]
 
 
-def grade_lab(submissions: Mapping[int | str, Mapping[str, object]]) -> pd.DataFrame:
-    """Grade a class: student seed -> answers. One row per student, one column of points per
-    exercise and a ``total``. No kernel counterpart."""
-    if not isinstance(submissions, Mapping):
-        raise ExerciseError("submissions must be a dict: student seed -> answers dict")
-    rows = {}
-    for seed, answers in submissions.items():
-        table = check_lab(seed, answers)
-        rows[seed] = {**table["points"].to_dict(), "total": int(table["points"].sum())}
-    frame = pd.DataFrame.from_dict(rows, orient="index")
-    frame.index.name = "seed"
-    return frame
+@dataclass(frozen=True, slots=True, repr=False)
+class Description(Problem):
+    """What a student sees of one problem: its name and text, and nothing that holds the answer."""
+
+    name: str
+    text: str
 
 
-def lab_solutions(seed: int | str) -> dict[str, object]:
-    """The answers for one seed, for an instructor's key (OSTEP's ``-c``). No kernel counterpart."""
-    p = lab_problems(seed)
-    walk_p, role_p = p["walk"], p["role"]
-    assert isinstance(walk_p, l01.WalkProblem) and isinstance(role_p, l03.RoleProblem)
-    result = walk_p._result
-    walk_answer: object = (
-        f"fault {int(result.error_code):#x}" if isinstance(result, PageFault) else result.gpa
-    )
-    role = role_p._role
-    gfn_p, saving_p, fix_p = p["gfn"], p["saving"], p["fix"]
-    assert isinstance(gfn_p, l04.GfnProblem) and isinstance(saving_p, l04.SavingProblem)
-    assert isinstance(fix_p, l01.FixProblem)
-    counters_p, sync_p, mode_p = p["counters"], p["sync"], p["mode"]
-    assert isinstance(counters_p, l05.CountersProblem) and isinstance(sync_p, l06.SyncProblem)
-    assert isinstance(mode_p, l08.ModeProblem)
-    gfns = saving_p._table["gfns bytes"]
-    _, pt, _ = l01.fix_guest(seed)
-    level, value = l01.fix_answer(fix_p, pt)
-    accesses = sync_p._table[sync_p._table["action"] == "access"]["access returns"]
-    return {
-        "walk": walk_answer,
-        "role": {f: getattr(role, f) for f in l03.ROLE_FIELDS},
-        "gfn": gfn_p.page.get_gfn(gfn_p.index),
-        "saving": int(gfns["pre-2010"] - gfns["2010 seed"]),
-        "fix": (level, value),
-        "counters": dict(counters_p._counters),
-        "sync": [int(str(v), 16) for v in accesses],
-        "mode": l08.mode_winner(mode_p.tlb_misses, mode_p.pt_writes, mode_p.cr3_loads),
-    }
+def _exercise(name: str) -> tuple[Callable[[int | str], Problem], Callable[..., Check]]:
+    if name not in EXERCISES:
+        raise ExerciseError(f"unknown exercise {name!r}; the lab has {list(EXERCISES)}")
+    return EXERCISES[name]
+
+
+def describe(name: str, student_id: object) -> Description:
+    """The text of exercise ``name`` for ``student_id``; the problem object is not kept.
+
+    No kernel counterpart.
+    """
+    generator, _ = _exercise(name)
+    return Description(name, generator(student_seed(student_id)).text)
+
+
+def hint(name: str, student_id: object, answer: object) -> Check:
+    """The checker's verdict on ``answer`` to exercise ``name``: passed or not, and a hint that
+    never states the answer. A missing answer (``...`` or ``None``) and one of the wrong shape
+    are verdicts too, never exceptions. No kernel counterpart.
+    """
+    generator, checker = _exercise(name)
+    if answer is ... or answer is None:
+        return fail(NO_ANSWER)
+    try:
+        return checker(generator(student_seed(student_id)), answer)
+    except ExerciseError as err:
+        return fail(f"answer not understood: {err}")

@@ -465,6 +465,21 @@ class Mmu:
             if sp in self.active and sp.mmu_valid_gen != self.mmu_valid_gen:
                 self.zap_page(sp)
 
+    def zap_pse_dependent_pages(self) -> None:
+        """Zap the shadows of 32-bit guest page directories after CR4.PSE changed.
+
+        No kernel counterpart: a deliberate difference. Whether a 32-bit PDE with bit 7 set
+        maps a 4 MiB page or points to a page table depends on CR4.PSE (SDM 4.3), and the
+        shadow PDE that ``FNAME(fetch)`` installed links a direct or an indirect child
+        accordingly. ``kvm_mmu_page_role`` has no PSE bit (the extended role's ``cr4_pse``
+        only resets the context, ``kvm_mmu_reset_context``), so KVM finds the same root again
+        with the old links and the guest keeps the old meaning. kvmmu drops these pages so
+        that the next access walks the guest's tables with the new one.
+        """
+        for sp in [sp for sp in self.active if sp.role.has_4_byte_gpte and sp.level == 2]:
+            if sp in self.active and not sp.role.invalid:
+                self.zap_page(sp)
+
     # -- memslot changes and dirty logging ---------------------------------------------------
 
     def flush_shadow_memslot(self, slot: Memslot, *, zap_all: bool = True) -> None:
@@ -697,6 +712,17 @@ def read_gpte(memory: GuestMemory, sp: MmuPage, index: int) -> int | None:
         gindex = index
         words = memory.table_words(sp.gfn, 8)
     return None if words is None else int(words[gindex])
+
+
+def is_last_gpte(sp: MmuPage, gpte: int, cr4_pse: bool) -> bool:
+    """Does the guest entry behind an upper-level spte of ``sp`` map a page
+    (``FNAME(is_last_gpte)``)? Bit 7 means PS in 8-byte entries, and in a 32-bit PDE only with
+    CR4.PSE (SDM 4.3); a level-1 entry always maps a page."""
+    if sp.level == 1:
+        return True
+    if sp.role.has_4_byte_gpte and not cr4_pse:
+        return False
+    return bool(gpte & Pte.PAGE_SIZE)
 
 
 def gpte_access(gpte: int, vcpu: MmuVcpu) -> int:

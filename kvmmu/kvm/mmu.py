@@ -410,6 +410,9 @@ class Mmu:
         if not was_rmapped:
             sp.set_gfn(index, gfn)
             self.rmap.add(sp, index)
+            # rmap_add: the peak of sptes already on a gfn's rmap when one more is added
+            count = len(self.rmap.sptes(gfn, sp.level)) - 1
+            self.stats.max_mmu_rmap_size = max(self.stats.max_mmu_rmap_size, count)
         return outcome
 
     # -- zapping ----------------------------------------------------------------------------
@@ -454,12 +457,14 @@ class Mmu:
             self._free_page(sp)
 
     def zap_all_fast(self) -> None:
-        """Invalidate every page at once by bumping the generation (``kvm_mmu_zap_all_fast``).
+        """Invalidate every page at once by a new generation (``kvm_mmu_zap_all_fast``).
 
         Pages of the old generation are obsolete: lookups skip them, vCPUs drop roots of the old
         generation at their next entry, and the pages are zapped.
         """
-        self.mmu_valid_gen += 1
+        # The kernel toggles between 0 and 1: every page of the old generation is zapped now
+        # (roots in use stay, marked invalid), so none can look valid when the value returns.
+        self.mmu_valid_gen ^= 1
         self.trace.emit("kvm_mmu_zap_all_fast", gen=self.mmu_valid_gen)
         for sp in list(self.active):
             if sp in self.active and sp.mmu_valid_gen != self.mmu_valid_gen:
@@ -513,13 +518,15 @@ class Mmu:
             self.flush_remote_tlbs()
 
     def zap_collapsible_sptes(self, slot: Memslot) -> None:
-        """After dirty logging stops, drop 4 KiB sptes of direct pages that a large page could
-        map again (``kvm_mmu_zap_collapsible_sptes``)."""
+        """After dirty logging stops, drop the sptes of direct pages that a larger page could
+        map again (``kvm_rmap_zap_collapsible_sptes``): the rmaps of levels 4 KiB up to below
+        the largest huge page (``KVM_MAX_HUGEPAGE_LEVEL - 1``), so 4 KiB -> 2 MiB and 1 GiB,
+        and 2 MiB -> 1 GiB (``sp->role.level < kvm_mmu_max_mapping_level``)."""
         for (level, gfn), head in list(self.rmap.items()):
-            if level != 1 or not slot.contains(gfn):
+            if level > 2 or not slot.contains(gfn):
                 continue
             for sp, index in list(head):
-                if sp.direct and self.max_mapping_level(slot, gfn, 3) > 1:
+                if sp.direct and sp.level < self.max_mapping_level(slot, sp.gfn, 3):
                     self.drop_spte(sp, index)
         self.flush_remote_tlbs()
 

@@ -397,6 +397,7 @@ class Vcpu:
         (``kvm_vcpu_flush_tlb_guest``). Under shadow paging the current roots are synced and
         the previous roots with unsync pages below are freed (``kvm_mmu_sync_roots``,
         ``kvm_mmu_sync_prev_roots``)."""
+        self.mmu.stats.tlb_flush += 1
         if not self.vm.tdp:
             self.reload()
             sync_roots(self)
@@ -448,6 +449,7 @@ class Vcpu:
             return sp.gfn == gfn and sp.role == role and not self.mmu.is_obsolete(sp)
 
         if usable(self.root):
+            self.root.write_flooding_count = 0
             return
         cache = [self.root, *self.prev_roots]
         hit = next((sp for sp in self.prev_roots if usable(sp)), None)
@@ -461,6 +463,8 @@ class Vcpu:
         while len(cache) > KVM_MMU_NUM_PREV_ROOTS:
             self.mmu.put_root(cache.pop())
         self.prev_roots = cache
+        if self.root is not None:
+            self.root.write_flooding_count = 0  # kvm_mmu_new_pgd: the guest uses this root
 
     def set_cpl(self, cpl: int) -> None:
         """Change the privilege level (no TLB effect).
@@ -490,6 +494,7 @@ class Vcpu:
 
     def invlpg(self, gva: int) -> None:
         """INVLPG: drop the TLB entries for ``gva`` (``kvm_mmu_invlpg``); sync comes with unsync."""
+        self.mmu.stats.invlpg += 1
         self.tlb.invlpg(gva)
         invlpg_sync(self, gva)
 
@@ -696,6 +701,7 @@ class Vcpu:
             return Translation(gpa)
         if isinstance(hw, GeneralProtection):
             return hw
+        self.mmu.trace.emit("kvm_page_fault", address=gva, error_code=int(hw.error_code))
         if hw.error_code & PfErr.RSVD:
             mmio = self._mmio_fault(gva, kind, implicit, hw)
             if mmio is not None:
@@ -705,7 +711,7 @@ class Vcpu:
             if direct_page_fault(self, gva, kind) is FaultOutcome.MMIO:
                 return Translation(gva, mmio=True)
             return None
-        result = page_fault(self, gva, kind, implicit=implicit)
+        result = page_fault(self, gva, kind, implicit=implicit, error_code=int(hw.error_code))
         if result.outcome is FaultOutcome.GUEST:
             return result.fault
         if result.outcome is FaultOutcome.EMULATE:
@@ -825,6 +831,7 @@ class Vcpu:
         if isinstance(hw, WalkResult):
             return len(hw.raw)
         assert isinstance(hw, PageFault)
+        self.mmu.trace.emit("kvm_page_fault", address=gpa, error_code=int(hw.error_code))
         if hw.error_code & PfErr.RSVD:
             spte = hw.steps[-1].entry if hw.steps else 0
             if (

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvmmu.hw.walk import PageFault, WalkResult, walk
+from kvmmu.hw.walk import GeneralProtection, PageFault, WalkResult, walk
 from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Access, PfErr, Pte
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.mmu import (
@@ -85,8 +85,8 @@ def page_fault(
     cpu = vcpu.cpu
     result = walk(vcpu.memory, cpu, gva, access, implicit=implicit)
     mmu.trace.emit("kvm_mmu_pagetable_walk", addr=gva, pferr=error_code)
-    if mmu.trace.enabled:
-        steps = result.steps if isinstance(result, PageFault) else result.trace
+    if mmu.trace.enabled and not isinstance(result, GeneralProtection):
+        steps = result.trace if isinstance(result, WalkResult) else result.steps
         for step in steps:
             mmu.trace.emit("kvm_mmu_paging_element", pte=step.entry, level=step.level)
     if isinstance(result, PageFault):

@@ -148,7 +148,7 @@ def test_recording_one_fault_gives_the_kernel_events_in_order() -> None:
     ]
     assert list(frame.index) == list(range(11))
     exit_, walk = frame.iloc[0], frame.iloc[1]
-    assert exit_["address"] == 0x400000 and exit_["error_code"] == 0  # not present, read
+    assert exit_["fault_address"] == 0x400000 and exit_["error_code"] == 0  # not present, read
     assert walk["addr"] == 0x400000 and walk["pferr"] == 0
     elements = frame[frame["event"] == "kvm_mmu_paging_element"]
     assert list(elements["level"]) == [4, 3, 2, 1]

@@ -24,7 +24,7 @@ from kvmmu.hw.memory import GuestMemory, Memslot
 from kvmmu.hw.walk import CpuState, reserved_mask
 from kvmmu.hw.x86 import PAGE_SHIFT, Acc, PagingMode, Pte
 from kvmmu.kvm import spte as S
-from kvmmu.kvm.page import MmuPage, new_gfns
+from kvmmu.kvm.page import MmuPage, new_access, new_gfns
 from kvmmu.kvm.rmap import Rmap, Sptep, add_parent_pte, level_base, remove_parent_pte
 from kvmmu.kvm.role import MmuPageRole
 from kvmmu.kvm.stats import MmuStats
@@ -194,6 +194,7 @@ class Mmu:
             pfn=pfn,
             spt=self.host.page(pfn),
             gfns=new_gfns(role.direct),
+            access=new_access(role.direct),
             mmu_valid_gen=self.mmu_valid_gen,
             serial=self._serial,
         )
@@ -408,7 +409,9 @@ class Mmu:
         if writable and slot.dirty_logging:
             self.memory.mark_page_dirty(gfn)
         if not was_rmapped:
+            # rmap_add -> kvm_mmu_page_set_translation: the gfn and the guest's access
             sp.set_gfn(index, gfn)
+            sp.set_access(index, access)
             self.rmap.add(sp, index)
             # rmap_add: the peak of sptes already on a gfn's rmap when one more is added
             count = len(self.rmap.sptes(gfn, sp.level)) - 1

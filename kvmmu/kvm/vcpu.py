@@ -701,7 +701,7 @@ class Vcpu:
             return Translation(gpa)
         if isinstance(hw, GeneralProtection):
             return hw
-        self.mmu.trace.emit("kvm_page_fault", address=gva, error_code=int(hw.error_code))
+        self.mmu.trace.emit("kvm_page_fault", fault_address=gva, error_code=int(hw.error_code))
         if hw.error_code & PfErr.RSVD:
             mmio = self._mmio_fault(gva, kind, implicit, hw)
             if mmio is not None:
@@ -831,7 +831,7 @@ class Vcpu:
         if isinstance(hw, WalkResult):
             return len(hw.raw)
         assert isinstance(hw, PageFault)
-        self.mmu.trace.emit("kvm_page_fault", address=gpa, error_code=int(hw.error_code))
+        self.mmu.trace.emit("kvm_page_fault", fault_address=gpa, error_code=int(hw.error_code))
         if hw.error_code & PfErr.RSVD:
             spte = hw.steps[-1].entry if hw.steps else 0
             if (

@@ -16,8 +16,10 @@ from kvmmu.hw.memory import MemslotFlag
 from kvmmu.hw.walk import PageFault
 from kvmmu.hw.x86 import Acc, Access, PagingMode, Pte
 from kvmmu.kvm import spte as S
+from kvmmu.kvm.fault import get_shadow_page
 from kvmmu.kvm.mmu import MmuBudgetError, shadow_path
 from kvmmu.kvm.page import MmuPage
+from kvmmu.kvm.page_track import track_write
 from kvmmu.kvm.vcpu import Translation, Vcpu, Vm
 
 MiB = 1 << 20
@@ -437,3 +439,99 @@ def test_mmio_spte_caches_no_memslot_until_the_memslots_change(tdp: bool) -> Non
     _, _, spte = _leaf(vcpu, 0x8000000 if tdp else 0x400000)
     assert S.is_shadow_present(spte) and S.spte_to_pfn(spte) == vm.memory.gfn_to_pfn(0x8000)
     assert vcpu.write(0x400000, 0x1234) is None and vm.memory.read(0x8000000) == 0x1234
+
+
+# --------------------------------------------------------------------------------------------
+# The write-tracking short cut, one-byte writes, and when the flood count clears
+# --------------------------------------------------------------------------------------------
+
+
+def test_not_present_write_to_a_tracked_table_installs_the_read_only_spte() -> None:
+    """``page_fault_handle_page_track`` takes the short cut only for a write fault on a
+    *present* spte (``fault->present && fault->write``). A first write through a fresh mapping
+    of a write-tracked table goes through ``FNAME(fetch)``: ``make_spte`` finds the gfn
+    tracked and installs a read-only spte, and the write is emulated (``RET_PF_EMULATE``)."""
+    _, _, vcpu, _, directory = _tables_guest()
+    got = vcpu.translate(WINDOW + 0x1000 + 8 * 100, Access.WRITE)
+    assert isinstance(got, Translation) and got.emulated and got.gpa == directory + 8 * 100
+    sp, index, spte = _leaf(vcpu, WINDOW + 0x1000)
+    assert S.is_shadow_present(spte) and not S.is_writable(spte)
+    assert sp.get_gfn(index) == directory >> 12
+    # the second write finds the spte present: now the short cut, and the spte stays
+    got = vcpu.translate(WINDOW + 0x1000 + 8 * 101, Access.WRITE)
+    assert isinstance(got, Translation) and got.emulated
+    assert int(sp.spt[index]) == spte
+
+
+def test_one_byte_write_zaps_the_spte_instead_of_updating_it() -> None:
+    """``mmu_pte_write_fetch_gpte`` reads the new guest entry only for 4- and 8-byte writes; a
+    one-byte ``andb`` gives no entry, so ``kvm_mmu_track_write`` zaps the spte and the next
+    access faults it back in: nothing is refreshed in place (``mmu_pte_updated`` stays 0)."""
+    vm, _, vcpu, leaf_table, _ = _tables_guest()
+    low = vm.memory.read(leaf_table + 8, 1)
+    assert vcpu.write(WINDOW + 8, low & ~A & 0xFF, 1) is None
+    sp, _, spte = _leaf(vcpu, 0x401000)
+    assert sp.gfn == leaf_table >> 12 and spte == 0
+    assert vm.mmu.stats.mmu_pte_updated == 0 and vm.mmu.stats.mmu_flooded == 0
+    assert vcpu.access(0x401000) == 0x101000
+    assert vm.memory.read(leaf_table + 8) & A  # the walk set the accessed bit again
+
+
+def test_fetch_clears_the_flood_count_of_the_page_holding_the_leaf_spte() -> None:
+    """``FNAME(fetch)`` clears the write-flooding count of every shadow page it walks, the one
+    at the guest's level (here the directory that holds a 2 MiB guest page) included."""
+    vm, pt = _guest(allow_unsync=False)
+    pt.map(0x400000, 0x100000, length=0x2000, writable=True)
+    pt.set_entry(0x20_0000, 2, 0x60_0000 | P | W | A | Pte.PAGE_SIZE)  # clean: read-only spte
+    directory = pt.entry(0x400000, 3) & ADDR
+    vcpu = vm.create_vcpu(pt.cpu())
+    assert vcpu.access(0x20_0123) == 0x60_0123
+    dir_sp = vm.mmu.page_hash[directory >> 12][0]
+    for n in range(2):
+        vm.memory.write(directory + 8 * (300 + n), 0)
+        track_write(vcpu, directory + 8 * (300 + n), 8)
+    assert dir_sp.write_flooding_count == 2
+    assert vcpu.access(0x20_0123, Access.WRITE) == 0x60_0123  # a fault through dir_sp's spte
+    assert dir_sp.write_flooding_count == 0
+    track_write(vcpu, directory + 8 * 302, 8)
+    assert dir_sp in vm.mmu.active and vm.mmu.stats.mmu_flooded == 0
+
+
+def test_new_pgd_and_hash_hits_clear_the_flood_count() -> None:
+    """``kvm_mmu_new_pgd`` clears the new root's count, and ``kvm_mmu_find_shadow_page``
+    clears it on a hash hit (``__clear_sp_write_flooding_count``)."""
+    vm, pt = _guest()
+    pt.map(0x400000, 0x100000, writable=True)
+    other = GuestPageTables(vm.memory, PagingMode.LEVEL4, table_gfns=range(0x3100, 0x3140))
+    other.map(0x400000, 0x100000, writable=True)
+    vcpu = vm.create_vcpu(pt.cpu())
+    assert vcpu.access(0x400000) == 0x100000
+    root = vcpu.root
+    assert root is not None
+    root.write_flooding_count = 2
+    assert vcpu.set_cr3(other.cr3) is None and vcpu.set_cr3(pt.cr3) is None
+    assert vcpu.root is root and root.write_flooding_count == 0
+    leaf = shadow_path(vcpu, 0x400000)[-1][0]
+    leaf.write_flooding_count = 2
+    assert get_shadow_page(vcpu, leaf.gfn, leaf.role) is leaf
+    assert leaf.write_flooding_count == 0
+
+
+def test_zap_collapsible_sptes_also_collapses_2m_into_1g() -> None:
+    """``kvm_rmap_zap_collapsible_sptes`` walks the rmaps of levels 4K up to
+    ``KVM_MAX_HUGEPAGE_LEVEL - 1``: a 2 MiB spte of a direct page that a 1 GiB page could
+    replace is zapped too (``sp->role.level < kvm_mmu_max_mapping_level``)."""
+    vm = Vm(2 << 30, tdp=True)
+    vcpu = vm.create_vcpu()
+    slot = vm.memory.slots.find(0x40000)
+    assert slot is not None
+    vm.mmu.lpage_disallowed[(3, 0x40000)] = 1  # as KVM's lpage_info: no 1 GiB page here yet
+    assert vcpu.access(0x4000_1000) == 0x4000_1000
+    sp, index, spte = _leaf(vcpu, 0x4000_1000)
+    assert sp.level == 2 and S.is_large(spte)
+    del vm.mmu.lpage_disallowed[(3, 0x40000)]
+    vm.mmu.zap_collapsible_sptes(slot)
+    assert int(sp.spt[index]) == 0
+    assert vcpu.access(0x4000_1000) == 0x4000_1000
+    sp, _, spte = _leaf(vcpu, 0x4000_1000)
+    assert sp.level == 3 and S.is_large(spte)

@@ -16,6 +16,11 @@ come back as an MMIO exit. :func:`kvmmu.kvm.audit.audit` runs after every step, 
 of the data memslot must hold every gfn written since the last fetch, and nothing a guest could
 not have written.
 
+Register writes are operations too: CR0.WP, CR4.SMEP, CR4.SMAP, CR4.PGE, EFER.NXE (with XD
+entries still mapped, which then are reserved-bit faults) and, for 32-bit guests, CR4.PSE (bit 7
+of a PDE maps a 4 MiB page or is ignored). Mode changes (CR0.PG, CR4.PAE, EFER.LME, CR4.LA57) are
+checked in ``tests/test_vcpu_cr.py``, since the model's tables have one format.
+
 The machines at the end run this for 32-bit (PSE), PAE, 4-level and 5-level guests on the
 shadow MMU and for a 4-level guest on TDP. Focused regression tests, named for the rule they
 check, sit before them.
@@ -278,6 +283,7 @@ class MmuMachine(RuleBasedStateMachine):
         self.vm = Vm(RAM, tdp=self.tdp, n_max_mmu_pages=64)
         self.os = ModelOs(self.vm.memory, self.mode)
         self.nxe = self.mode is not PagingMode.BITS32
+        self.pse = True
         cpu = cpu_for_mode(self.mode, cr3=self.os.roots[0], nxe=self.nxe)
         loaded = load_cr3(self.vm.memory, cpu, self.os.roots[0])
         assert isinstance(loaded, CpuState)
@@ -295,9 +301,20 @@ class MmuMachine(RuleBasedStateMachine):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def invlpg(self, space: int, gva: int) -> None:
-        if space == self.current:
+    def invlpg(self, space: int, gva: int, level: int = 1) -> None:
+        """Flush what the edit of ``gva``'s entry at ``level`` requires. A 32-bit PDE with bit 7
+        set is a table pointer while CR4.PSE=0: its 4 KiB translations all go, by a CR3 load."""
+        if space != self.current:
+            return
+        if level == 2 and self.mode is PagingMode.BITS32 and not self.pse:
+            assert self.vcpu.set_cr3(self.os.roots[space]) is None
+        else:
             self.vcpu.invlpg(gva)
+
+    @property
+    def xd(self) -> bool:
+        """May new entries use XD? Only 8-byte entries have it, and only EFER.NXE=1 allows it."""
+        return self.nxe and self.os.esize == 8
 
     def space(self, n: int) -> int:
         return n if n < NSPACES else self.current
@@ -395,7 +412,7 @@ class MmuMachine(RuleBasedStateMachine):
             return  # a large page covers it
         targets = targets_for(self.mode, 1)
         new = self.os.leaf_value(
-            targets[t % len(targets)], 1, acc[0], acc[1], acc[2] and self.nxe, ad
+            targets[t % len(targets)], 1, acc[0], acc[1], acc[2] and self.xd, ad
         )
         old = self.os.read(entry_gpa)
         self.os.store(entry_gpa, new, self.os.esize)
@@ -422,11 +439,13 @@ class MmuMachine(RuleBasedStateMachine):
             old = 0
         targets = targets_for(self.mode, region.level)
         gpa = targets[t % len(targets)]
-        new = self.os.leaf_value(gpa, region.level, acc[0], acc[1], acc[2] and self.nxe, ad)
+        if self.mode is PagingMode.BITS32 and not self.pse:
+            gpa = POOL_GPA  # bit 7 is ignored: the PDE points to a table, here the pool's
+        new = self.os.leaf_value(gpa, region.level, acc[0], acc[1], acc[2] and self.xd, ad)
         self.os.store(entry_gpa, new, self.os.esize)
         self.os.leaves[space][region.base] = region.level
         if self.flush_needed(old, new):
-            self.invlpg(space, region.base)
+            self.invlpg(space, region.base, region.level)
         self.use(space, region.base + 0x1234, then)
 
     @rule(space=spaces, then=then_use, n=pick)
@@ -436,12 +455,12 @@ class MmuMachine(RuleBasedStateMachine):
         found = self.pick_leaf(space, n)
         if found is None:
             return
-        gva, _, entry_gpa = found
+        gva, level, entry_gpa = found
         old = self.os.read(entry_gpa)
         self.os.store(entry_gpa, 0, self.os.esize)
         del self.os.leaves[space][gva]
         if self.flush_needed(old, 0):
-            self.invlpg(space, gva)
+            self.invlpg(space, gva, level)
         self.use(space, gva, then)
 
     @rule(space=spaces, then=then_use, n=pick, acc=rights)
@@ -451,13 +470,13 @@ class MmuMachine(RuleBasedStateMachine):
         found = self.pick_leaf(space, n)
         if found is None:
             return
-        gva, _, entry_gpa = found
+        gva, level, entry_gpa = found
         old = self.os.read(entry_gpa)
         new = old & ~(W | U | XD)
-        new |= (W if acc[0] else 0) | (U if acc[1] else 0) | (XD if acc[2] and self.nxe else 0)
+        new |= (W if acc[0] else 0) | (U if acc[1] else 0) | (XD if acc[2] and self.xd else 0)
         self.os.store(entry_gpa, new, self.os.esize)
         if self.flush_needed(old, new):
-            self.invlpg(space, gva)
+            self.invlpg(space, gva, level)
         self.use(space, gva, then)
 
     @rule(space=spaces, then=then_use, n=pick, bits=st.sampled_from([A, D, A | D]), byte=bools)
@@ -467,7 +486,7 @@ class MmuMachine(RuleBasedStateMachine):
         found = self.pick_leaf(space, n)
         if found is None:
             return
-        gva, _, entry_gpa = found
+        gva, level, entry_gpa = found
         old = self.os.read(entry_gpa)
         new = old & ~bits
         if byte:
@@ -475,7 +494,7 @@ class MmuMachine(RuleBasedStateMachine):
         else:
             self.os.store(entry_gpa, new, self.os.esize)
         if self.flush_needed(old, new):
-            self.invlpg(space, gva)
+            self.invlpg(space, gva, level)
         self.use(space, gva, then)
         self.use(space, gva, then)
 
@@ -506,9 +525,10 @@ class MmuMachine(RuleBasedStateMachine):
         assert self.vcpu.set_cr3(self.os.roots[space]) is None
         self.current = space
 
-    @rule(bit=st.sampled_from(["wp", "smep", "smap", "nxe", "ac"]))
+    @rule(bit=st.sampled_from(["wp", "smep", "smap", "nxe", "pse", "pge", "ac"]))
     def toggle(self, bit: str) -> None:
-        """CR0.WP, CR4.SMEP, CR4.SMAP, EFER.NXE (only when no entry uses XD) or RFLAGS.AC."""
+        """CR0.WP, CR4.SMEP, CR4.SMAP, EFER.NXE (XD entries in use become reserved-bit faults),
+        CR4.PSE (32-bit guests: bit 7 of a PDE means PS or nothing), CR4.PGE or RFLAGS.AC."""
         cpu = self.vcpu.cpu
         if bit == "wp":
             assert self.vcpu.set_registers(cr0=cpu.cr0 ^ Cr0.WP) is None
@@ -516,19 +536,28 @@ class MmuMachine(RuleBasedStateMachine):
             assert self.vcpu.set_registers(cr4=cpu.cr4 ^ Cr4.SMEP) is None
         elif bit == "smap":
             assert self.vcpu.set_registers(cr4=cpu.cr4 ^ Cr4.SMAP) is None
+        elif bit == "pge":
+            assert self.vcpu.set_registers(cr4=cpu.cr4 ^ Cr4.PGE) is None
         elif bit == "ac":
             self.vcpu.set_ac(not cpu.rflags & (1 << 18))
-        elif self.mode is not PagingMode.BITS32 and not self.any_xd():
+        elif bit == "nxe":
             self.nxe = not self.nxe
             assert self.vcpu.set_registers(efer=cpu.efer ^ Efer.NXE) is None
+        elif self.mode is PagingMode.BITS32 and (not self.pse or self.large_pdes_in_pool()):
+            # bit 7 of a PDE turns into a table pointer: only where the snapshot holds the table
+            self.pse = not self.pse
+            assert self.vcpu.set_registers(cr4=cpu.cr4 ^ Cr4.PSE) is None
 
-    def any_xd(self) -> bool:
+    def large_pdes_in_pool(self) -> bool:
+        """Every 4 MiB PDE of every address space points at the table pool."""
         for space in range(NSPACES):
             for gva, level in self.os.leaves[space].items():
                 entry_gpa = self.os.slot(space, gva, level, create=False)
-                if entry_gpa is not None and self.os.read(entry_gpa) & XD:
-                    return True
-        return False
+                if level != 2 or entry_gpa is None:
+                    continue
+                if leaf_gpa(self.os, self.os.read(entry_gpa), 2) != POOL_GPA:
+                    return False
+        return True
 
     # -- accesses --------------------------------------------------------------------------
 

@@ -21,9 +21,16 @@ import kvmmu
 import kvmmu.kvm.mmu as mmu_module
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.memory import MemslotFlag
-from kvmmu.hw.x86 import PagingMode, Pte
+from kvmmu.hw.x86 import Acc, Access, PagingMode, Pte
 from kvmmu.kvm.audit import audit_violations
-from kvmmu.kvm.page import GfnMismatchError, MmuPage, new_gfns, standalone_page
+from kvmmu.kvm.mmu import unsync_page
+from kvmmu.kvm.page import (
+    AccessMismatchError,
+    GfnMismatchError,
+    MmuPage,
+    new_gfns,
+    standalone_page,
+)
 from kvmmu.kvm.role import MmuPageRole
 from kvmmu.kvm.vcpu import Vm
 
@@ -435,3 +442,49 @@ def test_shadow_workload_never_reads_direct_gfns(poisoned: list[MmuPage]) -> Non
     assert vcpu.read(0x40000000) == 1
     vm.mmu.zap_all()
     assert len(poisoned) >= 2
+
+
+# --------------------------------------------------------------------------------------------
+# shadowed_translation: today's kernel caches the access bits next to the gfn
+# --------------------------------------------------------------------------------------------
+
+
+def test_indirect_page_records_the_access_of_each_spte() -> None:
+    """``kvm_mmu_page_set_access`` / ``kvm_mmu_page_get_access``: an indirect page keeps the
+    guest's access bits per spte (the access half of ``shadowed_translation``); a direct page
+    stores none and answers its role's access."""
+    sp = standalone_page(0x1234, 1, direct=False)
+    assert sp.access is not None and sp.access.dtype == np.uint8
+    sp.set_access(5, int(Acc.USER | Acc.EXEC))
+    assert sp.get_access(5) == int(Acc.USER | Acc.EXEC)
+    direct = standalone_page(0x400, 1, direct=True)
+    assert direct.access is None
+    assert direct.get_access(7) == direct.role.access
+    direct.set_access(7, direct.role.access)  # the same: nothing to store
+
+
+def test_access_mismatch_on_a_direct_page_is_a_bookkeeping_error() -> None:
+    """``kvm_mmu_page_set_translation`` warns when a direct page is handed other access bits
+    than its role's ("access mismatch under direct page"); kvmmu raises, as for a gfn."""
+    direct = standalone_page(0x400, 1, direct=True)
+    with pytest.raises(AccessMismatchError, match=r"access mismatch under direct page 0x400"):
+        direct.set_access(3, int(Acc.USER))
+    assert isinstance(AccessMismatchError("x"), kvmmu.errors.KvmmuError)
+
+
+def test_faults_and_sync_record_the_guest_access() -> None:
+    """``mmu_set_spte`` -> ``rmap_add`` records the guest access of a new spte, and
+    ``FNAME(sync_spte)`` refreshes it when the guest changed the PTE's rights. (A write fault,
+    so the clean-PTE rule keeps W: ``FNAME(protect_clean_gpte)`` acts on read faults.)"""
+    vm = Vm(64 * MiB)
+    pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
+    pt.map(0x400000, 0x100000, writable=True, user=True)
+    vcpu = vm.create_vcpu(pt.cpu())
+    assert vcpu.access(0x400000, Access.WRITE, cpl=3) == 0x100000
+    leaf = next(sp for sp in vm.mmu.active if sp.level == 1 and not sp.direct)
+    assert leaf.get_access(0) == int(Acc.USER | Acc.WRITE | Acc.EXEC)
+    unsync_page(vm.mmu, leaf)  # the guest may now edit the table freely
+    pt.protect(0x400000, writable=False)
+    vcpu.invlpg(0x400000)  # syncs the spte
+    assert leaf.get_access(0) == int(Acc.USER | Acc.EXEC)
+    assert audit_violations(vm) == []

@@ -5,7 +5,7 @@ The bit layout is the kernel's (``arch/x86/include/asm/kvm_host.h``); the root r
 ``kvm_mmu_child_role`` and ``mmu_alloc_shadow_roots``.
 """
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -160,14 +160,17 @@ def test_cpu_role_and_shadow_root_role_per_mode(
     cr0: int, cr4: int, efer: int, cpu_level: int, shadow_level: int, four_byte: bool
 ) -> None:
     """``kvm_init_shadow_mmu``: the root level is max(guest levels, 3) because KVM shadows
-    every non-64-bit guest with PAE tables, and ``efer_nx`` is forced on whatever EFER says."""
+    every non-64-bit guest with PAE tables. ``efer_nx`` stays the guest's EFER.NXE (the 2010
+    kernel's ``role.nxe``; today's kernel forces it, a difference kvmmu documents)."""
     cpu = cpu_root_role(cr0, cr4, efer)
     shadow = shadow_root_role(cr0, cr4, efer)
     assert cpu.level == cpu_level
     assert shadow.level == shadow_level
     assert cpu.has_4_byte_gpte is four_byte and shadow.has_4_byte_gpte is four_byte
     assert not cpu.efer_nx  # EFER.NXE is clear in these registers
-    assert shadow.efer_nx
+    assert not shadow.efer_nx
+    nx = int(Efer.NXE)
+    assert shadow_root_role(cr0, cr4, efer | nx) == replace(shadow, efer_nx=True)
     assert not cpu.direct and not shadow.direct
     assert cpu.cr0_wp and shadow.cr0_wp
 
@@ -208,7 +211,8 @@ def test_tdp_root_role(levels: int) -> None:
 
 
 def test_vcpu_roots_use_the_shadow_root_role() -> None:
-    """A 4-level guest without EFER.NXE gets a level-4 root whose role has efer_nx forced."""
+    """A 4-level guest without EFER.NXE gets a level-4 root whose role has efer_nx clear, so
+    its pages are never mistaken for pages built while the guest's XD bits meant something."""
     vm = Vm(64 * MiB)
     pt = GuestPageTables(vm.memory, PagingMode.LEVEL4, nxe=False)
     pt.map(0x400000, 0x100000)
@@ -216,7 +220,7 @@ def test_vcpu_roots_use_the_shadow_root_role() -> None:
     vcpu.access(0x400000)
     assert vcpu.root is not None
     assert vcpu.root.role == shadow_root_role(vcpu.cpu.cr0, vcpu.cpu.cr4, vcpu.cpu.efer)
-    assert vcpu.root.role.efer_nx and vcpu.root.level == 4
+    assert not vcpu.root.role.efer_nx and vcpu.root.level == 4
     assert vcpu.root.gfn == pt.cr3 >> 12
 
 

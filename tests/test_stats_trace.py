@@ -7,8 +7,12 @@ in ``kvm_mmu_get_shadow_page``, ``kvm_mmu_spte_requested`` once ``FNAME(fetch)``
 level it will map at, ``kvm_mmu_set_spte`` in ``mmu_set_spte``.
 """
 
+import ast
+from pathlib import Path
+
 import pandas as pd
 
+import kvmmu
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.x86 import Access, PagingMode
 from kvmmu.kvm.stats import GAUGES, MmuStats
@@ -29,7 +33,10 @@ KERNEL_COUNTERS = (
     "mmu_shadow_zapped",
     "mmu_recycled",
     "mmu_unsync",
-    "pages",
+    "max_mmu_rmap_size",
+    "mmio_exits",
+    "invlpg",
+    "tlb_flush",
 )
 
 
@@ -86,6 +93,23 @@ def test_reset_zeroes_events_and_keeps_gauges() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def test_invlpg_tlb_flush_and_the_rmap_peak_count_as_the_kernel_counts() -> None:
+    """``kvm_mmu_invlpg`` counts ``invlpg``; ``kvm_vcpu_flush_tlb_guest`` (a CR4.PGE toggle)
+    counts ``tlb_flush``; ``rmap_add`` keeps ``max_mmu_rmap_size``, the most sptes already on
+    one gfn's rmap when another was added: three gvas mapping one frame give 2."""
+    vm, pt = _guest()
+    pt.map(0x401000, 0x100000)
+    pt.map(0x402000, 0x100000)
+    vcpu = vm.create_vcpu(pt.cpu())
+    for gva in (0x400000, 0x401000, 0x402000):
+        assert vcpu.access(gva) == 0x100000
+    assert vm.stats.max_mmu_rmap_size == 2
+    vcpu.invlpg(0x400000)
+    vcpu.invlpg(0x401000)
+    assert vcpu.set_registers(cr4=vcpu.cpu.cr4 ^ (1 << 7)) is None  # CR4.PGE
+    assert (vm.stats.invlpg, vm.stats.tlb_flush) == (2, 1)
+
+
 def test_tracing_is_off_by_default_and_records_nothing() -> None:
     """Like a disabled tracepoint: faults, zaps and writes leave the buffer empty."""
     vm, pt = _guest()
@@ -101,7 +125,9 @@ def test_tracing_is_off_by_default_and_records_nothing() -> None:
 
 def test_recording_one_fault_gives_the_kernel_events_in_order() -> None:
     """Inside ``recording()`` one fault that builds three shadow pages records, in order:
-    the guest walk, a ``kvm_mmu_get_page`` per page built (level 3, 2, 1, all created), the
+    the exit (``kvm_page_fault``, ``trace.h``), the guest walk with its hardware error code
+    (``pferr``) and one ``kvm_mmu_paging_element`` per level, a ``kvm_mmu_get_page`` per page
+    built (level 3, 2, 1, all created), the
     requested level, and the spte installed at level 1 for the gfn."""
     vm, pt = _guest()
     vcpu = vm.create_vcpu(pt.cpu())
@@ -111,16 +137,21 @@ def test_recording_one_fault_gives_the_kernel_events_in_order() -> None:
     assert not trace.enabled
     frame = trace.frame()
     assert list(frame["event"]) == [
+        "kvm_page_fault",
         "kvm_mmu_pagetable_walk",
+        *["kvm_mmu_paging_element"] * 4,
         "kvm_mmu_get_page",
         "kvm_mmu_get_page",
         "kvm_mmu_get_page",
         "kvm_mmu_spte_requested",
         "kvm_mmu_set_spte",
     ]
-    assert list(frame.index) == list(range(6))
-    walk = frame.iloc[0]
-    assert walk["addr"] == 0x400000 and walk["access"] == "read"
+    assert list(frame.index) == list(range(11))
+    exit_, walk = frame.iloc[0], frame.iloc[1]
+    assert exit_["fault_address"] == 0x400000 and exit_["error_code"] == 0  # not present, read
+    assert walk["addr"] == 0x400000 and walk["pferr"] == 0
+    elements = frame[frame["event"] == "kvm_mmu_paging_element"]
+    assert list(elements["level"]) == [4, 3, 2, 1]
     pages = frame[frame["event"] == "kvm_mmu_get_page"]
     assert list(pages["created"]) == [True, True, True]
     assert [role.split()[0] for role in pages["role"]] == ["L3", "L2", "L1"]
@@ -137,7 +168,9 @@ def test_a_second_fault_finds_the_pages_and_records_no_get_page_creation() -> No
     with vm.mmu.trace.recording() as trace:
         vcpu.access(0x401000)
     assert list(trace.frame()["event"]) == [
+        "kvm_page_fault",
         "kvm_mmu_pagetable_walk",
+        *["kvm_mmu_paging_element"] * 4,
         "kvm_mmu_spte_requested",
         "kvm_mmu_set_spte",
     ]
@@ -170,3 +203,22 @@ def test_zap_is_traced_as_prepare_zap_page() -> None:
     zaps = trace.frame()
     assert list(zaps["event"]) == ["kvm_mmu_prepare_zap_page"]
     assert zaps.iloc[0]["sp"] == leaf.serial and zaps.iloc[0]["gfn"] == leaf.gfn
+
+
+def test_every_listed_event_is_emitted_and_every_emitted_event_is_listed() -> None:
+    """``EVENTS`` names exactly the events kvmmu's code emits: each literal passed to
+    ``Tracer.emit`` anywhere in the package is listed, and each listed name is emitted."""
+    root = Path(kvmmu.__file__).parent
+    emitted: set[str] = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "emit"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                emitted.add(str(node.args[0].value))
+    assert emitted == set(EVENTS)
+    assert len(EVENTS) == len(set(EVENTS))

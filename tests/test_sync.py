@@ -252,3 +252,18 @@ def test_dirty_log_needs_logging_enabled() -> None:
     vm = Vm(64 * MiB)
     with pytest.raises(MemslotError, match="LOG_DIRTY_PAGES"):
         vm.get_dirty_log(0)
+
+
+def test_fast_zap_toggles_the_generation_between_0_and_1() -> None:
+    """``kvm_mmu_zap_all_fast`` toggles ``mmu_valid_gen`` between 0 and 1: every page of the
+    old generation is zapped at once (a root in use stays, invalid), so no page can carry the
+    generation that comes round again and look valid."""
+    vm, _, vcpu, _ = _unsync_guest()
+    gens = []
+    for _ in range(3):
+        vm.mmu.zap_all_fast()
+        gens.append(vm.mmu.mmu_valid_gen)
+        assert vcpu.access(0x401000) == 0x101000
+        assert vcpu.root is not None and not vm.mmu.is_obsolete(vcpu.root)
+        assert all(sp.mmu_valid_gen == vm.mmu.mmu_valid_gen for sp in vm.mmu.active)
+    assert gens == [1, 0, 1]

@@ -51,9 +51,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kvmmu.errors import KvmmuError
-from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Pte
+from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Cr4, Pte
 from kvmmu.kvm import spte as S
-from kvmmu.kvm.mmu import gpte_gfn, read_gpte
+from kvmmu.kvm.mmu import gpte_gfn, is_last_gpte, read_gpte
 from kvmmu.kvm.page import LEVEL_BITS, MmuPage
 from kvmmu.kvm.rmap import level_base
 
@@ -144,6 +144,9 @@ class _Auditor:
                 if sp not in self.live:
                     self.live.append(sp)
         self.live_set = set(self.live)
+        # CR4.PSE decides what bit 7 of a 32-bit PDE means; the MMU keeps the shadows of
+        # 32-bit directories for the vCPUs' current value (Mmu.zap_pse_dependent_pages)
+        self.cr4_pse = all(vcpu.cpu.cr4 & Cr4.PSE for vcpu in vm.vcpus)
 
     def bad(self, rule: str, sp: MmuPage | None, index: int | None, detail: str) -> None:
         page = sp.describe() if sp is not None else "mmu"
@@ -297,7 +300,7 @@ class _Auditor:
         allowed = sp.role.access & _gpte_rights(gpte, sp)
         if child.direct:
             # a guest large page backed by smaller sptes: the child maps its frames
-            if not gpte & Pte.PAGE_SIZE:
+            if not is_last_gpte(sp, gpte, self.cr4_pse):
                 self.bad("gpte-rights", sp, i, f"direct child under guest table entry {gpte:#x}")
                 return
             base = _large_gpte_gfn(gpte, sp, i)
@@ -318,7 +321,7 @@ class _Auditor:
                     f"direct child's role grants {_acc_str(extra)} beyond guest entry {gpte:#x}",
                 )
             return
-        table_gfn = gpte_gfn(gpte, sp) if not gpte & Pte.PAGE_SIZE else -1
+        table_gfn = -1 if is_last_gpte(sp, gpte, self.cr4_pse) else gpte_gfn(gpte, sp)
         if table_gfn != child.gfn:
             self.bad(
                 "gpte-rights",
@@ -392,7 +395,8 @@ class _Auditor:
         if ad_settable and not gpte & Pte.ACCESSED:
             self.bad("gpte-rights", sp, i, f"guest entry {gpte:#x} is not accessed")
         if sp.level > 1:
-            named = _large_gpte_gfn(gpte, sp, i) if gpte & Pte.PAGE_SIZE else -1
+            large = is_last_gpte(sp, gpte, self.cr4_pse)
+            named = _large_gpte_gfn(gpte, sp, i) if large else -1
         else:
             named = gpte_gfn(gpte, sp)
         if named != gfn:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvmmu.hw.walk import PageFault, WalkResult, walk
-from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Access, Pte
+from kvmmu.hw.walk import GeneralProtection, PageFault, WalkResult, walk
+from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Access, PfErr, Pte
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.mmu import (
     FaultOutcome,
@@ -45,7 +45,8 @@ class FaultResult:
 def get_shadow_page(vcpu: MmuVcpu, gfn: int, role: MmuPageRole) -> MmuPage:
     """Find the page for (gfn, role) or create it (``kvm_mmu_get_shadow_page``).
 
-    A hash hit on an unsync page is synced for this vCPU first (``kvm_sync_page``).
+    A hash hit on an unsync page is synced for this vCPU first (``kvm_sync_page``); a hit
+    clears the page's write-flooding count (``kvm_mmu_find_shadow_page``).
     """
     mmu = vcpu.mmu
     for sp in list(mmu.page_hash.get(gfn, ())):
@@ -59,6 +60,7 @@ def get_shadow_page(vcpu: MmuVcpu, gfn: int, role: MmuPageRole) -> MmuPage:
             continue
         if sp.unsync and not sync_page_or_zap(vcpu, sp):
             continue  # the stale page could not be synced and was zapped
+        sp.write_flooding_count = 0  # __clear_sp_write_flooding_count: found again in use
         mmu.trace.emit(
             "kvm_mmu_get_page", gfn=gfn, role=role.describe(), created=False, sp=sp.serial
         )
@@ -66,12 +68,27 @@ def get_shadow_page(vcpu: MmuVcpu, gfn: int, role: MmuPageRole) -> MmuPage:
     return mmu.alloc_shadow_page(gfn, role)
 
 
-def page_fault(vcpu: MmuVcpu, gva: int, access: Access, *, implicit: bool = False) -> FaultResult:
-    """Handle a shadow page fault in a shadow-paging guest (``FNAME(page_fault)``)."""
+def page_fault(
+    vcpu: MmuVcpu,
+    gva: int,
+    access: Access,
+    *,
+    implicit: bool = False,
+    error_code: int = 0,
+) -> FaultResult:
+    """Handle a shadow page fault in a shadow-paging guest (``FNAME(page_fault)``).
+
+    ``error_code`` is the hardware's #PF error code from the walk of the shadow tables
+    (``fault->error_code``): its P bit says whether the faulting spte was present.
+    """
     mmu = vcpu.mmu
     cpu = vcpu.cpu
     result = walk(vcpu.memory, cpu, gva, access, implicit=implicit)
-    mmu.trace.emit("kvm_mmu_pagetable_walk", addr=gva, access=access.value)
+    mmu.trace.emit("kvm_mmu_pagetable_walk", addr=gva, pferr=error_code)
+    if mmu.trace.enabled and not isinstance(result, GeneralProtection):
+        steps = result.trace if isinstance(result, WalkResult) else result.steps
+        for step in steps:
+            mmu.trace.emit("kvm_mmu_paging_element", pte=step.entry, level=step.level)
     if isinstance(result, PageFault):
         mmu.stats.pf_guest += 1
         mmu.trace.emit("kvm_mmu_walker_error", addr=gva, pferr=int(result.error_code))
@@ -88,8 +105,10 @@ def page_fault(vcpu: MmuVcpu, gva: int, access: Access, *, implicit: bool = Fals
         mmu.stats.pf_emulate += 1
         mmu.stats.mmio_exits += 1
         return FaultResult(FaultOutcome.MMIO, gpa=result.gpa, walk=result)
-    if write and slot is not None and mmu.is_write_tracked(gfn):
-        # page_fault_handle_page_track: the guest writes one of its upper-level tables
+    if write and error_code & PfErr.PRESENT and slot is not None and mmu.is_write_tracked(gfn):
+        # page_fault_handle_page_track: a write fault on a present, read-only spte of one of
+        # the guest's upper-level tables. A not-present one goes through fetch, which installs
+        # the read-only spte (make_spte finds the gfn tracked) and asks for emulation.
         mmu.stats.pf_emulate += 1
         clear_flood_on_path(vcpu, gva)
         return FaultResult(FaultOutcome.EMULATE, gpa=result.gpa, walk=result)
@@ -163,6 +182,7 @@ def fetch(vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool) -> 
         child = get_shadow_page(vcpu, base, role)
         mmu.link_shadow_page(sp, index, child)
         sp, level = child, level - 1
+    sp.write_flooding_count = 0  # the page that holds the leaf spte was walked too
     index = shadow_index(gva, level)
     return mmu.set_spte(
         sp,

@@ -24,7 +24,7 @@ from kvmmu.hw.memory import GuestMemory, Memslot
 from kvmmu.hw.walk import CpuState, reserved_mask
 from kvmmu.hw.x86 import PAGE_SHIFT, Acc, PagingMode, Pte
 from kvmmu.kvm import spte as S
-from kvmmu.kvm.page import MmuPage, new_gfns
+from kvmmu.kvm.page import MmuPage, new_access, new_gfns
 from kvmmu.kvm.rmap import Rmap, Sptep, add_parent_pte, level_base, remove_parent_pte
 from kvmmu.kvm.role import MmuPageRole
 from kvmmu.kvm.stats import MmuStats
@@ -194,6 +194,7 @@ class Mmu:
             pfn=pfn,
             spt=self.host.page(pfn),
             gfns=new_gfns(role.direct),
+            access=new_access(role.direct),
             mmu_valid_gen=self.mmu_valid_gen,
             serial=self._serial,
         )
@@ -408,8 +409,13 @@ class Mmu:
         if writable and slot.dirty_logging:
             self.memory.mark_page_dirty(gfn)
         if not was_rmapped:
+            # rmap_add -> kvm_mmu_page_set_translation: the gfn and the guest's access
             sp.set_gfn(index, gfn)
+            sp.set_access(index, access)
             self.rmap.add(sp, index)
+            # rmap_add: the peak of sptes already on a gfn's rmap when one more is added
+            count = len(self.rmap.sptes(gfn, sp.level)) - 1
+            self.stats.max_mmu_rmap_size = max(self.stats.max_mmu_rmap_size, count)
         return outcome
 
     # -- zapping ----------------------------------------------------------------------------
@@ -454,15 +460,32 @@ class Mmu:
             self._free_page(sp)
 
     def zap_all_fast(self) -> None:
-        """Invalidate every page at once by bumping the generation (``kvm_mmu_zap_all_fast``).
+        """Invalidate every page at once by a new generation (``kvm_mmu_zap_all_fast``).
 
         Pages of the old generation are obsolete: lookups skip them, vCPUs drop roots of the old
         generation at their next entry, and the pages are zapped.
         """
-        self.mmu_valid_gen += 1
+        # The kernel toggles between 0 and 1: every page of the old generation is zapped now
+        # (roots in use stay, marked invalid), so none can look valid when the value returns.
+        self.mmu_valid_gen ^= 1
         self.trace.emit("kvm_mmu_zap_all_fast", gen=self.mmu_valid_gen)
         for sp in list(self.active):
             if sp in self.active and sp.mmu_valid_gen != self.mmu_valid_gen:
+                self.zap_page(sp)
+
+    def zap_pse_dependent_pages(self) -> None:
+        """Zap the shadows of 32-bit guest page directories after CR4.PSE changed.
+
+        No kernel counterpart: a deliberate difference. Whether a 32-bit PDE with bit 7 set
+        maps a 4 MiB page or points to a page table depends on CR4.PSE (SDM 4.3), and the
+        shadow PDE that ``FNAME(fetch)`` installed links a direct or an indirect child
+        accordingly. ``kvm_mmu_page_role`` has no PSE bit (the extended role's ``cr4_pse``
+        only resets the context, ``kvm_mmu_reset_context``), so KVM finds the same root again
+        with the old links and the guest keeps the old meaning. kvmmu drops these pages so
+        that the next access walks the guest's tables with the new one.
+        """
+        for sp in [sp for sp in self.active if sp.role.has_4_byte_gpte and sp.level == 2]:
+            if sp in self.active and not sp.role.invalid:
                 self.zap_page(sp)
 
     # -- memslot changes and dirty logging ---------------------------------------------------
@@ -498,13 +521,15 @@ class Mmu:
             self.flush_remote_tlbs()
 
     def zap_collapsible_sptes(self, slot: Memslot) -> None:
-        """After dirty logging stops, drop 4 KiB sptes of direct pages that a large page could
-        map again (``kvm_mmu_zap_collapsible_sptes``)."""
+        """After dirty logging stops, drop the sptes of direct pages that a larger page could
+        map again (``kvm_rmap_zap_collapsible_sptes``): the rmaps of levels 4 KiB up to below
+        the largest huge page (``KVM_MAX_HUGEPAGE_LEVEL - 1``), so 4 KiB -> 2 MiB and 1 GiB,
+        and 2 MiB -> 1 GiB (``sp->role.level < kvm_mmu_max_mapping_level``)."""
         for (level, gfn), head in list(self.rmap.items()):
-            if level != 1 or not slot.contains(gfn):
+            if level > 2 or not slot.contains(gfn):
                 continue
             for sp, index in list(head):
-                if sp.direct and self.max_mapping_level(slot, gfn, 3) > 1:
+                if sp.direct and sp.level < self.max_mapping_level(slot, sp.gfn, 3):
                     self.drop_spte(sp, index)
         self.flush_remote_tlbs()
 
@@ -697,6 +722,17 @@ def read_gpte(memory: GuestMemory, sp: MmuPage, index: int) -> int | None:
         gindex = index
         words = memory.table_words(sp.gfn, 8)
     return None if words is None else int(words[gindex])
+
+
+def is_last_gpte(sp: MmuPage, gpte: int, cr4_pse: bool) -> bool:
+    """Does the guest entry behind an upper-level spte of ``sp`` map a page
+    (``FNAME(is_last_gpte)``)? Bit 7 means PS in 8-byte entries, and in a 32-bit PDE only with
+    CR4.PSE (SDM 4.3); a level-1 entry always maps a page."""
+    if sp.level == 1:
+        return True
+    if sp.role.has_4_byte_gpte and not cr4_pse:
+        return False
+    return bool(gpte & Pte.PAGE_SIZE)
 
 
 def gpte_access(gpte: int, vcpu: MmuVcpu) -> int:

@@ -10,6 +10,13 @@ This is the 2010 change "KVM: MMU: Don't allocate gfns page for direct mmu pages
 ``None`` for a direct page, and every reader goes through :meth:`MmuPage.get_gfn`
 (``kvm_mmu_page_get_gfn``), every writer through :meth:`MmuPage.set_gfn`
 (``kvm_mmu_page_set_gfn``).
+
+Today's kernel keeps the guest's access bits of each spte next to its gfn, one u64 per spte in
+``shadowed_translation`` (2022, "Cache the access bits of shadowed translations"). kvmmu holds
+the two halves apart: ``gfns`` as in 2010, and ``access`` (one byte per spte, ``None`` for a
+direct page, whose role's access is the answer), read by :meth:`MmuPage.get_access`
+(``kvm_mmu_page_get_access``) and written by :meth:`MmuPage.set_access`
+(``kvm_mmu_page_set_access``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,14 @@ class GfnMismatchError(KvmmuError):
     """
 
 
+class AccessMismatchError(KvmmuError):
+    """``set_access`` on a direct page with other access bits than its role's.
+
+    The kernel's ``WARN_ONCE`` in ``kvm_mmu_page_set_translation`` ("access mismatch under
+    direct page"): the MMU's bookkeeping is wrong, so kvmmu raises.
+    """
+
+
 @dataclass(eq=False, slots=True)
 class MmuPage:
     """One shadow page. Identity matters (``eq=False``): two pages are never "equal"."""
@@ -51,6 +66,7 @@ class MmuPage:
     write_flooding_count: int = 0
     mmu_valid_gen: int = 0
     serial: int = 0  # creation order: "age" for reclaim and a stable name for tables
+    access: npt.NDArray[np.uint8] | None = field(default=None, repr=False)
 
     @property
     def direct(self) -> bool:
@@ -91,6 +107,30 @@ class MmuPage:
         assert self.gfns is not None, "an indirect page always has a gfns array"
         self.gfns[index] = gfn
 
+    def get_access(self, index: int) -> int:
+        """The guest's access bits behind spte ``index`` (``kvm_mmu_page_get_access``).
+
+        A direct page shadows no guest entries: the rights are its role's (all rights for TDP
+        and paging off, the guest large page's below one).
+        """
+        if self.access is None:
+            return self.role.access
+        return int(self.access[index])
+
+    def set_access(self, index: int, access: int) -> None:
+        """Record the guest's access bits behind spte ``index`` (``kvm_mmu_page_set_access``).
+
+        On a direct page nothing is stored: the value is checked against the role's.
+        """
+        if self.access is None:
+            if access != self.role.access:
+                raise AccessMismatchError(
+                    f"access mismatch under direct page {self.gfn:#x}: entry {index} was given "
+                    f"access {access:#x}, the role says {self.role.access:#x}"
+                )
+            return
+        self.access[index] = access
+
     def present_indices(self) -> npt.NDArray[np.intp]:
         """Indices of sptes that are not zero (present or MMIO).
 
@@ -113,6 +153,15 @@ def new_gfns(direct: bool) -> npt.NDArray[np.uint64] | None:
     return None if direct else np.zeros(ENTRIES_PER_TABLE, dtype=np.uint64)
 
 
+def new_access(direct: bool) -> npt.NDArray[np.uint8] | None:
+    """The access half of ``shadowed_translation`` for a new page: ``None`` for direct pages.
+
+    Kernel counterpart: the allocation of ``sp->shadowed_translation`` in
+    ``kvm_mmu_alloc_shadow_page``, skipped for direct pages.
+    """
+    return None if direct else np.zeros(ENTRIES_PER_TABLE, dtype=np.uint8)
+
+
 def standalone_page(gfn: int, level: int, *, direct: bool) -> MmuPage:
     """A shadow page outside any MMU, with zeroed sptes, for experiments and tests.
 
@@ -125,4 +174,5 @@ def standalone_page(gfn: int, level: int, *, direct: bool) -> MmuPage:
         pfn=0,
         spt=np.zeros(ENTRIES_PER_TABLE, dtype=np.uint64),
         gfns=new_gfns(direct),
+        access=new_access(direct),
     )

@@ -35,7 +35,6 @@ def track_write(vcpu: MmuVcpu, gpa: int, nbytes: int) -> None:
     if not pages:
         return
     mmu.stats.mmu_pte_write += 1
-    mmu.trace.emit("kvm_mmu_track_write", gpa=gpa, bytes=nbytes, pages=len(pages))
     flush = False
     for sp in pages:
         if mmu.is_obsolete(sp):
@@ -47,7 +46,7 @@ def track_write(vcpu: MmuVcpu, gpa: int, nbytes: int) -> None:
         written = written_sptes(sp, gpa)
         if written is None:
             continue
-        gentry = written_gentry(vcpu.memory, sp, gpa)
+        gentry = written_gentry(vcpu.memory, sp, gpa, nbytes)
         for index in written:
             old = int(sp.spt[index])
             flush |= S.is_shadow_present(old)
@@ -131,9 +130,13 @@ def written_sptes(sp: MmuPage, gpa: int) -> list[int] | None:
     return list(range(first, first + count))
 
 
-def written_gentry(memory: GuestMemory, sp: MmuPage, gpa: int) -> int:
+def written_gentry(memory: GuestMemory, sp: MmuPage, gpa: int, nbytes: int) -> int:
     """The whole guest entry containing ``gpa`` after the write (``mmu_pte_write_fetch_gpte``);
-    0 if it cannot be read. A 4-byte half of an 8-byte entry reads the whole entry."""
+    0 if it cannot be read. Only 4- and 8-byte writes are read: a 4-byte half of an 8-byte
+    entry reads the whole entry, and a one- or two-byte write (Linux's ``andb``) gives 0, so
+    the sptes behind it are zapped rather than refreshed."""
+    if nbytes not in (4, 8):
+        return 0
     size = 4 if sp.role.has_4_byte_gpte else 8
     try:
         return memory.read(gpa & ~(size - 1), size)

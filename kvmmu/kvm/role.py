@@ -7,6 +7,10 @@ shadows a guest table at all (``direct``), the rights inherited from the levels 
 (``access``), and the CPU state that changes permission semantics (``cr0_wp``, ``efer_nx``,
 ``smep_andnot_wp``, ``smap_andnot_wp``). The role is part of the hash key, so a change of any
 of these in the guest makes the MMU build, or find, different shadow pages.
+
+The CPU role (``union kvm_cpu_role``: this base role plus ``kvm_mmu_extended_role``) describes
+the guest's paging as a whole; which register bits reset the MMU context is here too
+(``KVM_MMU_CR0_ROLE_BITS``, ``KVM_MMU_CR4_ROLE_BITS``, ``KVM_MMU_EFER_ROLE_BITS``).
 """
 
 from __future__ import annotations
@@ -126,16 +130,55 @@ class MmuPageRole:
         return " ".join(bits)
 
 
-def cpu_root_role(cr0: int, cr4: int, efer: int) -> MmuPageRole:
-    """The role describing the guest's own paging (``kvm_calc_cpu_role``'s base role).
+# The register bits whose change resets the MMU context (mmu.h): kvm_post_set_cr0,
+# kvm_post_set_cr4 and kvm_set_efer call kvm_mmu_reset_context when one of them flips.
+CR0_ROLE_BITS = int(Cr0.PG | Cr0.WP)  # KVM_MMU_CR0_ROLE_BITS
+CR4_ROLE_BITS = int(Cr4.PSE | Cr4.PAE | Cr4.LA57 | Cr4.SMEP | Cr4.SMAP | Cr4.PKE)
+EFER_ROLE_BITS = int(Efer.LME | Efer.NXE)  # KVM_MMU_EFER_ROLE_BITS
 
-    With paging off the page is direct and the level meaningless; the MMU picks the level.
+
+@dataclass(frozen=True, slots=True)
+class MmuExtendedRole:
+    """``union kvm_mmu_extended_role``: CPU state the MMU context depends on beyond the page role.
+
+    These bits change how KVM walks and checks guest entries in software (``cr4_pse``: whether
+    bit 7 of a 32-bit PDE means PS; ``cr4_smep``/``cr4_smap``: permission checks even with
+    CR0.WP=1; ``cr4_pke`` and ``cr4_la57`` only in long mode), but are not part of a shadow
+    page's identity. ``valid`` tells a computed role from the all-zero one; ``execonly`` is
+    for EPT, which kvmmu's shadow MMU does not model, so it stays False.
+    """
+
+    valid: bool = False
+    execonly: bool = False
+    cr4_pse: bool = False
+    cr4_pke: bool = False
+    cr4_smap: bool = False
+    cr4_smep: bool = False
+    cr4_la57: bool = False
+    efer_lma: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CpuRole:
+    """``union kvm_cpu_role``: the guest's paging described as a base page role plus the
+    extended role. ``vcpu->arch.mmu->cpu_role`` in the kernel."""
+
+    base: MmuPageRole
+    ext: MmuExtendedRole
+
+
+def calc_cpu_role(cr0: int, cr4: int, efer: int) -> CpuRole:
+    """The role of the guest's own paging (``kvm_calc_cpu_role``).
+
+    With paging off the base role is direct and only ``ext.valid`` is set (the kernel's level
+    is 0 there; kvmmu's role needs 1..5, so it says 1 and the MMU picks the level).
     """
     mode = paging_mode(cr0, cr4, efer)
-    wp = bool(cr0 & Cr0.WP)
     if mode is PagingMode.NONE:
-        return MmuPageRole(level=1, direct=True)
-    return MmuPageRole(
+        return CpuRole(MmuPageRole(level=1, direct=True), MmuExtendedRole(valid=True))
+    wp = bool(cr0 & Cr0.WP)
+    lma = bool(efer & Efer.LMA)
+    base = MmuPageRole(
         level=mode.spec.root_level,
         has_4_byte_gpte=mode is PagingMode.BITS32,
         efer_nx=bool(efer & Efer.NXE),
@@ -143,18 +186,44 @@ def cpu_root_role(cr0: int, cr4: int, efer: int) -> MmuPageRole:
         smep_andnot_wp=bool(cr4 & Cr4.SMEP) and not wp,
         smap_andnot_wp=bool(cr4 & Cr4.SMAP) and not wp,
     )
+    ext = MmuExtendedRole(
+        valid=True,
+        cr4_pse=bool(cr4 & Cr4.PSE),
+        cr4_pke=lma and bool(cr4 & Cr4.PKE),  # PKE and LA57 count only in long mode
+        cr4_smap=bool(cr4 & Cr4.SMAP),
+        cr4_smep=bool(cr4 & Cr4.SMEP),
+        cr4_la57=lma and bool(cr4 & Cr4.LA57),
+        efer_lma=lma,
+    )
+    return CpuRole(base, ext)
+
+
+def cpu_root_role(cr0: int, cr4: int, efer: int) -> MmuPageRole:
+    """The base page role of the guest's own paging (``kvm_calc_cpu_role``'s ``base``).
+
+    With paging off the page is direct and the level meaningless; the MMU picks the level.
+    """
+    return calc_cpu_role(cr0, cr4, efer).base
 
 
 def shadow_root_role(cr0: int, cr4: int, efer: int) -> MmuPageRole:
     """The role of the shadow MMU's root (``kvm_init_shadow_mmu``).
 
     KVM shadows every non-64-bit guest with PAE tables (root level at least 3: four PAE page
-    directories under a PDPT), and forces EFER.NX in the role because it may use the NX bit of
-    sptes itself, whatever the guest's EFER says. With paging off the root is direct.
+    directories under a PDPT). With paging off the root is direct.
+
+    Deliberate difference: today's kernel forces ``efer_nx`` to 1 here, because it may use the
+    NX bit of sptes itself, so shadow pages built while the guest had EFER.NXE set are reused
+    after it clears it, and the guest keeps reading through entries whose bit 63 the SDM now
+    calls reserved (SDM 4.5: #PF with RSVD). kvmmu keeps the guest's EFER.NXE in the role, as
+    the 2010 kernel's ``role.nxe`` did, so those pages are not found again. The hardware still
+    runs with EFER.NX=1 (:meth:`kvmmu.kvm.vcpu.Vcpu.hardware_cpu`).
     """
     role = cpu_root_role(cr0, cr4, efer)
     level = 3 if role.direct else max(role.level, 3)
-    return replace(role, level=level, efer_nx=True)
+    if role.direct:
+        return replace(role, level=level, efer_nx=True)
+    return replace(role, level=level)
 
 
 def tdp_root_role(levels: int = 4) -> MmuPageRole:

@@ -1,13 +1,22 @@
-"""KVM-like MMU counters, as KVM exposes them in debugfs (``kvm_vm_stat``, ``kvm_vcpu_stat``).
+"""KVM's MMU counters under the kernel's names (``kvm_vm_stats_desc``, ``kvm_vcpu_stats_desc``).
 
-Names are the kernel's: ``pf_fixed`` counts faults the MMU fixed by installing an spte,
-``pf_guest`` faults reflected into the guest, ``pf_emulate`` faults that needed instruction
-emulation, ``mmu_cache_miss`` shadow pages created because none matched, ``mmu_pte_write``
-emulated writes to shadowed guest tables, ``mmu_pte_updated`` sptes refreshed in place by such a
-write, ``mmu_pde_zapped`` non-leaf sptes zapped by one, ``mmu_flooded`` pages zapped for write
-flooding or misaligned writes, ``mmu_shadow_zapped`` pages zapped, ``mmu_recycled`` pages
-reclaimed to stay under the page budget, ``mmu_unsync`` pages unsync now (a gauge, as in KVM),
-``pages`` shadow pages in use. The rest are kvmmu's own and say so.
+From today's ``kvm_vm_stats_desc`` (``x86.c``): ``mmu_cache_miss`` shadow pages created because
+none matched, ``mmu_pte_write`` emulated writes to shadowed guest tables, ``mmu_pde_zapped``
+non-leaf sptes zapped by such a write, ``mmu_flooded`` pages zapped for write flooding or a
+misaligned write, ``mmu_shadow_zapped`` pages zapped, ``mmu_recycled`` pages reclaimed to stay
+under the page budget, ``mmu_unsync`` pages unsync now (an instant counter), and
+``max_mmu_rmap_size`` the longest rmap seen (a peak). From ``kvm_vcpu_stats_desc``, summed over
+the VM's vCPUs: ``pf_fixed`` faults fixed by installing an spte, ``pf_guest`` faults reflected
+into the guest, ``pf_emulate`` faults that needed instruction emulation,
+``pf_mmio_spte_created`` MMIO sptes made, ``mmio_exits``, ``invlpg`` INVLPGs and ``tlb_flush``
+TLB flushes on the guest's behalf (``kvm_vcpu_flush_tlb_guest``).
+
+``mmu_pte_updated`` is a 2010-era counter: sptes refreshed in place by an emulated PTE write
+(``mmu_pte_write_new_pte``), which kvmmu still does; today's kernel has neither the refresh nor
+the counter. ``pages`` and the counters after it are kvmmu's own. Not here because kvmmu does
+not model what they count: ``pf_fast`` (``fast_page_fault``), ``nx_lpage_splits`` (the NX huge
+page mitigation) and ``max_mmu_page_hash_collisions`` (kvmmu's page hash is keyed by the gfn
+itself, KVM's by ``hash_64`` of it into 4096 buckets).
 """
 
 from __future__ import annotations
@@ -27,17 +36,20 @@ class MmuStats:
     pf_mmio_spte_created: int = 0
     mmu_cache_miss: int = 0
     mmu_pte_write: int = 0
-    mmu_pte_updated: int = 0
+    mmu_pte_updated: int = 0  # 2010-era
     mmu_pde_zapped: int = 0
     mmu_flooded: int = 0
     mmu_shadow_zapped: int = 0
     mmu_recycled: int = 0
     mmu_unsync: int = 0
-    pages: int = 0
+    max_mmu_rmap_size: int = 0
+    mmio_exits: int = 0
+    invlpg: int = 0
+    tlb_flush: int = 0
     # kvmmu's own counters
+    pages: int = 0
     tlb_hits: int = 0
     tlb_misses: int = 0
-    mmio_exits: int = 0
     sync_pages: int = 0
     root_cache_hits: int = 0
     root_cache_misses: int = 0
@@ -50,7 +62,10 @@ class MmuStats:
         return pd.Series(asdict(self), dtype="int64", name="count")
 
     def reset(self) -> None:
-        """Zero every event counter; ``pages`` and ``mmu_unsync`` are gauges of state and stay."""
+        """Zero every event counter; ``pages`` and ``mmu_unsync`` are gauges of state and stay.
+
+        ``max_mmu_rmap_size`` is a peak: zeroed, as writing 0 to its stats file does.
+        """
         for name in asdict(self):
             if name not in GAUGES:
                 setattr(self, name, 0)

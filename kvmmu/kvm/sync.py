@@ -140,6 +140,7 @@ def sync_spte(vcpu: MmuVcpu, sp: MmuPage, index: int) -> int:
     if gfn != sp.get_gfn(index):
         mmu.drop_spte(sp, index)
         return 1
+    sp.set_access(index, access)  # kvm_mmu_page_set_access: the rights may have changed
     slot = vcpu.memory.slots.find(gfn)
     host_writable = bool(spte & S.HOST_WRITABLE)
     writable = bool(access & Acc.WRITE) and host_writable

@@ -1,4 +1,5 @@
-"""Trace events named after ``arch/x86/kvm/mmu/mmutrace.h``, recorded in order.
+"""Trace events named after ``arch/x86/kvm/mmu/mmutrace.h`` (and ``kvm_page_fault`` from
+``arch/x86/kvm/trace.h``), recorded in order.
 
 Tracing is off by default and costs one attribute test per event when off. When on, each
 event is a row: sequence number, event name (``kvm_mmu_pagetable_walk``, ``kvm_mmu_get_page``,
@@ -15,25 +16,28 @@ from typing import Any
 import pandas as pd
 
 EVENTS = (
+    # arch/x86/kvm/trace.h: the #PF or EPT-violation exit (kvm_handle_page_fault,
+    # handle_ept_violation), with the hardware error code
+    "kvm_page_fault",
+    # arch/x86/kvm/mmu/mmutrace.h, in the order one shadow fault meets them
     "kvm_mmu_pagetable_walk",
     "kvm_mmu_paging_element",
     "kvm_mmu_walker_error",
     "kvm_mmu_get_page",
-    "kvm_mmu_set_spte",
     "kvm_mmu_spte_requested",
-    "kvm_mmu_prepare_zap_page",
+    "kvm_mmu_set_spte",
     "kvm_mmu_sync_page",
     "kvm_mmu_unsync_page",
+    "kvm_mmu_prepare_zap_page",
+    "kvm_mmu_zap_all_fast",
     "mark_mmio_spte",
     "handle_mmio_page_fault",
-    "kvm_mmu_set_dirty_bit",
-    "fast_page_fault",
-    "kvm_mmu_zap_all_fast",
     "check_mmio_spte",
-    "kvm_mmu_invalidate_addr",
-    "kvm_page_fault",
-    "kvm_mmu_track_write",
 )
+"""Every event kvmmu emits, each under its kernel name. ``mmutrace.h`` also defines events
+for what kvmmu does not model or cannot see: ``fast_page_fault``, ``kvm_mmu_set_accessed_bit``
+and ``kvm_mmu_set_dirty_bit`` (the walker sets A/D itself), ``kvm_tdp_mmu_spte_changed`` and
+``kvm_mmu_split_huge_page``."""
 
 
 class Tracer:

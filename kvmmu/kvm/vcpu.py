@@ -41,7 +41,16 @@ from kvmmu.kvm.fault import direct_page_fault, get_shadow_page, page_fault
 from kvmmu.kvm.mmu import FaultOutcome, Mmu, shadow_walk_init
 from kvmmu.kvm.page import MmuPage
 from kvmmu.kvm.page_track import track_write
-from kvmmu.kvm.role import MmuPageRole, shadow_root_role, tdp_root_role
+from kvmmu.kvm.role import (
+    CR0_ROLE_BITS,
+    CR4_ROLE_BITS,
+    EFER_ROLE_BITS,
+    CpuRole,
+    MmuPageRole,
+    calc_cpu_role,
+    shadow_root_role,
+    tdp_root_role,
+)
 from kvmmu.kvm.stats import MmuStats
 from kvmmu.kvm.sync import invlpg_sync, sync_roots
 
@@ -325,24 +334,77 @@ class Vcpu:
     ) -> GeneralProtection | None:
         """Write CR0/CR4/EFER (and CR3) together, as a guest switching modes does.
 
-        A change of paging mode or of a bit in the MMU role resets the MMU context
-        (``kvm_mmu_reset_context``): roots are dropped and the TLB flushed. Entering PAE mode
-        loads the PDPTEs; a bad one is a #GP and leaves the registers unchanged.
+        What ``kvm_post_set_cr0``, ``kvm_post_set_cr4`` and ``kvm_set_efer`` do after the write:
+        a change of a role bit (CR0.PG/WP, CR4.PSE/PAE/LA57/SMEP/SMAP/PKE, EFER.LME/NX) resets
+        the MMU context (``kvm_mmu_reset_context``), except CR0.WP alone under TDP, which only
+        re-inits it; a change of CR4.PGE flushes the guest's TLB (``KVM_REQ_TLB_FLUSH_GUEST``).
+        Entering PAE mode loads the PDPTEs; a bad one is a #GP and leaves the registers
+        unchanged.
         """
+        old = self.cpu
         new = replace(
-            self.cpu,
-            cr0=self.cpu.cr0 if cr0 is None else cr0,
-            cr4=self.cpu.cr4 if cr4 is None else cr4,
-            efer=self.cpu.efer if efer is None else efer,
-            cr3=self.cpu.cr3 if cr3 is None else cr3,
-            pdptes=self.cpu.pdptes or (0, 0, 0, 0),
+            old,
+            cr0=old.cr0 if cr0 is None else cr0,
+            cr4=old.cr4 if cr4 is None else cr4,
+            efer=old.efer if efer is None else efer,
+            cr3=old.cr3 if cr3 is None else cr3,
+            pdptes=old.pdptes or (0, 0, 0, 0),
         )
         loaded = load_cr3(self.memory, new, new.cr3)
         if isinstance(loaded, GeneralProtection):
             return loaded
         self.cpu = self._checked(loaded)
-        self._reset_context()
+        self._hw_cpu = None
+        self._post_set_registers(old, self.cpu)
         return None
+
+    def _post_set_registers(self, old: CpuState, new: CpuState) -> None:
+        """The MMU side of a register write (``kvm_post_set_cr0``, ``kvm_post_set_cr4``,
+        ``kvm_set_efer``), then the CR3 part as ``kvm_set_cr3`` does it."""
+        cr0_diff, cr4_diff = old.cr0 ^ new.cr0, old.cr4 ^ new.cr4
+        reset = bool(
+            cr0_diff & CR0_ROLE_BITS
+            or cr4_diff & CR4_ROLE_BITS
+            or (old.efer ^ new.efer) & EFER_ROLE_BITS
+        )
+        wp_only = cr0_diff == Cr0.WP and not cr4_diff and old.efer == new.efer
+        if wp_only and (not new.cr0 & Cr0.PG or self.vm.tdp):
+            # CR0.WP alone: nothing to do with paging off; with TDP, WP changes no spte, so
+            # kvm_init_mmu runs but the roots stay. kvmmu's TLB caches outcomes that depend on
+            # WP (the hardware applies WP at each use), so it is flushed instead.
+            reset = False
+            self.tlb.flush()
+        if reset:
+            if cr4_diff & Cr4.PSE and not self.vm.tdp:
+                self.mmu.zap_pse_dependent_pages()
+            self._reset_context()
+        elif cr4_diff & Cr4.PGE:
+            self.flush_tlb_guest()
+        if reset or (new.cr3 == old.cr3 and new.pdptes == old.pdptes):
+            return
+        if not self.vm.tdp:
+            self._new_pgd()
+        self.tlb.flush(keep_global=self.pge)
+        self.reload()
+
+    @property
+    def cpu_role(self) -> CpuRole:
+        """The role of the guest's paging (``vcpu->arch.mmu->cpu_role``)."""
+        return calc_cpu_role(self.cpu.cr0, self.cpu.cr4, self.cpu.efer)
+
+    def flush_tlb_guest(self) -> None:
+        """A TLB flush on the guest's behalf: a CR4.PGE toggle, INVPCID all-context
+        (``kvm_vcpu_flush_tlb_guest``). Under shadow paging the current roots are synced and
+        the previous roots with unsync pages below are freed (``kvm_mmu_sync_roots``,
+        ``kvm_mmu_sync_prev_roots``)."""
+        self.mmu.stats.tlb_flush += 1
+        if not self.vm.tdp:
+            self.reload()
+            sync_roots(self)
+            for sp in [sp for sp in self.prev_roots if sp.unsync or sp.unsync_children]:
+                self.prev_roots.remove(sp)  # kvm_mmu_sync_prev_roots
+                self.mmu.put_root(sp)
+        self.tlb.flush()
 
     def _reset_context(self) -> None:
         """``kvm_mmu_reset_context``: drop every root, cached ones too, and flush the TLB."""
@@ -387,6 +449,7 @@ class Vcpu:
             return sp.gfn == gfn and sp.role == role and not self.mmu.is_obsolete(sp)
 
         if usable(self.root):
+            self.root.write_flooding_count = 0
             return
         cache = [self.root, *self.prev_roots]
         hit = next((sp for sp in self.prev_roots if usable(sp)), None)
@@ -400,6 +463,8 @@ class Vcpu:
         while len(cache) > KVM_MMU_NUM_PREV_ROOTS:
             self.mmu.put_root(cache.pop())
         self.prev_roots = cache
+        if self.root is not None:
+            self.root.write_flooding_count = 0  # kvm_mmu_new_pgd: the guest uses this root
 
     def set_cpl(self, cpl: int) -> None:
         """Change the privilege level (no TLB effect).
@@ -429,6 +494,7 @@ class Vcpu:
 
     def invlpg(self, gva: int) -> None:
         """INVLPG: drop the TLB entries for ``gva`` (``kvm_mmu_invlpg``); sync comes with unsync."""
+        self.mmu.stats.invlpg += 1
         self.tlb.invlpg(gva)
         invlpg_sync(self, gva)
 
@@ -635,6 +701,7 @@ class Vcpu:
             return Translation(gpa)
         if isinstance(hw, GeneralProtection):
             return hw
+        self.mmu.trace.emit("kvm_page_fault", fault_address=gva, error_code=int(hw.error_code))
         if hw.error_code & PfErr.RSVD:
             mmio = self._mmio_fault(gva, kind, implicit, hw)
             if mmio is not None:
@@ -649,7 +716,7 @@ class Vcpu:
             if outcome is FaultOutcome.EMULATE:
                 return Translation(gva, emulated=True)
             return None
-        result = page_fault(self, gva, kind, implicit=implicit)
+        result = page_fault(self, gva, kind, implicit=implicit, error_code=int(hw.error_code))
         if result.outcome is FaultOutcome.GUEST:
             return result.fault
         if result.outcome is FaultOutcome.EMULATE:
@@ -796,6 +863,7 @@ class Vcpu:
         if isinstance(hw, WalkResult):
             return len(hw.raw)
         assert isinstance(hw, PageFault)
+        self.mmu.trace.emit("kvm_page_fault", fault_address=gpa, error_code=int(hw.error_code))
         if hw.error_code & PfErr.RSVD:
             spte = hw.steps[-1].entry if hw.steps else 0
             if (

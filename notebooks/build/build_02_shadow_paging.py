@@ -74,15 +74,17 @@ guest edits that table: it write-protects every guest table it shadows.""",
         """## One fault, event by event
 
 Tracing (the events of `mmutrace.h`) records what the fault handler did for a first data read at
-`0x600000`: the guest walk, one `kvm_mmu_get_page` per shadow page looked up or created, the
-requested mapping level and the leaf spte.""",
+`0x600000`: the exit with the hardware's error code (`kvm_page_fault`, from `trace.h`), the guest
+walk and one `kvm_mmu_paging_element` per guest entry it read, one `kvm_mmu_get_page` per shadow
+page looked up or created, the requested mapping level and the leaf spte.""",
     ),
     (
         "code",
         """with vm.mmu.trace.recording() as trace:
     vcpu.access(0x600000, Access.READ)
 events = draw.tidy_trace(trace.frame())
-assert list(events["event"])[::3] == ["kvm_mmu_pagetable_walk", "kvm_mmu_set_spte"]
+assert list(events["event"])[:2] == ["kvm_page_fault", "kvm_mmu_pagetable_walk"]
+assert list(events["event"])[-1] == "kvm_mmu_set_spte"
 events""",
     ),
     (

@@ -20,7 +20,7 @@ from enum import IntFlag
 import numpy as np
 import numpy.typing as npt
 
-from kvmmu.errors import AddressError, MemslotError, check_int
+from kvmmu.errors import AddressError, MemslotError, check_count, check_flags, check_int
 from kvmmu.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, check_maxphyaddr
 
 Page = npt.NDArray[np.uint64]
@@ -193,7 +193,8 @@ class Memslots:
         return None
 
     def get(self, slot_id: int) -> Memslot:
-        """The slot with id ``slot_id``; :class:`MemslotError` if there is none."""
+        """The slot with id ``slot_id`` (``id_to_memslot``); MemslotError if there is none."""
+        check_count("slot_id", slot_id, error=MemslotError)
         for slot in self._slots:
             if slot.slot_id == slot_id:
                 return slot
@@ -229,10 +230,11 @@ class Memslots:
 
     def add(self, base_gfn: int, npages: int, flags: MemslotFlag = MemslotFlag.NONE) -> Memslot:
         """Create a slot backed by fresh, zeroed host frames (``KVM_SET_USER_MEMORY_REGION``)."""
+        # Fix: "RO", None and unknown bits were accepted or escaped as TypeError
+        # (check_memory_region_flags refuses bits outside KVM_MEM_*).
+        flags = check_flags("flags", flags, MemslotFlag, MemslotError)
         self._check_range(base_gfn, npages)
-        slot = Memslot(
-            self._next_id, base_gfn, npages, self.host.alloc_range(npages), MemslotFlag(flags)
-        )
+        slot = Memslot(self._next_id, base_gfn, npages, self.host.alloc_range(npages), flags)
         self._next_id += 1
         if slot.dirty_logging:
             slot.dirty_bitmap = np.zeros(npages, dtype=bool)
@@ -257,9 +259,22 @@ class Memslots:
         return slot
 
     def set_flags(self, slot_id: int, flags: MemslotFlag) -> Memslot:
-        """Change a slot's flags (``KVM_MR_FLAGS_ONLY``); enabling dirty logging clears the log."""
+        """Change a slot's flags (``KVM_MR_FLAGS_ONLY``); enabling dirty logging clears the log.
+
+        Only ``LOG_DIRTY_PAGES`` may change: like ``kvm_set_memory_region``, which returns
+        -EINVAL when ``KVM_MEM_READONLY`` differs from the existing slot's, a slot's
+        read-only bit is fixed at creation (sptes made for it would keep the old rights).
+        """
         slot = self.get(slot_id)
-        flags = MemslotFlag(flags)
+        flags = check_flags("flags", flags, MemslotFlag, MemslotError)
+        # Fix: READONLY was flipped on a live slot, leaving writable sptes over a ROM.
+        if (flags ^ slot.flags) & MemslotFlag.READONLY:
+            have = "read-only" if slot.readonly else "read-write"
+            raise MemslotError(
+                f"slot {slot_id} is {have}; KVM refuses to change MemslotFlag.READONLY on an "
+                "existing slot (only LOG_DIRTY_PAGES may change): delete the slot and add it "
+                "again with the flags you want"
+            )
         if flags & MemslotFlag.LOG_DIRTY_PAGES and not slot.dirty_logging:
             slot.dirty_bitmap = np.zeros(slot.npages, dtype=bool)
         if not flags & MemslotFlag.LOG_DIRTY_PAGES:

@@ -25,7 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from kvmmu.errors import AddressError, MemslotError, ModeError, check_int
+from kvmmu.errors import (
+    AddressError,
+    MemslotError,
+    ModeError,
+    check_bool,
+    check_instance,
+    check_int,
+)
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.x86 import (
     PAGE_MASK,
@@ -93,6 +100,24 @@ class CpuState:
         if not isinstance(self.gbpages, bool):
             raise ModeError(f"gbpages must be True or False, got {self.gbpages!r}")
         mode = paging_mode(self.cr0, self.cr4, self.efer)
+        # Fix: PCIDE outside long mode, and CR3 bits no MOV to CR3 can store, were accepted
+        # (and the bits then silently dropped by root_gpa). kvm_set_cr4 refuses PCIDE unless
+        # is_long_mode(); kvm_set_cr3 refuses CR3 bits above MAXPHYADDR in long mode
+        # (kvm_vcpu_is_illegal_gpa); outside long mode CR3 is a 32-bit register.
+        if self.cr4 & Cr4.PCIDE and not self.efer & Efer.LMA:
+            raise ModeError(
+                "CR4.PCIDE=1 needs long mode (EFER.LMA=1): setting it elsewhere is a #GP; "
+                "clear Cr4.PCIDE or use a 4- or 5-level mode"
+            )
+        long_mode = mode in (PagingMode.LEVEL4, PagingMode.LEVEL5)
+        width = self.maxphyaddr if long_mode else 32
+        if self.cr3 >> width:
+            where = f"MAXPHYADDR={self.maxphyaddr}" if long_mode else "32 bits outside long mode"
+            raise ModeError(
+                f"cr3={self.cr3:#x} sets bits {self.cr3 >> width << width:#x} above {where}; "
+                f"a MOV to CR3 with them #GPs (use load_cr3 to see the guest's #GP), so pass "
+                f"cr3 < {1 << width:#x}"
+            )
         if mode is PagingMode.PAE and self.pdptes is None:
             raise ModeError("PAE paging needs its four PDPTEs: create the state with load_cr3()")
         if mode is PagingMode.PAE:
@@ -147,6 +172,11 @@ def cpu_for_mode(
     (``kvm_set_cr0``/``kvm_set_cr4``/``kvm_set_efer``). For PAE, pass ``pdptes`` or use
     :func:`load_cr3` afterwards.
     """
+    # Fix: "4-level", None or 4 fell through every test below and gave 32-bit paging.
+    check_instance("mode", mode, PagingMode, "a PagingMode, e.g. PagingMode.LEVEL4", ModeError)
+    flags = {"wp": wp, "nxe": nxe, "pse": pse, "pge": pge, "smep": smep, "smap": smap}
+    for name, value in (*flags.items(), ("pke", pke), ("ac", ac)):
+        check_bool(name, value, ModeError)
     cr0 = int(Cr0.PE | (Cr0.PG if mode is not PagingMode.NONE else 0) | (Cr0.WP if wp else 0))
     cr4 = 0
     efer = int(Efer.NXE) if nxe else 0

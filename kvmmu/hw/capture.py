@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import KvmmuError, check_count
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.walk import CpuState
 from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Cr4, Pte, canonicalize, describe_flags
@@ -306,7 +306,11 @@ def _qemu_tlb_fields_cached(pte: int, level: int) -> tuple[int, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def ptdump(memory: GuestMemory, cpu: CpuState) -> pd.DataFrame:
+PTDUMP_LIMIT = 1 << 18
+"""Rows :func:`ptdump` lists by default: a booted Linux guest has some 10**5 leaves."""
+
+
+def ptdump(memory: GuestMemory, cpu: CpuState, *, limit: int = PTDUMP_LIMIT) -> pd.DataFrame:
     """Every present leaf reachable from ``cpu.cr3``, in address order (4- and 5-level paging).
 
     The traversal of ``arch/x86/mm/dump_pagetables.c`` and of QEMU's ``info tlb``: it visits
@@ -314,30 +318,68 @@ def ptdump(memory: GuestMemory, cpu: CpuState) -> pd.DataFrame:
     at the PDE and PDPTE levels. It translates nothing and checks no rights or reserved bits;
     that is the walker's job. Columns: ``gva``, ``level``, ``page_size``, ``pte`` (the full
     leaf entry, ``uint64``), and ``gpa`` and ``flags`` as QEMU prints them.
+
+    At most ``limit`` rows are listed; ``attrs`` holds ``leaves`` (all leaves, counted with
+    each shared table memoised, so a self-referencing root finishes at once), ``elided`` and
+    ``cyclic`` (some table is reached again below itself).
     """
+    check_count("limit", limit, error=CaptureError)
     levels = 5 if cpu.cr4 & Cr4.LA57 else 4
     va_bits = 57 if levels == 5 else 48
     address_mask = ((1 << cpu.maxphyaddr) - 1) & ~(PAGE_SIZE - 1)
     rows: list[tuple[int, int, int]] = []
+    cache: dict[tuple[int, int], list[tuple[int, int, bool]]] = {}
+    counts: dict[tuple[int, int], int] = {}
+    states: set[tuple[int, int, frozenset[int]]] = set()  # walk states seen by the cycle check
+
+    def entries(table: int, level: int) -> list[tuple[int, int, bool]]:
+        """(index, entry, is_leaf) of the present entries, each table read once."""
+        if (table, level) not in cache:
+            words = memory.table_words(table >> PAGE_SHIFT)
+            if words is None:
+                raise CaptureError(f"table at gpa {table:#x} lies outside the captured memory")
+            page = np.asarray(words)
+            cache[(table, level)] = [
+                (i, e, level == 1 or (level in (2, 3) and bool(e & Pte.PAGE_SIZE)))
+                for i in np.flatnonzero(page & int(Pte.PRESENT)).tolist()
+                for e in (int(page[i]),)
+            ]
+        return cache[(table, level)]
+
+    def count(table: int, level: int) -> int:
+        if (table, level) not in counts:
+            counts[(table, level)] = sum(
+                1 if leaf else count(e & address_mask, level - 1)
+                for _, e, leaf in entries(table, level)
+            )
+        return counts[(table, level)]
+
+    def revisits(table: int, level: int, path: frozenset[int]) -> bool:
+        """True if a walk from here uses a table already on ``path`` (or this one) again."""
+        path = path | {table}
+        if (table, level, path) in states:
+            return False
+        states.add((table, level, path))
+        subs = {e & address_mask for _, e, leaf in entries(table, level) if not leaf}
+        return any(sub in path or revisits(sub, level - 1, path) for sub in subs)
 
     def visit(table: int, level: int, base: int) -> None:
-        words = memory.table_words(table >> PAGE_SHIFT)
-        if words is None:
-            raise CaptureError(f"table at gpa {table:#x} lies outside the captured memory")
         shift = PAGE_SHIFT + 9 * (level - 1)
-        for index in range(512):
-            entry = int(words[index])
-            if not entry & Pte.PRESENT:
-                continue
+        for index, entry, leaf in entries(table, level):
+            if len(rows) >= limit:
+                return
             gva = base | (index << shift)
-            if level == 1 or (level in (2, 3) and entry & Pte.PAGE_SIZE):
+            if leaf:
                 rows.append((canonicalize(gva, va_bits), level, entry))
             else:
                 visit(entry & address_mask, level - 1, gva)
 
-    visit(cpu.cr3 & address_mask, levels, 0)
+    root = cpu.cr3 & address_mask
+    total = count(root, levels)
+    cyclic = revisits(root, levels, frozenset())
+    visit(root, levels, 0)
     fields = [_qemu_tlb_fields_cached(pte, level) for _, level, pte in rows]
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "gva": np.array([r[0] for r in rows], dtype=np.uint64),
             "level": np.array([r[1] for r in rows], dtype=np.int64),
@@ -349,6 +391,8 @@ def ptdump(memory: GuestMemory, cpu: CpuState) -> pd.DataFrame:
             "flags": pd.Series([f[1] for f in fields], dtype=object),
         }
     )
+    frame.attrs.update(leaves=total, elided=total - len(rows), cyclic=cyclic)
+    return frame
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,6 +444,7 @@ def _load_tables(path: Path, memory: GuestMemory) -> tuple[int, ...]:
 
 __all__ = [
     "DATA_DIR",
+    "PTDUMP_LIMIT",
     "Capture",
     "CaptureError",
     "CaptureView",

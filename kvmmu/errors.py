@@ -84,9 +84,8 @@ def check_count(
     if isinstance(value, bool) or not isinstance(value, int):
         raise error(f"{name} must be an int, got {_shown(value)}")
     if value < minimum or value >> bits:
-        raise error(
-            f"{name}={value} is out of range; pass an int with {minimum} <= {name} < 2**{bits}"
-        )
+        wanted = "a non-negative int" if minimum == 0 else f"an int of at least {minimum}"
+        raise error(f"{name}={value} is out of range: pass {wanted} below 2**{bits}")
     return value
 
 

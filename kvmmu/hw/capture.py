@@ -30,6 +30,7 @@ import functools
 import json
 import lzma
 import re
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvmmu.errors import KvmmuError, check_count
+from kvmmu.errors import KvmmuError, check_count, check_instance, check_int
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.walk import CpuState
 from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Cr4, Pte, canonicalize, describe_flags
@@ -120,8 +121,11 @@ class Capture:
 
 
 def list_captures(data_dir: Path | None = None) -> list[str]:
-    """Names of the captures under ``data/linux-guest/`` (folders holding ``capture.json``)."""
-    root = DATA_DIR if data_dir is None else data_dir
+    """Names of the captures under ``data/linux-guest/`` (folders holding ``capture.json``).
+
+    No kernel counterpart.
+    """
+    root = _data_dir(data_dir)
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / "capture.json").is_file())
@@ -133,14 +137,14 @@ def load_capture(name: str, data_dir: Path | None = None) -> Capture:
     Raises :class:`MissingCaptureError` naming the captures that exist when there is no such
     capture, and :class:`CaptureError` when a file is missing or does not parse.
     """
-    root = DATA_DIR if data_dir is None else data_dir
-    folder = root / name
+    root = _data_dir(data_dir)
+    folder = root / _check_name(name)
     if not (folder / "capture.json").is_file():
         known = list_captures(root)
         hint = (
             f"known captures: {', '.join(known)}"
             if known
-            else f"{root} holds none; run scripts/capture_linux_guest.py to make them"
+            else f"data_dir {root} holds none; run scripts/capture_linux_guest.py to make them"
         )
         raise MissingCaptureError(f"no capture named {name!r} in {root}; {hint}")
     metadata = _read_json(folder / "capture.json")
@@ -211,6 +215,7 @@ def parse_info_tlb(text: str) -> pd.DataFrame:
     flag (``xd``, ``global``, ``ps``, ``dirty``, ``accessed``, ``pcd``, ``pwt``, ``user``,
     ``writable``). Addresses are ``uint64``.
     """
+    check_instance("text", text, str, "the text of info tlb (a str)", CaptureError)
     gvas: list[int] = []
     gpas: list[int] = []
     flags: list[str] = []
@@ -243,6 +248,7 @@ def parse_info_mem(text: str) -> pd.DataFrame:
     ``end - start == size``), ``user`` and ``writable`` (the AND of U/S and of R/W over every
     level), and ``rights``, QEMU's three characters.
     """
+    check_instance("text", text, str, "the text of info mem (a str)", CaptureError)
     rows: list[tuple[int, int, bool, bool, str]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -273,6 +279,9 @@ def qemu_tlb_fields(pte: int, level: int) -> tuple[int, str]:
     PAT there, not PS) before printing ``XGPDACTUW``; this is the same projection, so a
     walker's leaf entry can be compared with a line of ``info tlb``.
     """
+    check_int("pte", pte)
+    if not isinstance(level, int) or isinstance(level, bool) or level not in QEMU_ADDRESS_MASK:
+        raise CaptureError(f"level must be 1, 2 or 3 (a leaf's level), got {level!r}")
     if level == 1:
         pte &= ~int(Pte.PAGE_SIZE)
     return pte & QEMU_ADDRESS_MASK[level], describe_flags(pte)
@@ -323,6 +332,8 @@ def ptdump(memory: GuestMemory, cpu: CpuState, *, limit: int = PTDUMP_LIMIT) -> 
     each shared table memoised, so a self-referencing root finishes at once), ``elided`` and
     ``cyclic`` (some table is reached again below itself).
     """
+    check_instance("memory", memory, GuestMemory, "a GuestMemory", CaptureError)
+    check_instance("cpu", cpu, CpuState, "a CpuState", CaptureError)
     check_count("limit", limit, error=CaptureError)
     levels = 5 if cpu.cr4 & Cr4.LA57 else 4
     va_bits = 57 if levels == 5 else 48
@@ -408,10 +419,31 @@ def _hex(value: object) -> int:
     raise ValueError(f"expected a hex string, got {value!r}")
 
 
+def _data_dir(data_dir: object) -> Path:
+    """``data_dir`` as a Path (the package's captures when None)."""
+    if data_dir is None:
+        return DATA_DIR
+    if isinstance(data_dir, str):
+        data_dir = Path(data_dir)
+    return check_instance("data_dir", data_dir, Path, "a Path (or str) or None", CaptureError)
+
+
+def _check_name(name: object) -> str:
+    """A capture name is one folder name: no separator, no ``..``, nothing hidden."""
+    # Fix: "../x" reached folders outside the data directory.
+    name = check_instance("name", name, str, "a capture name (see list_captures())", CaptureError)
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise CaptureError(
+            f"capture name {name!r} must be one folder name (no '/', '\\' or '..'); "
+            "see list_captures()"
+        )
+    return name
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CaptureError(f"{path} does not load ({exc}); rerun the capture script") from exc
     if not isinstance(data, dict):
         raise CaptureError(f"{path} should hold a JSON object; rerun the capture script")
@@ -423,16 +455,24 @@ def _read_text(path: Path) -> str:
     if not path.is_file():
         raise CaptureError(f"{path} is missing; rerun scripts/capture_linux_guest.py")
     raw = path.read_bytes()
-    return (lzma.decompress(raw) if path.suffix == ".xz" else raw).decode()
+    try:
+        return (lzma.decompress(raw) if path.suffix == ".xz" else raw).decode()
+    except (lzma.LZMAError, EOFError, UnicodeDecodeError) as exc:
+        raise CaptureError(f"{path} is damaged ({exc}); rerun the capture script") from exc
 
 
 def _load_tables(path: Path, memory: GuestMemory) -> tuple[int, ...]:
     """Write the captured table pages (``gpa`` -> ``uint64[512]``) into guest memory."""
     if not path.is_file():
         raise CaptureError(f"{path} is missing; rerun scripts/capture_linux_guest.py")
-    with np.load(path) as npz:
-        gpas = npz["gpa"].astype(np.uint64)
-        pages = npz["pages"].astype("<u8")
+    try:
+        with np.load(path) as npz:
+            gpas = npz["gpa"].astype(np.uint64)
+            pages = npz["pages"].astype("<u8")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CaptureError(
+            f"{path} is damaged or lacks the gpa/pages arrays ({exc!r}); rerun the capture script"
+        ) from exc
     if pages.shape != (len(gpas), 512):
         raise CaptureError(f"{path}: pages has shape {pages.shape}, expected ({len(gpas)}, 512)")
     for gpa, page in zip(gpas.tolist(), pages, strict=True):

@@ -30,7 +30,9 @@ from kvmmu.errors import (
     MappingError,
     MemslotError,
     ModeError,
+    check_callable,
     check_count,
+    check_instance,
     check_int,
 )
 from kvmmu.hw.memory import GuestMemory
@@ -74,7 +76,11 @@ WriteHook = Callable[[int, bytes], None]
 
 
 def format_size(size: int) -> str:
-    """A page or range size in the units people say: ``4 KiB``, ``2 MiB``, ``1 GiB``."""
+    """A page or range size in the units people say: ``4 KiB``, ``2 MiB``, ``1 GiB``.
+
+    No kernel counterpart.
+    """
+    check_count("size", size, minimum=1)
     for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
         if size >= 1 << shift and size % (1 << shift) == 0:
             return f"{size >> shift} {unit}"
@@ -95,7 +101,7 @@ class TablePagePool:
     """
 
     def __init__(self, gfns: range) -> None:
-        self.gfns = gfns
+        self.gfns = check_instance("gfns", gfns, range, "a range of gfns", MappingError)
         self._free = list(gfns)  # ascending, so already a heap
         self.in_use: set[int] = set()
 
@@ -124,6 +130,11 @@ class TablePagePool:
 
         The guest kernel freeing a page-table page (Linux ``pte_free``).
         """
+        check_int("gfn", gfn)
+        if gfn not in self.in_use:
+            raise MappingError(
+                f"gfn={gfn:#x} is not a table page in use; free only what alloc gave"
+            )
         self.in_use.remove(gfn)
         heapq.heappush(self._free, gfn)
 
@@ -315,6 +326,7 @@ class GuestPageTables:
         self.wp, self.nxe, self.pse, self.pge = wp, nxe, pse, pge
         self.smep, self.smap, self.pke = smep, smap, pke
         self.maxphyaddr = check_maxphyaddr(maxphyaddr)
+        check_callable("on_write", on_write)
         self.on_write = on_write
         self._esize = self.spec.entry_size
         self._addr_mask = _ADDR_32 if self._esize == 4 else _ADDR_64
@@ -694,8 +706,7 @@ class GuestPageTables:
     def _check_gva_and_length(self, gva: int, length: int, size: int) -> int:
         check_int("gva", gva)
         _check_aligned("gva", gva, size)
-        if isinstance(length, bool) or not isinstance(length, int):
-            raise AddressError(f"length must be an int number of bytes, got {length!r}")
+        check_count("length", length)
         if length <= 0 or length % size:
             raise AddressError(
                 f"length={length:#x} must be a positive multiple of the {format_size(size)} "

@@ -60,6 +60,7 @@ _P, _W, _U, _A, _D, _PS = 1, 2, 4, 1 << 5, 1 << 6, 1 << 7
 _XD = 1 << 63
 _RSVD, _FETCH, _PK = int(PfErr.RSVD), int(PfErr.FETCH), int(PfErr.PK)
 _AC = int(Rflags.AC)
+_BOOL: type = bool  # compared by identity on the walk's entry, where isinstance costs more
 _ACC = tuple(Acc(i) for i in range(8))
 
 
@@ -350,7 +351,15 @@ def _cr3_mask(mode: PagingMode, maxphyaddr: int) -> int:
 
 
 def reserved_mask(cpu: CpuState, level: int, large: bool) -> int:
-    """Reserved bits of an entry at ``level`` (bit 7 set when ``large``) for these registers."""
+    """Reserved bits of an entry at ``level`` (bit 7 set when ``large``) for these registers.
+
+    KVM keeps them in ``rsvd_bits_mask[large][level - 1]`` (``reset_guest_rsvds_bits_mask``).
+    """
+    # One cheap test: the MMU asks this for every guest entry it checks.
+    if cpu.__class__ is not CpuState or large.__class__ is not bool or level.__class__ is not int:
+        check_instance("cpu", cpu, CpuState, "a CpuState (see cpu_for_mode)", ModeError)
+        check_bool("large", large, ModeError)
+        check_int("level", level)
     ctx = _context(cpu)
     if not 1 <= level <= ctx.spec.root_level:
         raise ModeError(f"level {level} does not exist in {ctx.spec.mode.value} paging")
@@ -452,6 +461,7 @@ class WalkResult:
         return Acc(self._step(level)[4])
 
     def _step(self, level: int) -> _RawStep:
+        check_int("level", level)
         for step in self.raw:
             if step[0] == level:
                 return step
@@ -506,6 +516,9 @@ def walk(
         raise ModeError(f"access must be Access.READ, Access.WRITE or Access.FETCH, got {access!r}")
     _check_memory_and_cpu(memory, cpu)
     check_int("gva", gva)
+    if implicit.__class__ is not _BOOL or set_ad.__class__ is not _BOOL:  # one cheap test
+        check_bool("implicit", implicit, ModeError)
+        check_bool("set_ad", set_ad, ModeError)
     ctx = _context(cpu)
     spec = ctx.spec
     if spec.root_level == 0:
@@ -642,6 +655,8 @@ def walk_many(
 
     No kernel counterpart.
     """
+    if not isinstance(gvas, (list, tuple, range)):
+        raise AddressError(f"gvas must be a list of int addresses, got {type(gvas).__name__}")
     return [walk(memory, cpu, gva, access) for gva in gvas]
 
 

@@ -108,9 +108,11 @@ class HostMemory:
 
     def raw(self, pfn: int) -> bytearray:
         """The 4096 bytes of frame ``pfn``, created zero-filled on first use."""
-        check_int("pfn", pfn)
+        if type(pfn) is not int:  # the shadow walk reads frames here: one cheap test
+            check_int("pfn", pfn)
         buf = self._pages.get(pfn)
         if buf is None:
+            check_int("pfn", pfn)
             buf = self._pages[pfn] = bytearray(PAGE_SIZE)
         return buf
 
@@ -120,7 +122,7 @@ class HostMemory:
 
     def words(self, pfn: int, entry_size: int = 8) -> memoryview:
         """Frame ``pfn`` as a memoryview of 64-bit (or 32-bit) words."""
-        if type(entry_size) is not int or (entry_size != 8 and entry_size != 4):
+        if entry_size != 8 and entry_size != 4:
             raise AddressError(f"entry_size must be 4 or 8 bytes, got {entry_size!r}")
         return memoryview(self.raw(pfn)).cast("Q" if entry_size == 8 else "I")
 

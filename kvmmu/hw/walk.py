@@ -49,8 +49,8 @@ from kvmmu.hw.x86 import (
     PfErr,
     Pte,
     Rflags,
+    _is_canonical,
     check_maxphyaddr,
-    is_canonical,
     paging_mode,
     pdpte_rsvd_mask,
     rsvd_bits,
@@ -533,7 +533,7 @@ def walk(
                 f"gva={gva:#x} does not fit in 32 bits, the linear-address width of "
                 f"{spec.mode.value} paging"
             )
-    elif not is_canonical(gva, spec.va_bits):
+    elif not _is_canonical(gva, spec.va_bits):
         return GeneralProtection(gva, f"{gva:#x} is not canonical for {spec.va_bits}-bit addresses")
 
     write = access is Access.WRITE

@@ -228,6 +228,11 @@ def is_canonical(addr: int, va_bits: int) -> bool:
         _check_address(addr, va_bits)
     if not 0 < va_bits <= 64:
         _check_address(addr, va_bits)
+    return _is_canonical(addr, va_bits)
+
+
+def _is_canonical(addr: int, va_bits: int) -> bool:
+    """:func:`is_canonical` without the argument checks, for callers that made them."""
     top = addr >> (va_bits - 1)
     return top == 0 or top == (1 << (64 - va_bits + 1)) - 1
 

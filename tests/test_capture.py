@@ -354,3 +354,24 @@ def test_the_stopped_user_process_can_run_its_next_instruction(name: str) -> Non
         assert isinstance(kernel, WalkResult)
     else:  # mapped, but supervisor-only: a protection fault at CPL=3
         assert peek.error_code == PfErr.PRESENT | PfErr.USER
+
+
+def test_ptdump_of_a_self_referencing_root_is_bounded_and_says_so() -> None:
+    """Issue 13, bug 6: a PML4 whose entries all point at itself has 512**4 leaves. ptdump
+    counts them with each table memoised, lists at most ``limit`` and flags the cycle."""
+    from kvmmu.hw.memory import GuestMemory
+    from kvmmu.hw.walk import cpu_for_mode
+
+    memory = GuestMemory(1 << 20)
+    for index in range(512):
+        memory.write(0x1000 + 8 * index, 0x1000 | 7)
+    frame = ptdump(memory, cpu_for_mode(PagingMode.LEVEL4, cr3=0x1000), limit=300)
+    assert len(frame) == 300 and set(frame["gpa"].tolist()) == {0x1000}
+    assert frame.attrs == {"leaves": 512**4, "elided": 512**4 - 300, "cyclic": True}
+
+
+def test_ptdump_of_a_tree_is_complete_and_acyclic() -> None:
+    """An ordinary capture: nothing elided, no cycle."""
+    frame = dump_of("x86_64-4level-pti", "user")
+    assert frame.attrs["elided"] == 0 and not frame.attrs["cyclic"]
+    assert frame.attrs["leaves"] == len(frame)

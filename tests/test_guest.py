@@ -663,3 +663,118 @@ def test_format_size_uses_binary_units() -> None:
         "6 KiB",
     ]
     assert describe_flags(0) == "---------"
+
+
+# --------------------------------------------------------------------------------------------
+# Dumps of cyclic and shared table graphs
+# --------------------------------------------------------------------------------------------
+
+
+def self_referencing_root(mode: PagingMode) -> GuestPageTables:
+    """Tables whose every root entry points back at the root: each gva walks to the root."""
+    pt = build(mode)
+    esize = mode.spec.entry_size
+    for index in range(4096 // esize):
+        pt.memory.write(pt.cr3 + index * esize, pt.cr3 | TABLE_ENTRY_BITS, esize)
+    return pt
+
+
+@pytest.mark.parametrize("mode", [PagingMode.BITS32, PagingMode.LEVEL4, PagingMode.LEVEL5])
+def test_dumps_of_a_fully_self_referencing_root_finish_and_say_so(mode: PagingMode) -> None:
+    """Issue 13, bug 6: 512**4 leaves used to be listed one by one (days). The graph is one
+    table page; counting memoises it, the listing stops at its limit and says how much it left
+    out, and info_mem summarises each shared subtable once."""
+    pt = self_referencing_root(mode)
+    spec = mode.spec
+    per_table = 4096 // spec.entry_size
+    total = per_table**spec.root_level
+    graph = pt.table_graph()
+    assert (graph.tables, graph.leaves, graph.cyclic) == (1, total, True)
+    assert [(r.table, r.target, r.level) for r in graph.self_references] == [
+        (pt.cr3, pt.cr3, spec.root_level)
+    ] * per_table
+    assert [r.index for r in graph.self_references] == list(range(per_table))
+
+    frame = pt.mappings(limit=700)
+    assert len(frame) == 700 and frame["recursive"].all()
+    assert set(frame["gpa"]) == {pt.cr3} and frame["gva"].tolist() == [i * K4 for i in range(700)]
+    assert frame.attrs["leaves"] == total and frame.attrs["elided"] == total - 700
+    assert frame.attrs["cyclic"] and "cyclic" in frame.attrs["note"]
+    for gva in frame["gva"].tolist()[::97]:
+        assert gpa_of(pt, gva) == pt.cr3  # each listed row is a real translation
+
+    ranges = pt.info_mem()
+    span = 1 << spec.va_bits
+    if spec.va_bits == 32:
+        expected = [(0, span)]
+    else:  # the two canonical halves
+        expected = [(0, span // 2), ((1 << 64) - span // 2, 1 << 64)]
+    assert list(zip(ranges["start"], ranges["end"], strict=True)) == expected
+    assert set(ranges["prot"]) == {"urwx"} and ranges.attrs["elided"] == 0
+
+
+def test_default_dump_of_a_self_referencing_root_is_bounded() -> None:
+    """Without arguments the listing stops at DUMP_LIMIT rows."""
+    from kvmmu.hw.guest import DUMP_LIMIT
+
+    pt = self_referencing_root(PagingMode.LEVEL4)
+    assert len(list(pt.leaves())) == DUMP_LIMIT
+    assert len(pt.mappings()) == DUMP_LIMIT
+
+
+def test_windows_style_recursive_slot_lists_the_tables_it_maps() -> None:
+    """A self-map (PML4E 0x1ED -> the PML4, as Windows does) makes every table page visible
+    at the recursive window. The dump is finite and exact: the ordinary leaves, plus one row
+    per table page seen through the slot, marked ``recursive``; every row is what the walker
+    gives, and the note names the one self-referencing entry."""
+    pt = build(PagingMode.LEVEL4)
+    pt.map(0x40_0000, 0x10_0000, length=3 * K4, user=True)
+    pt.map(HIGH_GVA[PagingMode.LEVEL4], 0x20_0000, M2)
+    plain = pt.mappings()
+    slot = 0x1ED
+    window = 0xFFFF_0000_0000_0000 | slot << 39
+    pt.set_entry(window, 4, pt.cr3 | TABLE_ENTRY_BITS)
+    frame = pt.mappings()
+    assert frame.attrs["elided"] == 0 and frame.attrs["cyclic"]
+    refs = pt.table_graph().self_references
+    assert [(r.name, r.index, r.table, r.target) for r in refs] == [("PML4E", slot, pt.cr3, pt.cr3)]
+    ordinary = frame[~frame["recursive"]].drop(columns="recursive").reset_index(drop=True)
+    assert ordinary.equals(plain.drop(columns="recursive"))
+    seen = frame[frame["recursive"]]
+    assert all(gva >> 39 & 0x1FF == slot for gva in seen["gva"])
+    # every table page is seen as a 4 KiB page; so is the first 4 KiB of the 2 MiB page, whose
+    # PDE is read as a PTE through the window (bit 7 is PAT there, not PS)
+    assert set(seen["gpa"]) == {gfn << 12 for gfn in pt.tables} | {0x20_0000}
+    assert set(seen["size"]) == {K4}
+    self_map = (window | slot << 30 | slot << 21 | slot << 12) & ((1 << 64) - 1)
+    assert seen["gva"].tolist()[-1] == self_map and gpa_of(pt, self_map) == pt.cr3
+    for row in seen.to_dict("records"):
+        assert gpa_of(pt, row["gva"]) == row["gpa"]
+
+
+def test_shared_subtables_are_listed_once_per_way_of_reaching_them() -> None:
+    """Two PDEs pointing at one page table: both ranges are listed, neither is recursive,
+    the graph is not cyclic and counts the table page once."""
+    pt = build(PagingMode.LEVEL4)
+    pt.map(0x40_0000, 0x10_0000, length=2 * K4)
+    pt.set_entry(0x60_0000, 2, pt.entry(0x40_0000, 2))
+    frame = pt.mappings()
+    assert frame["gva"].tolist() == [0x40_0000, 0x40_1000, 0x60_0000, 0x60_1000]
+    assert not frame["recursive"].any() and not frame.attrs["cyclic"]
+    graph = pt.table_graph()
+    assert (graph.tables, graph.leaves, graph.cyclic) == (4, 4, False)
+    assert "no cycles" in graph.describe()
+    check_dumps_against_walks(pt, range(0x40_0000, 0x80_0000, K4))
+
+
+@pytest.mark.parametrize("limit", [-1, 1.5, "10", True, None])
+def test_dump_limits_are_counts(limit: object) -> None:
+    """A limit is a non-negative int (None: no limit, for leaves and mappings only)."""
+    pt = build(PagingMode.LEVEL4)
+    pt.map(0x40_0000, 0x10_0000)
+    if limit is None:
+        assert len(pt.mappings(limit=None)) == 1
+        return
+    for dump in (pt.mappings, pt.info_mem, lambda limit: list(pt.leaves(limit=limit))):
+        with pytest.raises(MappingError, match="limit"):
+            dump(limit=limit)

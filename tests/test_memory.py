@@ -365,7 +365,7 @@ def test_every_change_bumps_the_generation() -> None:
     gens.append(mem.slots.generation)
     mem.slots.move(slot.slot_id, 8)
     gens.append(mem.slots.generation)
-    mem.slots.set_flags(slot.slot_id, MemslotFlag.READONLY)
+    mem.slots.set_flags(slot.slot_id, MemslotFlag.LOG_DIRTY_PAGES)
     gens.append(mem.slots.generation)
     mem.slots.delete(slot.slot_id)
     gens.append(mem.slots.generation)
@@ -393,8 +393,38 @@ def test_readonly_flag() -> None:
     rom = mem.slots.add(0x10, 1, MemslotFlag.READONLY)
     ram = mem.slots.add(0x20, 1)
     assert rom.readonly and not ram.readonly
-    mem.slots.set_flags(rom.slot_id, MemslotFlag.NONE)
-    assert not rom.readonly
+
+
+@pytest.mark.parametrize("start", [MemslotFlag.NONE, MemslotFlag.READONLY])
+def test_readonly_cannot_change_on_a_live_slot(start: MemslotFlag) -> None:
+    """kvm_set_memory_region: -EINVAL when KVM_MEM_READONLY differs from the existing slot's.
+
+    Only LOG_DIRTY_PAGES may change with KVM_MR_FLAGS_ONLY; the refusal changes nothing.
+    """
+    mem = GuestMemory()
+    slot = mem.slots.add(0x10, 2, start)
+    gen = mem.slots.generation
+    with pytest.raises(MemslotError, match="READONLY"):
+        mem.slots.set_flags(slot.slot_id, start ^ MemslotFlag.READONLY)
+    with pytest.raises(MemslotError, match="READONLY"):
+        mem.slots.set_flags(
+            slot.slot_id, (start ^ MemslotFlag.READONLY) | MemslotFlag.LOG_DIRTY_PAGES
+        )
+    assert (slot.flags, mem.slots.generation) == (start, gen)
+    mem.slots.set_flags(slot.slot_id, start | MemslotFlag.LOG_DIRTY_PAGES)  # allowed
+    assert slot.dirty_logging and slot.readonly == bool(start)
+
+
+@pytest.mark.parametrize("flags", ["RO", None, 1.0, True, 1 << 2, -1, MemslotFlag.READONLY | 8])
+def test_memslot_flags_must_be_known_bits(flags: object) -> None:
+    """check_memory_region_flags: anything but KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY."""
+    mem = GuestMemory()
+    with pytest.raises(MemslotError, match="flags"):
+        mem.slots.add(0x10, 1, flags)  # type: ignore[arg-type]
+    slot = mem.slots.add(0x10, 1)
+    with pytest.raises(MemslotError, match="flags"):
+        mem.slots.set_flags(slot.slot_id, flags)  # type: ignore[arg-type]
+    assert len(mem.slots) == 1 and slot.flags == MemslotFlag.NONE
 
 
 def test_dirty_bitmap_records_mark_page_dirty_only_while_logging() -> None:
@@ -421,7 +451,7 @@ def test_enabling_dirty_logging_starts_a_clean_log_and_disabling_drops_it() -> N
     mem.slots.set_flags(slot.slot_id, MemslotFlag.LOG_DIRTY_PAGES)
     assert slot.dirty_bitmap.tolist() == [False] * 4
     mem.mark_page_dirty(1)
-    mem.slots.set_flags(slot.slot_id, MemslotFlag.LOG_DIRTY_PAGES | MemslotFlag.READONLY)
+    mem.slots.set_flags(slot.slot_id, MemslotFlag.LOG_DIRTY_PAGES)
     assert slot.dirty_bitmap.tolist() == [False, True, False, False]  # kept while logging
     mem.slots.set_flags(slot.slot_id, MemslotFlag.NONE)
     assert slot.dirty_bitmap.size == 0

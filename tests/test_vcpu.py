@@ -11,7 +11,7 @@ tables (each of the n guest entries and the final gpa needs an m-step TDP walk).
 import pytest
 
 import kvmmu.kvm.vcpu as vcpu_module
-from kvmmu.errors import AddressError, KvmmuError, ModeError
+from kvmmu.errors import AddressError, KvmmuError, MemslotError, ModeError
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.walk import GeneralProtection, PageFault
 from kvmmu.hw.x86 import Access, PagingMode
@@ -265,3 +265,28 @@ def test_invlpg_drops_every_fractured_piece_of_a_guest_large_page() -> None:
     assert len(vcpu.tlb) == 0
     fault = vcpu.access(0x4000_1234, Access.READ, cpl=3)
     assert isinstance(fault, PageFault) and int(fault.error_code) == 0b101
+
+
+# --------------------------------------------------------------------------------------------
+# Memslot flags on a live VM
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tdp", [False, True])
+def test_set_memslot_flags_refuses_readonly_on_a_live_slot(tdp: bool) -> None:
+    """KVM refuses to change KVM_MEM_READONLY on an existing slot (``kvm_set_memory_region``:
+    -EINVAL). Flipping it here used to leave writable sptes over a ROM, which the audit caught.
+    Dirty logging may still be switched on and off."""
+    from kvmmu.hw.memory import MemslotFlag
+    from kvmmu.kvm.audit import audit_report
+
+    vm, _, vcpu = _vm_and_vcpu(tdp=tdp)
+    assert vcpu.write(0x400000, 0x1234) is None  # a writable spte now maps gfn 0x100
+    with pytest.raises(MemslotError, match="READONLY"):
+        vm.set_memslot_flags(0, MemslotFlag.READONLY)
+    assert not vm.memory.slots.get(0).readonly
+    assert audit_report(vm) == []
+    vm.set_memslot_flags(0, MemslotFlag.LOG_DIRTY_PAGES)
+    assert vcpu.write(0x400008, 5) is None
+    assert 0x100 in vm.get_dirty_log(0)
+    assert audit_report(vm) == []

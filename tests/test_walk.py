@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1013,11 +1013,25 @@ def test_ad_updates_mark_the_table_pages_dirty() -> None:
     assert {int(g) for g in slot.dirty_bitmap.nonzero()[0]} == {where[1] >> 12}
 
 
+def reload_as_rom(mem: GuestMemory, slot_id: int) -> None:
+    """Turn a RAM slot into a ROM with the same contents, as a VMM loading a ROM image does.
+
+    KVM cannot flip KVM_MEM_READONLY on a live slot, so the slot is deleted and created again
+    read-only, and its pages are written back from the host side (not through the guest).
+    """
+    slot = mem.slots.get(slot_id)
+    base, size = slot.base_gfn << 12, slot.npages << 12
+    image = mem.read_bytes(base, size)
+    mem.slots.delete(slot_id)
+    mem.slots.add(base >> 12, size >> 12, MemslotFlag.READONLY)
+    mem.write_bytes(base, image)
+
+
 def test_tables_in_a_readonly_memslot_are_walked_but_not_updated() -> None:
     """KVM: A/D bits are not written into a read-only memslot (pte_writable is false)."""
     t = Tables(LEVEL4)
     where = t.map(0x1000, 0x5000)
-    t.mem.slots.set_flags(0, MemslotFlag.READONLY)
+    reload_as_rom(t.mem, 0)
     ok(walk(t.mem, t.cpu(), 0x1000, WRITE))
     assert all(t.read(gpa) & (A | D) == 0 for gpa in where.values())
 
@@ -1210,6 +1224,58 @@ def test_long_mode_cr3_load_checks_maxphyaddr_and_drops_the_pcid_noflush_bit() -
     loaded = load_cr3(mem, pcid, 1 << 63 | 0x1000 | 0x5)
     assert isinstance(loaded, CpuState) and loaded.cr3 == 0x1005
     assert loaded.root_gpa == 0x1000  # the PCID in bits 11:0 is not an address
+
+
+@pytest.mark.parametrize("mode", ["4-level", None, 4, 1.5, "LEVEL4", PagingMode.LEVEL4.spec])
+def test_cpu_for_mode_refuses_what_is_not_a_paging_mode(mode: object) -> None:
+    """A string, None or a level count used to fall through to 32-bit paging silently."""
+    with pytest.raises(ModeError, match="mode must be a PagingMode"):
+        cpu_for_mode(mode)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["wp", "nxe", "pse", "pge", "smep", "smap", "pke", "ac"])
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_cpu_for_mode_feature_switches_are_booleans(name: str, value: object) -> None:
+    """A truthy "no" must not turn a feature on."""
+    with pytest.raises(ModeError, match=name):
+        cpu_for_mode(LEVEL4, **{name: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("maxphyaddr", [36, 40, 52])
+@pytest.mark.parametrize("mode", LONG_MODES)
+def test_cpu_state_refuses_cr3_bits_above_maxphyaddr_in_long_mode(
+    mode: PagingMode, maxphyaddr: int
+) -> None:
+    """kvm_set_cr3: CR3 bits at or above MAXPHYADDR are reserved (kvm_vcpu_is_illegal_gpa),
+    so no CPU holds them; the state used to keep them and root_gpa silently dropped them.
+    A MOV to CR3 with them is the guest's #GP (load_cr3 returns it as a value)."""
+    base = cpu_for_mode(mode, maxphyaddr=maxphyaddr)
+    top = (1 << maxphyaddr) - 0x1000
+    assert replace(base, cr3=top).root_gpa == top  # the highest legal table is fine
+    for cr3 in (1 << maxphyaddr, (1 << 63) | 0x1000):
+        with pytest.raises(ModeError, match="MAXPHYADDR"):
+            replace(base, cr3=cr3)
+        with pytest.raises(ModeError, match="MAXPHYADDR"):
+            cpu_for_mode(mode, cr3=cr3, maxphyaddr=maxphyaddr)
+        assert isinstance(load_cr3(GuestMemory(MiB), base, cr3), GeneralProtection)
+
+
+@pytest.mark.parametrize("mode", [NONE, BITS32, PAE])
+def test_cpu_state_refuses_cr3_above_4gib_outside_long_mode(mode: PagingMode) -> None:
+    """Outside IA-32e mode CR3 is a 32-bit register: a state holding more is impossible."""
+    with pytest.raises(ModeError, match="32 bits"):
+        cpu_for_mode(mode, cr3=1 << 32)
+    assert cpu_for_mode(mode, cr3=0xFFFF_F000).cr3 == 0xFFFF_F000
+
+
+@pytest.mark.parametrize("mode", [NONE, BITS32, PAE])
+def test_pcide_needs_long_mode(mode: PagingMode) -> None:
+    """kvm_set_cr4 refuses CR4.PCIDE unless is_long_mode(); SDM 4.10.1: MOV to CR4 #GPs."""
+    cpu = cpu_for_mode(mode)
+    with pytest.raises(ModeError, match="PCIDE"):
+        replace(cpu, cr4=cpu.cr4 | Cr4.PCIDE)
+    long = cpu_for_mode(LEVEL4)
+    assert replace(long, cr4=long.cr4 | Cr4.PCIDE).cr4 & Cr4.PCIDE
 
 
 def test_32bit_cr3_load_keeps_32_bits() -> None:

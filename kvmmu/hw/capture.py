@@ -30,6 +30,7 @@ import functools
 import json
 import lzma
 import re
+import zipfile
 from dataclasses import dataclass, replace
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import KvmmuError, check_count, check_instance, check_int
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.walk import CpuState
 from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Cr4, Pte, canonicalize, describe_flags
@@ -129,7 +130,7 @@ def list_captures(data_dir: Folder | None = None) -> list[str]:
 
     No kernel counterpart.
     """
-    root = DATA_DIR if data_dir is None else data_dir
+    root = _data_dir(data_dir)
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / "capture.json").is_file())
@@ -144,14 +145,14 @@ def load_capture(name: str, data_dir: Folder | None = None) -> Capture:
 
     No kernel counterpart.
     """
-    root = DATA_DIR if data_dir is None else data_dir
-    folder = root / name
+    root = _data_dir(data_dir)
+    folder = root / _check_name(name)
     if not (folder / "capture.json").is_file():
         known = list_captures(root)
         hint = (
             f"known captures: {', '.join(known)}"
             if known
-            else f"{root} holds none; run scripts/capture_linux_guest.py to make them"
+            else f"data_dir {root} holds none; run scripts/capture_linux_guest.py to make them"
         )
         raise MissingCaptureError(f"no capture named {name!r} in {root}; {hint}")
     metadata = _read_json(folder / "capture.json")
@@ -222,6 +223,7 @@ def parse_info_tlb(text: str) -> pd.DataFrame:
     flag (``xd``, ``global``, ``ps``, ``dirty``, ``accessed``, ``pcd``, ``pwt``, ``user``,
     ``writable``). Addresses are ``uint64``.
     """
+    check_instance("text", text, str, "the text of info tlb (a str)", CaptureError)
     gvas: list[int] = []
     gpas: list[int] = []
     flags: list[str] = []
@@ -254,6 +256,7 @@ def parse_info_mem(text: str) -> pd.DataFrame:
     ``end - start == size``), ``user`` and ``writable`` (the AND of U/S and of R/W over every
     level), and ``rights``, QEMU's three characters.
     """
+    check_instance("text", text, str, "the text of info mem (a str)", CaptureError)
     rows: list[tuple[int, int, bool, bool, str]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -284,6 +287,9 @@ def qemu_tlb_fields(pte: int, level: int) -> tuple[int, str]:
     PAT there, not PS) before printing ``XGPDACTUW``; this is the same projection, so a
     walker's leaf entry can be compared with a line of ``info tlb``.
     """
+    check_int("pte", pte)
+    if not isinstance(level, int) or isinstance(level, bool) or level not in QEMU_ADDRESS_MASK:
+        raise CaptureError(f"level must be 1, 2 or 3 (a leaf's level), got {level!r}")
     if level == 1:
         pte &= ~int(Pte.PAGE_SIZE)
     return pte & QEMU_ADDRESS_MASK[level], describe_flags(pte)
@@ -317,7 +323,11 @@ def _qemu_tlb_fields_cached(pte: int, level: int) -> tuple[int, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def ptdump(memory: GuestMemory, cpu: CpuState) -> pd.DataFrame:
+PTDUMP_LIMIT = 1 << 18
+"""Rows :func:`ptdump` lists by default: a booted Linux guest has some 10**5 leaves."""
+
+
+def ptdump(memory: GuestMemory, cpu: CpuState, *, limit: int = PTDUMP_LIMIT) -> pd.DataFrame:
     """Every present leaf reachable from ``cpu.cr3``, in address order (4- and 5-level paging).
 
     The traversal of ``arch/x86/mm/dump_pagetables.c`` and of QEMU's ``info tlb``: it visits
@@ -325,30 +335,70 @@ def ptdump(memory: GuestMemory, cpu: CpuState) -> pd.DataFrame:
     at the PDE and PDPTE levels. It translates nothing and checks no rights or reserved bits;
     that is the walker's job. Columns: ``gva``, ``level``, ``page_size``, ``pte`` (the full
     leaf entry, ``uint64``), and ``gpa`` and ``flags`` as QEMU prints them.
+
+    At most ``limit`` rows are listed; ``attrs`` holds ``leaves`` (all leaves, counted with
+    each shared table memoised, so a self-referencing root finishes at once), ``elided`` and
+    ``cyclic`` (some table is reached again below itself).
     """
+    check_instance("memory", memory, GuestMemory, "a GuestMemory", CaptureError)
+    check_instance("cpu", cpu, CpuState, "a CpuState", CaptureError)
+    check_count("limit", limit, error=CaptureError)
     levels = 5 if cpu.cr4 & Cr4.LA57 else 4
     va_bits = 57 if levels == 5 else 48
     address_mask = ((1 << cpu.maxphyaddr) - 1) & ~(PAGE_SIZE - 1)
     rows: list[tuple[int, int, int]] = []
+    cache: dict[tuple[int, int], list[tuple[int, int, bool]]] = {}
+    counts: dict[tuple[int, int], int] = {}
+    states: set[tuple[int, int, frozenset[int]]] = set()  # walk states seen by the cycle check
+
+    def entries(table: int, level: int) -> list[tuple[int, int, bool]]:
+        """(index, entry, is_leaf) of the present entries, each table read once."""
+        if (table, level) not in cache:
+            words = memory.table_words(table >> PAGE_SHIFT)
+            if words is None:
+                raise CaptureError(f"table at gpa {table:#x} lies outside the captured memory")
+            page = np.asarray(words)
+            cache[(table, level)] = [
+                (i, e, level == 1 or (level in (2, 3) and bool(e & Pte.PAGE_SIZE)))
+                for i in np.flatnonzero(page & int(Pte.PRESENT)).tolist()
+                for e in (int(page[i]),)
+            ]
+        return cache[(table, level)]
+
+    def count(table: int, level: int) -> int:
+        if (table, level) not in counts:
+            counts[(table, level)] = sum(
+                1 if leaf else count(e & address_mask, level - 1)
+                for _, e, leaf in entries(table, level)
+            )
+        return counts[(table, level)]
+
+    def revisits(table: int, level: int, path: frozenset[int]) -> bool:
+        """True if a walk from here uses a table already on ``path`` (or this one) again."""
+        path = path | {table}
+        if (table, level, path) in states:
+            return False
+        states.add((table, level, path))
+        subs = {e & address_mask for _, e, leaf in entries(table, level) if not leaf}
+        return any(sub in path or revisits(sub, level - 1, path) for sub in subs)
 
     def visit(table: int, level: int, base: int) -> None:
-        words = memory.table_words(table >> PAGE_SHIFT)
-        if words is None:
-            raise CaptureError(f"table at gpa {table:#x} lies outside the captured memory")
         shift = PAGE_SHIFT + 9 * (level - 1)
-        for index in range(512):
-            entry = int(words[index])
-            if not entry & Pte.PRESENT:
-                continue
+        for index, entry, leaf in entries(table, level):
+            if len(rows) >= limit:
+                return
             gva = base | (index << shift)
-            if level == 1 or (level in (2, 3) and entry & Pte.PAGE_SIZE):
+            if leaf:
                 rows.append((canonicalize(gva, va_bits), level, entry))
             else:
                 visit(entry & address_mask, level - 1, gva)
 
-    visit(cpu.cr3 & address_mask, levels, 0)
+    root = cpu.cr3 & address_mask
+    total = count(root, levels)
+    cyclic = revisits(root, levels, frozenset())
+    visit(root, levels, 0)
     fields = [_qemu_tlb_fields_cached(pte, level) for _, level, pte in rows]
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "gva": np.array([r[0] for r in rows], dtype=np.uint64),
             "level": np.array([r[1] for r in rows], dtype=np.int64),
@@ -360,6 +410,8 @@ def ptdump(memory: GuestMemory, cpu: CpuState) -> pd.DataFrame:
             "flags": pd.Series([f[1] for f in fields], dtype=object),
         }
     )
+    frame.attrs.update(leaves=total, elided=total - len(rows), cyclic=cyclic)
+    return frame
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,10 +427,33 @@ def _hex(value: object) -> int:
     raise ValueError(f"expected a hex string, got {value!r}")
 
 
+def _data_dir(data_dir: object) -> Folder:
+    """``data_dir`` as a folder (the package's captures when None)."""
+    if data_dir is None:
+        return DATA_DIR
+    if isinstance(data_dir, str):
+        data_dir = Path(data_dir)
+    if isinstance(data_dir, Traversable):
+        return data_dir
+    return check_instance("data_dir", data_dir, Path, "a Path (or str) or None", CaptureError)
+
+
+def _check_name(name: object) -> str:
+    """A capture name is one folder name: no separator, no ``..``, nothing hidden."""
+    # Fix: "../x" reached folders outside the data directory.
+    name = check_instance("name", name, str, "a capture name (see list_captures())", CaptureError)
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise CaptureError(
+            f"capture name {name!r} must be one folder name (no '/', '\\' or '..'); "
+            "see list_captures()"
+        )
+    return name
+
+
 def _read_json(path: Folder) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CaptureError(f"{path} does not load ({exc}); rerun the capture script") from exc
     if not isinstance(data, dict):
         raise CaptureError(f"{path} should hold a JSON object; rerun the capture script")
@@ -390,16 +465,24 @@ def _read_text(path: Folder) -> str:
     if not path.is_file():
         raise CaptureError(f"{path} is missing; rerun scripts/capture_linux_guest.py")
     raw = path.read_bytes()
-    return (lzma.decompress(raw) if path.name.endswith(".xz") else raw).decode()
+    try:
+        return (lzma.decompress(raw) if path.name.endswith(".xz") else raw).decode()
+    except (lzma.LZMAError, EOFError, UnicodeDecodeError) as exc:
+        raise CaptureError(f"{path} is damaged ({exc}); rerun the capture script") from exc
 
 
 def _load_tables(path: Folder, memory: GuestMemory) -> tuple[int, ...]:
     """Write the captured table pages (``gpa`` -> ``uint64[512]``) into guest memory."""
     if not path.is_file():
         raise CaptureError(f"{path} is missing; rerun scripts/capture_linux_guest.py")
-    with path.open("rb") as stream, np.load(stream) as npz:
-        gpas = npz["gpa"].astype(np.uint64)
-        pages = npz["pages"].astype("<u8")
+    try:
+        with path.open("rb") as stream, np.load(stream) as npz:
+            gpas = npz["gpa"].astype(np.uint64)
+            pages = npz["pages"].astype("<u8")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CaptureError(
+            f"{path} is damaged or lacks the gpa/pages arrays ({exc!r}); rerun the capture script"
+        ) from exc
     if pages.shape != (len(gpas), 512):
         raise CaptureError(f"{path}: pages has shape {pages.shape}, expected ({len(gpas)}, 512)")
     for gpa, page in zip(gpas.tolist(), pages, strict=True):
@@ -411,6 +494,7 @@ def _load_tables(path: Folder, memory: GuestMemory) -> tuple[int, ...]:
 
 __all__ = [
     "DATA_DIR",
+    "PTDUMP_LIMIT",
     "Capture",
     "CaptureError",
     "CaptureView",

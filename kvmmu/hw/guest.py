@@ -18,13 +18,23 @@ bits) shows in every dump. The builder flushes no TLB; a caller that models a vC
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from kvmmu.errors import AddressError, MappingError, MemslotError, ModeError, check_int
+from kvmmu.errors import (
+    AddressError,
+    MappingError,
+    MemslotError,
+    ModeError,
+    check_callable,
+    check_count,
+    check_instance,
+    check_int,
+)
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.walk import CpuState, GeneralProtection, cpu_for_mode, load_cr3, reserved_mask
 from kvmmu.hw.x86 import (
@@ -66,7 +76,11 @@ WriteHook = Callable[[int, bytes], None]
 
 
 def format_size(size: int) -> str:
-    """A page or range size in the units people say: ``4 KiB``, ``2 MiB``, ``1 GiB``."""
+    """A page or range size in the units people say: ``4 KiB``, ``2 MiB``, ``1 GiB``.
+
+    No kernel counterpart.
+    """
+    check_count("size", size, minimum=1)
     for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
         if size >= 1 << shift and size % (1 << shift) == 0:
             return f"{size >> shift} {unit}"
@@ -87,7 +101,7 @@ class TablePagePool:
     """
 
     def __init__(self, gfns: range) -> None:
-        self.gfns = gfns
+        self.gfns = check_instance("gfns", gfns, range, "a range of gfns", MappingError)
         self._free = list(gfns)  # ascending, so already a heap
         self.in_use: set[int] = set()
 
@@ -116,6 +130,11 @@ class TablePagePool:
 
         The guest kernel freeing a page-table page (Linux ``pte_free``).
         """
+        check_int("gfn", gfn)
+        if gfn not in self.in_use:
+            raise MappingError(
+                f"gfn={gfn:#x} is not a table page in use; free only what alloc gave"
+            )
         self.in_use.remove(gfn)
         heapq.heappush(self._free, gfn)
 
@@ -132,6 +151,9 @@ class GuestMapping:
     ``writable``, ``user`` and ``nx`` are the *effective* rights, combined over every level the
     way the walker combines them (AND of R/W and U/S, OR of XD); ``global_``, ``accessed``,
     ``dirty`` and ``pkey`` come from the leaf; ``entry`` is the leaf entry as stored.
+    ``recursive`` is True when the walk to this leaf used one table page twice: the leaf is
+    seen through a self-reference (a Windows-style recursive PML4 slot maps the tables
+    themselves this way), so its "page" is a page table.
     """
 
     gva: int
@@ -146,6 +168,7 @@ class GuestMapping:
     dirty: bool
     pkey: int
     entry: int
+    recursive: bool = False  # reached through a table already on its own walk path
 
     @property
     def flags(self) -> str:
@@ -161,12 +184,7 @@ class GuestMapping:
     @property
     def prot(self) -> str:
         """QEMU's ``info mem`` rights, ``urw``, plus ``x`` when the page is executable."""
-        return (
-            ("u" if self.user else "-")
-            + "r"
-            + ("w" if self.writable else "-")
-            + ("-" if self.nx else "x")
-        )
+        return _prot((self.writable, self.user, self.nx))
 
 
 MAPPING_COLUMNS = (
@@ -182,8 +200,65 @@ MAPPING_COLUMNS = (
     "dirty",
     "pkey",
     "flags",
+    "recursive",
 )
 INFO_MEM_COLUMNS = ("start", "end", "size", "prot")
+
+DUMP_LIMIT = 1 << 16
+"""Rows a dump lists by default; the rest is counted in ``attrs["elided"]``, not listed."""
+
+
+@dataclass(frozen=True, slots=True)
+class SelfReference:
+    """A table entry that points at a table already on its own walk path.
+
+    ``table`` holds the entry (at ``level``, ``index``); ``target`` is the table it points
+    back at. ``PML4E 0x1ed -> 0x1000`` with ``table == target`` is Windows' recursive slot.
+    """
+
+    table: int
+    level: int
+    index: int
+    target: int
+    name: str  # the SDM's name of the entry, e.g. PML4E
+
+    def describe(self) -> str:
+        """One line: ``PML4E 0x1ed of table 0x1000 -> table 0x1000 (itself)``."""
+        to = "itself" if self.target == self.table else "an upper-level table of its path"
+        return (
+            f"{self.name} {self.index:#x} of table {self.table:#x} -> table {self.target:#x} ({to})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TableGraph:
+    """The shape of a guest's table graph, found without enumerating its leaves.
+
+    ``tables`` counts distinct table pages a walk can reach; ``leaves`` counts leaf
+    translations exactly (512**4 for a PML4 whose every entry points at itself), with each
+    shared subtable counted once per way of reaching it, as the walker reaches it;
+    ``self_references`` lists the entries that point back at a table on their own path.
+    """
+
+    tables: int
+    leaves: int
+    self_references: tuple[SelfReference, ...]
+
+    @property
+    def cyclic(self) -> bool:
+        """True if some walk uses a table page twice (the graph has a reachable cycle)."""
+        return bool(self.self_references)
+
+    def describe(self) -> str:
+        """A short note for a student: how many tables and leaves, and which entries recurse."""
+        head = f"{self.tables} table pages, {self.leaves} leaf translations"
+        if not self.self_references:
+            return head + "; no table is reached twice on one walk (no cycles)"
+        refs = self.self_references
+        shown = "; ".join(r.describe() for r in refs[:4])
+        more = f"; and {len(refs) - 4} more" if len(refs) > 4 else ""
+        noun = "entry" if len(refs) == 1 else "entries"
+        return f"{head}; cyclic: {len(refs)} self-referencing {noun}: {shown}{more}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,6 +326,7 @@ class GuestPageTables:
         self.wp, self.nxe, self.pse, self.pge = wp, nxe, pse, pge
         self.smep, self.smap, self.pke = smep, smap, pke
         self.maxphyaddr = check_maxphyaddr(maxphyaddr)
+        check_callable("on_write", on_write)
         self.on_write = on_write
         self._esize = self.spec.entry_size
         self._addr_mask = _ADDR_32 if self._esize == 4 else _ADDR_64
@@ -474,41 +550,54 @@ class GuestPageTables:
 
     # -- dumps ----------------------------------------------------------------------------
 
-    def leaves(self) -> Iterator[GuestMapping]:
-        """Every leaf mapping a walk can reach, in ascending gva order.
+    def leaves(self, *, limit: int | None = DUMP_LIMIT) -> Iterator[GuestMapping]:
+        """Every leaf mapping a walk can reach, in ascending gva order, at most ``limit``.
 
         Follows exactly what the walker follows with the features given at construction:
         present entries without reserved bits, large pages only where the mode and features
-        allow them, tables inside guest memory.
+        allow them, tables inside guest memory. A table reached again (shared, or through a
+        self-reference) is read once per dump and its leaves are listed once per way of
+        reaching it, with ``recursive`` set when the path used a table twice. ``limit=None``
+        lists them all, which can be 512**4 rows for a self-referencing root:
+        :meth:`table_graph` counts them without listing.
 
         The walk QEMU's ``info tlb`` makes over every leaf.
         """
-        if self.mode is PagingMode.NONE:
-            return
-        regs = cpu_for_mode(self.mode, nxe=self.nxe, pse=self.pse, maxphyaddr=self.maxphyaddr)
-        levels = range(self.spec.root_level + 1)
-        rsvd = [
-            (0, 0) if lv == 0 else (reserved_mask(regs, lv, False), reserved_mask(regs, lv, True))
-            for lv in levels
-        ]
-        nx_ok = self.nxe and self._esize == 8
-        yield from self._scan(
-            self._root_gpa, self.spec.root_level, 0, (True, True, False), rsvd, nx_ok
-        )
+        if limit is not None:
+            check_count("limit", limit, error=MappingError)
+        if self.mode is not PagingMode.NONE:
+            yield from _Graph(self).listing(limit)
 
-    def mappings(self) -> pd.DataFrame:
-        """One row per leaf mapping, like QEMU's ``info tlb``.
+    def table_graph(self) -> TableGraph:
+        """Count tables and leaves and find self-references, memoising shared subtables.
+
+        Finishes in time proportional to the number of distinct tables, whatever the graph
+        (a PML4 whose 512 entries all point at itself is one table page and 512**4 leaves).
+        No kernel counterpart.
+        """
+        return _Graph(self).summary()
+
+    def mappings(self, *, limit: int | None = DUMP_LIMIT) -> pd.DataFrame:
+        """One row per leaf mapping, like QEMU's ``info tlb``; at most ``limit`` rows.
 
         Columns: ``gva``, ``gpa``, ``size``, ``level``, ``writable``, ``user``, ``nx``,
-        ``global``, ``accessed``, ``dirty``, ``pkey``, ``flags``. The rights columns (and the
-        U, W, X letters of ``flags``, ordered as ``info tlb`` orders them) are *effective*:
-        combined over every level, so a supervisor-only PDE makes all its leaves non-user.
-        They are the page rights, before CR0.WP, SMEP, SMAP or protection keys apply, for the
-        features given at construction. In long mode gvas are canonical (sign-extended).
-        Addresses and sizes are exact Python ints (object columns).
+        ``global``, ``accessed``, ``dirty``, ``pkey``, ``flags``, ``recursive``. The rights
+        columns (and the U, W, X letters of ``flags``, ordered as ``info tlb`` orders them) are
+        *effective*: combined over every level, so a supervisor-only PDE makes all its leaves
+        non-user. They are the page rights, before CR0.WP, SMEP, SMAP or protection keys apply,
+        for the features given at construction. In long mode gvas are canonical (sign-extended).
+        Addresses and sizes are exact Python ints (object columns). ``recursive`` marks leaves
+        seen through a self-reference (see :class:`GuestMapping`).
+
+        ``attrs`` says what the table shows: ``leaves`` (all leaf translations), ``elided``
+        (those beyond ``limit``, not listed), ``cyclic`` and ``note``
+        (:meth:`TableGraph.describe`).
         """
-        leaves = list(self.leaves())
-        return _frame(
+        if limit is not None:
+            check_count("limit", limit, error=MappingError)
+        graph = _Graph(self)
+        leaves = [] if self.mode is PagingMode.NONE else list(graph.listing(limit))
+        frame = _frame(
             {
                 "gva": [m.gva for m in leaves],
                 "gpa": [m.gpa for m in leaves],
@@ -522,23 +611,26 @@ class GuestPageTables:
                 "dirty": [m.dirty for m in leaves],
                 "pkey": [m.pkey for m in leaves],
                 "flags": [m.flags for m in leaves],
+                "recursive": [m.recursive for m in leaves],
             }
         )
+        return _with_note(frame, graph.summary(), len(leaves))
 
-    def info_mem(self) -> pd.DataFrame:
+    def info_mem(self, *, limit: int | None = DUMP_LIMIT) -> pd.DataFrame:
         """Virtual ranges with equal effective rights, merged, like QEMU's ``info mem``.
 
         Columns ``start``, ``end`` (exclusive), ``size`` and ``prot``: ``u`` or ``-``, ``r``,
         ``w`` or ``-``, then (beyond QEMU) ``x`` or ``-`` for XD. Adjacent pages merge
-        whatever their physical addresses, as in QEMU.
+        whatever their physical addresses, as in QEMU. Each shared subtable is summarised once
+        and reused, so a self-referencing root gives its few ranges at once; at most ``limit``
+        ranges are listed, and ``attrs`` holds ``leaves``, ``elided`` (leaves not covered by
+        the listed ranges), ``cyclic`` and ``note`` as in :meth:`mappings`.
         """
-        ranges: list[tuple[int, int, str]] = []  # (start, end, prot)
-        for m in self.leaves():
-            if ranges and ranges[-1][1] == m.gva and ranges[-1][2] == m.prot:
-                ranges[-1] = (ranges[-1][0], m.gva + m.size, m.prot)
-            else:
-                ranges.append((m.gva, m.gva + m.size, m.prot))
-        return _frame(
+        if limit is not None:
+            check_count("limit", limit, error=MappingError)
+        graph = _Graph(self)
+        ranges = [] if self.mode is PagingMode.NONE else graph.ranges(limit)
+        frame = _frame(
             {
                 "start": [r[0] for r in ranges],
                 "end": [r[1] for r in ranges],
@@ -546,6 +638,7 @@ class GuestPageTables:
                 "prot": [r[2] for r in ranges],
             }
         )
+        return _with_note(frame, graph.summary(), sum(r[3] for r in ranges))
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -613,8 +706,7 @@ class GuestPageTables:
     def _check_gva_and_length(self, gva: int, length: int, size: int) -> int:
         check_int("gva", gva)
         _check_aligned("gva", gva, size)
-        if isinstance(length, bool) or not isinstance(length, int):
-            raise AddressError(f"length must be an int number of bytes, got {length!r}")
+        check_count("length", length)
         if length <= 0 or length % size:
             raise AddressError(
                 f"length={length:#x} must be a positive multiple of the {format_size(size)} "
@@ -944,43 +1036,8 @@ class GuestPageTables:
             self._write(parent, parent_index, 0)
             self.pool.free(gfn)
 
-    def _scan(
-        self,
-        table_gpa: int,
-        level: int,
-        va: int,
-        rights: tuple[bool, bool, bool],
-        rsvd: list[tuple[int, int]],
-        nx_ok: bool,
-    ) -> Iterator[GuestMapping]:
-        """Leaves under one table, with ``rights`` (writable, user, nx) combined from above."""
-        words = self.memory.table_words(table_gpa >> PAGE_SHIFT, self._esize)
-        if words is None:  # the walker's "table outside guest memory": not present
-            return
-        spec = self.spec
-        pdpt = self.mode is PagingMode.PAE and level == 3
-        entries = np.asarray(words)[: 4 if pdpt else None]
-        for index in np.flatnonzero(entries & _P).tolist():
-            entry = int(entries[index])
-            here = va | index << spec.shift(level)
-            if pdpt:  # PDPTEs carry no rights; the CPU #GPs at CR3 load on reserved bits
-                if not entry & pdpte_rsvd_mask(self.maxphyaddr):
-                    yield from self._scan(entry & _ADDR_64, 2, here, rights, rsvd, nx_ok)
-                continue
-            if entry & rsvd[level][1 if entry & _PS else 0]:
-                continue
-            sub = (
-                rights[0] and bool(entry & _W),
-                rights[1] and bool(entry & _U),
-                rights[2] or (nx_ok and bool(entry & _XD)),
-            )
-            if self._is_leaf(entry, level):
-                yield self._mapping(here, level, entry, sub)
-            else:
-                yield from self._scan(entry & self._addr_mask, level - 1, here, sub, rsvd, nx_ok)
-
     def _mapping(
-        self, va: int, level: int, entry: int, rights: tuple[bool, bool, bool]
+        self, va: int, level: int, entry: int, rights: _Rights, recursive: bool
     ) -> GuestMapping:
         size = self.spec.level_size(level)
         if level == 1:
@@ -1005,7 +1062,191 @@ class GuestPageTables:
             dirty=bool(entry & _D),
             pkey=(entry >> PKEY_SHIFT) & PKEY_MASK if self._esize == 8 else 0,
             entry=entry,
+            recursive=recursive,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Dumps over any table graph
+# --------------------------------------------------------------------------------------------
+
+_Rights = tuple[bool, bool, bool]  # writable, user, nx: combined over the levels above
+_ALL_RIGHTS: _Rights = (True, True, False)
+_Range = tuple[int, int, str, int]  # start, end (exclusive), prot, leaves it covers
+# one entry a walk follows: index, entry, the table it points at (-1: a leaf), its W, U, XD
+_Child = tuple[int, int, int, bool, bool, bool]
+
+
+def _prot(rights: _Rights) -> str:
+    writable, user, nx = rights
+    return ("u" if user else "-") + "r" + ("w" if writable else "-") + ("-" if nx else "x")
+
+
+class _Graph:
+    """One dump's view of a guest's tables, as a graph of table pages.
+
+    Each table page is read once per dump, and the leaf count, the merged ranges and the
+    self-references under a subtable are memoised, so a subtable reached many ways (shared,
+    or through a self-reference) costs once. Only the row-by-row listing grows with the number
+    of ways, and it is cut at its limit.
+    """
+
+    def __init__(self, pt: GuestPageTables) -> None:
+        self.pt = pt
+        self.spec = pt.spec
+        regs = cpu_for_mode(pt.mode, nxe=pt.nxe, pse=pt.pse, maxphyaddr=pt.maxphyaddr)
+        self.rsvd = [
+            (0, 0) if lv == 0 else (reserved_mask(regs, lv, False), reserved_mask(regs, lv, True))
+            for lv in range(pt.spec.root_level + 1)
+        ]
+        self.nx_ok = pt.nxe and pt._esize == 8
+        self.tables: set[int] = set()
+        self._children: dict[tuple[int, int], list[_Child]] = {}
+        self._counts: dict[tuple[int, int], int] = {}
+        self._ranges: dict[tuple[int, int, _Rights], tuple[list[_Range], bool]] = {}
+
+    def children(self, table: int, level: int) -> list[_Child]:
+        """The entries of ``table`` that a walk follows at ``level`` (present, no reserved bit)."""
+        key = (table, level)
+        found = self._children.get(key)
+        if found is not None:
+            return found
+        pt = self.pt
+        out: list[_Child] = []
+        words = pt.memory.table_words(table >> PAGE_SHIFT, pt._esize)
+        if words is not None:  # outside guest memory: the walker's "not present"
+            self.tables.add(table)
+            pdpt = pt.mode is PagingMode.PAE and level == 3
+            entries = np.asarray(words)[: 4 if pdpt else None]
+            for index in np.flatnonzero(entries & _P).tolist():
+                entry = int(entries[index])
+                if pdpt:  # PDPTEs carry no rights; the CPU #GPs at CR3 load on reserved bits
+                    if not entry & pdpte_rsvd_mask(pt.maxphyaddr):
+                        out.append((index, entry, entry & _ADDR_64, True, True, False))
+                    continue
+                if entry & self.rsvd[level][1 if entry & _PS else 0]:
+                    continue
+                sub = -1 if pt._is_leaf(entry, level) else entry & pt._addr_mask
+                xd = self.nx_ok and bool(entry & _XD)
+                out.append((index, entry, sub, bool(entry & _W), bool(entry & _U), xd))
+        self._children[key] = out
+        return out
+
+    def listing(self, limit: int | None) -> Iterator[GuestMapping]:
+        """Leaves in gva order, at most ``limit`` of them."""
+        leaves = self._leaves(self.pt.cr3, self.spec.root_level, 0, _ALL_RIGHTS, ())
+        yield from leaves if limit is None else itertools.islice(leaves, limit)
+
+    def _leaves(
+        self, table: int, level: int, va: int, rights: _Rights, path: tuple[int, ...]
+    ) -> Iterator[GuestMapping]:
+        path = (*path, table)
+        recursive = len(set(path)) < len(path)
+        shift = self.spec.shift(level)
+        for index, entry, sub, w, u, xd in self.children(table, level):
+            here = va | index << shift
+            combined = (rights[0] and w, rights[1] and u, rights[2] or xd)
+            if sub < 0:
+                yield self.pt._mapping(here, level, entry, combined, recursive)
+            else:
+                yield from self._leaves(sub, level - 1, here, combined, path)
+
+    def count(self, table: int, level: int) -> int:
+        """Leaf translations under ``table``: each way of reaching a subtable counts."""
+        key = (table, level)
+        found = self._counts.get(key)
+        if found is None:
+            found = sum(
+                1 if sub < 0 else self.count(sub, level - 1)
+                for _, _, sub, _, _, _ in self.children(table, level)
+            )
+            self._counts[key] = found
+        return found
+
+    def self_references(self) -> tuple[SelfReference, ...]:
+        """Entries pointing at a table already on their path, each walk state visited once."""
+        found: dict[tuple[int, int], tuple[int, int]] = {}  # (table, index) -> (level, target)
+        seen: set[tuple[int, int, frozenset[int]]] = set()
+
+        def visit(table: int, level: int, path: frozenset[int]) -> None:
+            path = path | {table}
+            if (table, level, path) in seen:
+                return
+            seen.add((table, level, path))
+            for index, _, sub, _, _, _ in self.children(table, level):
+                if sub < 0:
+                    continue
+                if sub in path:  # one entry used at several levels is listed at the highest
+                    old = found.get((table, index))
+                    if old is None or old[0] < level:
+                        found[(table, index)] = (level, sub)
+                visit(sub, level - 1, path)
+
+        visit(self.pt.cr3, self.spec.root_level, frozenset())
+        return tuple(
+            SelfReference(t, lv, i, target, self.spec.entry_name(lv))
+            for (t, i), (lv, target) in sorted(found.items())
+        )
+
+    def summary(self) -> TableGraph:
+        """The :class:`TableGraph` of the tables (nothing with paging off)."""
+        if self.pt.mode is PagingMode.NONE:
+            return TableGraph(0, 0, ())
+        leaves = self.count(self.pt.cr3, self.spec.root_level)
+        refs = self.self_references()
+        return TableGraph(len(self.tables), leaves, refs)
+
+    def ranges(self, limit: int | None) -> list[_Range]:
+        """``info mem`` ranges from the root, canonical in long mode, at most ``limit``."""
+        return self._summarise(self.pt.cr3, self.spec.root_level, _ALL_RIGHTS, limit)[0]
+
+    def _summarise(
+        self, table: int, level: int, rights: _Rights, limit: int | None
+    ) -> tuple[list[_Range], bool]:
+        """Merged ranges under ``table`` (offsets from its first address), and whether the
+        list was cut at ``limit``; a cut list is a prefix, and so is every list built on it."""
+        key = (table, level, rights)
+        found = self._ranges.get(key)
+        if found is not None:
+            return found
+        spec = self.spec
+        canonical = level == spec.root_level and spec.va_bits > 32
+        shift, size = spec.shift(level), spec.level_size(level)
+        out: list[_Range] = []
+        cut = False
+        for index, _, sub, w, u, xd in self.children(table, level):
+            base = index << shift
+            if canonical:
+                base = canonicalize(base, spec.va_bits)
+            combined = (rights[0] and w, rights[1] and u, rights[2] or xd)
+            if sub < 0:
+                parts, cut = [(0, size, _prot(combined), 1)], False
+            else:
+                parts, cut = self._summarise(sub, level - 1, combined, limit)
+            for start, end, prot, leaves in parts:
+                if out and out[-1][1] == base + start and out[-1][2] == prot:
+                    first, _, _, before = out[-1]
+                    out[-1] = (first, base + end, prot, before + leaves)
+                else:
+                    out.append((base + start, base + end, prot, leaves))
+            if limit is not None and len(out) > limit:
+                del out[limit:]
+                cut = True
+            if cut:
+                break
+        self._ranges[key] = (out, cut)
+        return out, cut
+
+
+def _with_note(frame: pd.DataFrame, graph: TableGraph, shown_leaves: int) -> pd.DataFrame:
+    """Put what a dump shows, and what it left out, into ``frame.attrs``."""
+    frame.attrs.update(
+        leaves=graph.leaves,
+        elided=graph.leaves - shown_leaves,
+        cyclic=graph.cyclic,
+        note=graph.describe(),
+    )
+    return frame
 
 
 # --------------------------------------------------------------------------------------------
@@ -1040,7 +1281,7 @@ def _default_region(memory: GuestMemory) -> range:
 
 
 _DTYPES = {"level": "int64", "pkey": "int64", "prot": "str", "flags": "str"}
-_BOOLS = frozenset({"writable", "user", "nx", "global", "accessed", "dirty"})
+_BOOLS = frozenset({"writable", "user", "nx", "global", "accessed", "dirty", "recursive"})
 
 
 def _frame(columns: dict[str, list[int] | list[bool] | list[str]]) -> pd.DataFrame:
@@ -1059,12 +1300,15 @@ def _frame(columns: dict[str, list[int] | list[bool] | list[str]]) -> pd.DataFra
 
 __all__ = [
     "DEFAULT_TABLE_PAGES",
+    "DUMP_LIMIT",
     "INFO_MEM_COLUMNS",
     "MAPPING_COLUMNS",
     "PDPTE_BITS",
     "TABLE_ENTRY_BITS",
     "GuestMapping",
     "GuestPageTables",
+    "SelfReference",
+    "TableGraph",
     "TablePagePool",
     "format_size",
 ]

@@ -20,7 +20,14 @@ from enum import IntFlag
 import numpy as np
 import numpy.typing as npt
 
-from kvmmu.errors import AddressError, MemslotError, check_int
+from kvmmu.errors import (
+    AddressError,
+    MemslotError,
+    check_count,
+    check_flags,
+    check_instance,
+    check_int,
+)
 from kvmmu.hw.x86 import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, check_maxphyaddr
 
 Page = npt.NDArray[np.uint64]
@@ -65,6 +72,7 @@ class HostMemory:
         The run starts on a 2 MiB boundary (1 GiB for runs of 1 GiB or more), as memory backed
         by transparent or hugetlbfs huge pages would, so the MMU may map it with large sptes.
         """
+        check_count("npages", npages, bits=MAX_GFN_BITS, error=MemslotError)
         if npages <= 0:
             raise MemslotError(f"cannot allocate {npages} host pages; ask for at least one")
         align = 1 << 18 if npages >= 1 << 18 else 1 << 9
@@ -77,6 +85,7 @@ class HostMemory:
         """Return a frame from :meth:`alloc_page`; its contents are dropped (``free_page``)."""
         # Fix: a double free (or freeing a frame never allocated) used to put the pfn on the
         # free list twice, so two later allocations shared one frame.
+        check_int("pfn", pfn)
         if pfn not in self._live:
             raise AddressError(
                 f"pfn {pfn:#x} is not an allocated page (double free, or not from alloc_page)"
@@ -91,14 +100,19 @@ class HostMemory:
 
         No kernel counterpart: the VMM frees the memory behind a deleted slot.
         """
+        check_int("pfn", pfn)
+        check_count("npages", npages, minimum=1, bits=MAX_GFN_BITS, error=MemslotError)
         for p in [p for p in self._pages if pfn <= p < pfn + npages]:
             del self._pages[p]
         self.allocated -= npages
 
     def raw(self, pfn: int) -> bytearray:
         """The 4096 bytes of frame ``pfn``, created zero-filled on first use."""
+        if type(pfn) is not int:  # the shadow walk reads frames here: one cheap test
+            check_int("pfn", pfn)
         buf = self._pages.get(pfn)
         if buf is None:
+            check_int("pfn", pfn)
             buf = self._pages[pfn] = bytearray(PAGE_SIZE)
         return buf
 
@@ -108,6 +122,8 @@ class HostMemory:
 
     def words(self, pfn: int, entry_size: int = 8) -> memoryview:
         """Frame ``pfn`` as a memoryview of 64-bit (or 32-bit) words."""
+        if entry_size != 8 and entry_size != 4:
+            raise AddressError(f"entry_size must be 4 or 8 bytes, got {entry_size!r}")
         return memoryview(self.raw(pfn)).cast("Q" if entry_size == 8 else "I")
 
     @property
@@ -171,7 +187,7 @@ class Memslots:
     """
 
     def __init__(self, host: HostMemory, maxphyaddr: int = 52) -> None:
-        self.host = host
+        self.host = check_instance("host", host, HostMemory, "a HostMemory", MemslotError)
         # Fix: MAXPHYADDR was not validated; 32..52 like CPUID (x86.check_maxphyaddr).
         self.maxphyaddr = check_maxphyaddr(maxphyaddr)
         self.generation = 0
@@ -193,17 +209,19 @@ class Memslots:
         return None
 
     def get(self, slot_id: int) -> Memslot:
-        """The slot with id ``slot_id``; :class:`MemslotError` if there is none."""
+        """The slot with id ``slot_id`` (``id_to_memslot``); MemslotError if there is none."""
+        check_count("slot_id", slot_id, error=MemslotError)
         for slot in self._slots:
             if slot.slot_id == slot_id:
                 return slot
         ids = [s.slot_id for s in self._slots]
         raise MemslotError(f"no memslot with id {slot_id}; existing ids: {ids}")
 
-    def _check_range(self, base_gfn: int, npages: int, ignore: Memslot | None = None) -> None:
-        check_int("base_gfn", base_gfn, bits=MAX_GFN_BITS)
-        if isinstance(npages, bool) or not isinstance(npages, int) or npages <= 0:
-            raise MemslotError(f"npages must be a positive int, got {npages!r}")
+    def _check_range(
+        self, base_gfn: int, npages: int, ignore: Memslot | None = None, name: str = "base_gfn"
+    ) -> None:
+        check_int(name, base_gfn, bits=MAX_GFN_BITS)
+        check_count("npages", npages, minimum=1, bits=MAX_GFN_BITS, error=MemslotError)
         limit = 1 << (self.maxphyaddr - PAGE_SHIFT)
         if base_gfn + npages > limit:
             raise MemslotError(
@@ -229,10 +247,11 @@ class Memslots:
 
     def add(self, base_gfn: int, npages: int, flags: MemslotFlag = MemslotFlag.NONE) -> Memslot:
         """Create a slot backed by fresh, zeroed host frames (``KVM_SET_USER_MEMORY_REGION``)."""
+        # Fix: "RO", None and unknown bits were accepted or escaped as TypeError
+        # (check_memory_region_flags refuses bits outside KVM_MEM_*).
+        flags = check_flags("flags", flags, MemslotFlag, MemslotError)
         self._check_range(base_gfn, npages)
-        slot = Memslot(
-            self._next_id, base_gfn, npages, self.host.alloc_range(npages), MemslotFlag(flags)
-        )
+        slot = Memslot(self._next_id, base_gfn, npages, self.host.alloc_range(npages), flags)
         self._next_id += 1
         if slot.dirty_logging:
             slot.dirty_bitmap = np.zeros(npages, dtype=bool)
@@ -251,15 +270,28 @@ class Memslots:
     def move(self, slot_id: int, new_base_gfn: int) -> Memslot:
         """Move a slot to new gfns; the contents go with it (``KVM_MR_MOVE``)."""
         slot = self.get(slot_id)
-        self._check_range(new_base_gfn, slot.npages, ignore=slot)
+        self._check_range(new_base_gfn, slot.npages, ignore=slot, name="new_base_gfn")
         slot.base_gfn = new_base_gfn
         self._commit()
         return slot
 
     def set_flags(self, slot_id: int, flags: MemslotFlag) -> Memslot:
-        """Change a slot's flags (``KVM_MR_FLAGS_ONLY``); enabling dirty logging clears the log."""
+        """Change a slot's flags (``KVM_MR_FLAGS_ONLY``); enabling dirty logging clears the log.
+
+        Only ``LOG_DIRTY_PAGES`` may change: like ``kvm_set_memory_region``, which returns
+        -EINVAL when ``KVM_MEM_READONLY`` differs from the existing slot's, a slot's
+        read-only bit is fixed at creation (sptes made for it would keep the old rights).
+        """
         slot = self.get(slot_id)
-        flags = MemslotFlag(flags)
+        flags = check_flags("flags", flags, MemslotFlag, MemslotError)
+        # Fix: READONLY was flipped on a live slot, leaving writable sptes over a ROM.
+        if (flags ^ slot.flags) & MemslotFlag.READONLY:
+            have = "read-only" if slot.readonly else "read-write"
+            raise MemslotError(
+                f"slot {slot_id} is {have}; KVM refuses to change MemslotFlag.READONLY on an "
+                "existing slot (only LOG_DIRTY_PAGES may change): delete the slot and add it "
+                "again with the flags you want"
+            )
         if flags & MemslotFlag.LOG_DIRTY_PAGES and not slot.dirty_logging:
             slot.dirty_bitmap = np.zeros(slot.npages, dtype=bool)
         if not flags & MemslotFlag.LOG_DIRTY_PAGES:
@@ -281,12 +313,15 @@ class GuestMemory:
     def __init__(
         self, size: int = 0, *, host: HostMemory | None = None, maxphyaddr: int = 52
     ) -> None:
+        # Fix: GuestMemory(None) was silently an empty memory.
+        check_int("size", size)
+        if host is not None:
+            check_instance("host", host, HostMemory, "a HostMemory or None", MemslotError)
         self.host = host if host is not None else HostMemory()
         self.slots = Memslots(self.host, maxphyaddr)
         self._words_cache: dict[tuple[int, int], memoryview] = {}
         self._cache_generation = -1
         if size:
-            check_int("size", size)
             if size & PAGE_MASK:
                 raise AddressError(f"size={size:#x} must be a multiple of the 4 KiB page size")
             self.slots.add(0, size >> PAGE_SHIFT)
@@ -335,8 +370,7 @@ class GuestMemory:
         """``size`` bytes from ``gpa``, crossing pages if needed."""
         check_int("gpa", gpa, bits=52)
         # Fix: a negative or non-int size used to return b"" or escape as TypeError.
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise AddressError(f"size must be a non-negative int, got {size!r}")
+        check_count("size", size, bits=52)
         out = bytearray()
         while size > 0:
             off = gpa & PAGE_MASK
@@ -378,6 +412,7 @@ class GuestMemory:
 
     def mark_page_dirty(self, gfn: int) -> None:
         """Record a write to ``gfn`` in its slot's dirty log, if enabled (``mark_page_dirty``)."""
+        check_int("gfn", gfn, bits=MAX_GFN_BITS)
         slot = self.slots.find(gfn)
         if slot is not None and slot.dirty_logging:
             slot.dirty_bitmap[gfn - slot.base_gfn] = True

@@ -25,7 +25,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from kvmmu.errors import AddressError, MemslotError, ModeError, check_int
+from kvmmu.errors import (
+    AddressError,
+    MemslotError,
+    ModeError,
+    check_bool,
+    check_instance,
+    check_int,
+)
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.x86 import (
     PAGE_MASK,
@@ -42,8 +49,8 @@ from kvmmu.hw.x86 import (
     PfErr,
     Pte,
     Rflags,
+    _is_canonical,
     check_maxphyaddr,
-    is_canonical,
     paging_mode,
     pdpte_rsvd_mask,
     rsvd_bits,
@@ -53,6 +60,7 @@ _P, _W, _U, _A, _D, _PS = 1, 2, 4, 1 << 5, 1 << 6, 1 << 7
 _XD = 1 << 63
 _RSVD, _FETCH, _PK = int(PfErr.RSVD), int(PfErr.FETCH), int(PfErr.PK)
 _AC = int(Rflags.AC)
+_BOOL: type = bool  # compared by identity on the walk's entry, where isinstance costs more
 _ACC = tuple(Acc(i) for i in range(8))
 
 
@@ -93,6 +101,24 @@ class CpuState:
         if not isinstance(self.gbpages, bool):
             raise ModeError(f"gbpages must be True or False, got {self.gbpages!r}")
         mode = paging_mode(self.cr0, self.cr4, self.efer)
+        # Fix: PCIDE outside long mode, and CR3 bits no MOV to CR3 can store, were accepted
+        # (and the bits then silently dropped by root_gpa). kvm_set_cr4 refuses PCIDE unless
+        # is_long_mode(); kvm_set_cr3 refuses CR3 bits above MAXPHYADDR in long mode
+        # (kvm_vcpu_is_illegal_gpa); outside long mode CR3 is a 32-bit register.
+        if self.cr4 & Cr4.PCIDE and not self.efer & Efer.LMA:
+            raise ModeError(
+                "CR4.PCIDE=1 needs long mode (EFER.LMA=1): setting it elsewhere is a #GP; "
+                "clear Cr4.PCIDE or use a 4- or 5-level mode"
+            )
+        long_mode = mode in (PagingMode.LEVEL4, PagingMode.LEVEL5)
+        width = self.maxphyaddr if long_mode else 32
+        if self.cr3 >> width:
+            where = f"MAXPHYADDR={self.maxphyaddr}" if long_mode else "32 bits outside long mode"
+            raise ModeError(
+                f"cr3={self.cr3:#x} sets bits {self.cr3 >> width << width:#x} above {where}; "
+                f"a MOV to CR3 with them #GPs (use load_cr3 to see the guest's #GP), so pass "
+                f"cr3 < {1 << width:#x}"
+            )
         if mode is PagingMode.PAE and self.pdptes is None:
             raise ModeError("PAE paging needs its four PDPTEs: create the state with load_cr3()")
         if mode is PagingMode.PAE:
@@ -147,6 +173,11 @@ def cpu_for_mode(
     (``kvm_set_cr0``/``kvm_set_cr4``/``kvm_set_efer``). For PAE, pass ``pdptes`` or use
     :func:`load_cr3` afterwards.
     """
+    # Fix: "4-level", None or 4 fell through every test below and gave 32-bit paging.
+    check_instance("mode", mode, PagingMode, "a PagingMode, e.g. PagingMode.LEVEL4", ModeError)
+    flags = {"wp": wp, "nxe": nxe, "pse": pse, "pge": pge, "smep": smep, "smap": smap}
+    for name, value in (*flags.items(), ("pke", pke), ("ac", ac)):
+        check_bool(name, value, ModeError)
     cr0 = int(Cr0.PE | (Cr0.PG if mode is not PagingMode.NONE else 0) | (Cr0.WP if wp else 0))
     cr4 = 0
     efer = int(Efer.NXE) if nxe else 0
@@ -320,7 +351,15 @@ def _cr3_mask(mode: PagingMode, maxphyaddr: int) -> int:
 
 
 def reserved_mask(cpu: CpuState, level: int, large: bool) -> int:
-    """Reserved bits of an entry at ``level`` (bit 7 set when ``large``) for these registers."""
+    """Reserved bits of an entry at ``level`` (bit 7 set when ``large``) for these registers.
+
+    KVM keeps them in ``rsvd_bits_mask[large][level - 1]`` (``reset_guest_rsvds_bits_mask``).
+    """
+    # One cheap test: the MMU asks this for every guest entry it checks.
+    if cpu.__class__ is not CpuState or large.__class__ is not bool or level.__class__ is not int:
+        check_instance("cpu", cpu, CpuState, "a CpuState (see cpu_for_mode)", ModeError)
+        check_bool("large", large, ModeError)
+        check_int("level", level)
     ctx = _context(cpu)
     if not 1 <= level <= ctx.spec.root_level:
         raise ModeError(f"level {level} does not exist in {ctx.spec.mode.value} paging")
@@ -422,6 +461,7 @@ class WalkResult:
         return Acc(self._step(level)[4])
 
     def _step(self, level: int) -> _RawStep:
+        check_int("level", level)
         for step in self.raw:
             if step[0] == level:
                 return step
@@ -476,6 +516,9 @@ def walk(
         raise ModeError(f"access must be Access.READ, Access.WRITE or Access.FETCH, got {access!r}")
     _check_memory_and_cpu(memory, cpu)
     check_int("gva", gva)
+    if implicit.__class__ is not _BOOL or set_ad.__class__ is not _BOOL:  # one cheap test
+        check_bool("implicit", implicit, ModeError)
+        check_bool("set_ad", set_ad, ModeError)
     ctx = _context(cpu)
     spec = ctx.spec
     if spec.root_level == 0:
@@ -490,7 +533,7 @@ def walk(
                 f"gva={gva:#x} does not fit in 32 bits, the linear-address width of "
                 f"{spec.mode.value} paging"
             )
-    elif not is_canonical(gva, spec.va_bits):
+    elif not _is_canonical(gva, spec.va_bits):
         return GeneralProtection(gva, f"{gva:#x} is not canonical for {spec.va_bits}-bit addresses")
 
     write = access is Access.WRITE
@@ -612,6 +655,8 @@ def walk_many(
 
     No kernel counterpart.
     """
+    if not isinstance(gvas, (list, tuple, range)):
+        raise AddressError(f"gvas must be a list of int addresses, got {type(gvas).__name__}")
     return [walk(memory, cpu, gva, access) for gva in gvas]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, IntFlag
 
-from kvmmu.errors import AddressError, ModeError, check_int
+from kvmmu.errors import AddressError, ModeError, check_count, check_int
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -157,6 +157,7 @@ class ModeSpec:
 
     def index(self, addr: int, level: int) -> int:
         """Index of ``addr``'s entry in its level-``level`` table (``PT_INDEX``)."""
+        check_int("addr", addr)
         bits = 2 if (self.mode is PagingMode.PAE and level == 3) else self.index_bits
         return (addr >> self.shift(level)) & ((1 << bits) - 1)
 
@@ -210,23 +211,46 @@ def paging_mode(cr0: int, cr4: int, efer: int) -> PagingMode:
 
 def rsvd_bits(low: int, high: int) -> int:
     """A mask of bits ``low`` .. ``high`` inclusive (``rsvd_bits`` in ``mmu.h``); 0 if empty."""
+    check_count("low", low, bits=7)
+    check_count("high", high, bits=7)
     if high < low:
         return 0
     return ((1 << (high - low + 1)) - 1) << low
 
 
 def is_canonical(addr: int, va_bits: int) -> bool:
-    """True if bits 63 .. va_bits-1 of ``addr`` are all equal (SDM 3.3.7.1)."""
+    """True if bits 63 .. va_bits-1 of ``addr`` are all equal (SDM 3.3.7.1).
+
+    No kernel counterpart (``is_noncanonical_address`` tests the opposite).
+    """
+    # One cheap test on the access path; the full check only names what is wrong.
+    if type(addr) is not int or type(va_bits) is not int or addr < 0 or addr >> 64:
+        _check_address(addr, va_bits)
+    if not 0 < va_bits <= 64:
+        _check_address(addr, va_bits)
+    return _is_canonical(addr, va_bits)
+
+
+def _is_canonical(addr: int, va_bits: int) -> bool:
+    """:func:`is_canonical` without the argument checks, for callers that made them."""
     top = addr >> (va_bits - 1)
     return top == 0 or top == (1 << (64 - va_bits + 1)) - 1
 
 
 def canonicalize(addr: int, va_bits: int) -> int:
-    """Sign-extend an address from ``va_bits`` to 64 bits."""
+    """Sign-extend an address from ``va_bits`` to 64 bits. No kernel counterpart."""
+    _check_address(addr, va_bits)
     addr &= (1 << va_bits) - 1
     if addr >> (va_bits - 1):
         addr |= ((1 << 64) - 1) ^ ((1 << va_bits) - 1)
     return addr
+
+
+def _check_address(addr: object, va_bits: object) -> None:
+    check_int("addr", addr)
+    check_count("va_bits", va_bits, minimum=1, bits=7)
+    if isinstance(va_bits, int) and va_bits > 64:
+        raise AddressError(f"va_bits={va_bits} is wider than 64; pass 32, 48 or 57")
 
 
 def check_maxphyaddr(maxphyaddr: int) -> int:
@@ -240,11 +264,13 @@ def check_maxphyaddr(maxphyaddr: int) -> int:
 
 def pdpte_rsvd_mask(maxphyaddr: int) -> int:
     """Reserved bits of a present PAE PDPTE, checked when CR3 is loaded (``pdptr_rsvd_bits``)."""
+    check_maxphyaddr(maxphyaddr)
     return rsvd_bits(maxphyaddr, 63) | rsvd_bits(5, 8) | rsvd_bits(1, 2)
 
 
 def describe_flags(entry: int) -> str:
     """A compact flag string for an entry, in the order QEMU's ``info tlb`` prints them."""
+    check_int("entry", entry)
     return "".join(
         ch if entry & bit else "-"
         for ch, bit in (

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import KvmmuError, check_bool, check_count
 from kvmmu.hw.x86 import PAGE_SIZE
 from kvmmu.kvm.mmu import Mmu
 from kvmmu.kvm.page import MmuPage
@@ -75,7 +75,7 @@ def check_era(era: str) -> str:
 
     No kernel counterpart.
     """
-    if era not in ERAS:
+    if not isinstance(era, str) or era not in ERAS:
         raise EraError(f"unknown era {era!r}; pass one of {', '.join(repr(e) for e in ERAS)}")
     return era
 
@@ -87,6 +87,7 @@ def gfns_bytes(era: str, direct: bool) -> int:
     2010 every page had one; since the seed change only indirect pages do.
     """
     row = kernel_eras().loc[check_era(era)]
+    check_bool("direct", direct, EraError)
     if not direct or bool(row["gfns_for_direct_pages"]):
         return int(str(row["gfns_bytes_indirect"]))
     return 0
@@ -107,9 +108,8 @@ def expected_bytes(n_direct: int, n_indirect: int, era: str) -> int:
     No kernel counterpart; a check on the simulation: ``pages * (4096 + struct)`` plus 4096 per
     page that has a gfns array in ``era``.
     """
-    for name, value in (("n_direct", n_direct), ("n_indirect", n_indirect)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise KvmmuError(f"{name} must be a non-negative int, got {value!r}")
+    check_count("n_direct", n_direct, error=EraError)
+    check_count("n_indirect", n_indirect, error=EraError)
     return n_direct * page_bytes(era, True) + n_indirect * page_bytes(era, False)
 
 
@@ -142,9 +142,8 @@ def memory_from_counts(n_direct: int, n_indirect: int) -> pd.DataFrame:
 
     No kernel counterpart. Rows: era; columns as :func:`memory_by_era`.
     """
-    for name, value in (("n_direct", n_direct), ("n_indirect", n_indirect)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise KvmmuError(f"{name} must be a non-negative int, got {value!r}")
+    check_count("n_direct", n_direct, error=EraError)
+    check_count("n_indirect", n_indirect, error=EraError)
     rows = [
         _row(
             era,
@@ -165,7 +164,7 @@ def live_pages(source: object) -> list[MmuPage]:
     """
     mmu = getattr(source, "mmu", source)
     if not isinstance(mmu, Mmu):
-        raise KvmmuError(f"pass a Vm or an Mmu, got {type(source).__name__}")
+        raise KvmmuError(f"source: pass a Vm or an Mmu, got {type(source).__name__}")
     return list(mmu.by_pfn.values())
 
 
@@ -183,7 +182,14 @@ def memory_by_era(source: object) -> pd.DataFrame:
 
 def memory_of_pages(pages: Iterable[MmuPage]) -> pd.DataFrame:
     """:func:`memory_by_era` for any collection of shadow pages. No kernel counterpart."""
-    pages = list(pages)
+    try:
+        pages = list(pages)
+    except TypeError:
+        raise KvmmuError(
+            f"pages must be a collection of MmuPage, got {type(pages).__name__}"
+        ) from None
+    if not all(isinstance(sp, MmuPage) for sp in pages):
+        raise KvmmuError("pages must hold only MmuPage objects (see live_pages)")
     n_direct = sum(1 for sp in pages if sp.direct)
     n_indirect = len(pages) - n_direct
     measured = sum(sp.gfns_bytes for sp in pages)

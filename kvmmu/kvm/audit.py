@@ -53,7 +53,7 @@ import numpy as np
 from kvmmu.errors import KvmmuError
 from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Cr4, Pte
 from kvmmu.kvm import spte as S
-from kvmmu.kvm.mmu import gpte_gfn, is_last_gpte, read_gpte
+from kvmmu.kvm.mmu import Mmu, gpte_gfn, is_last_gpte, read_gpte
 from kvmmu.kvm.page import LEVEL_BITS, MmuPage
 from kvmmu.kvm.rmap import level_base
 
@@ -112,6 +112,7 @@ def audit(vm: Vm) -> None:
 
     The former ``kvm_mmu_audit`` (``mmu_audit.c``).
     """
+    _check_vm(vm)
     violations = audit_violations(vm)
     if violations:
         raise AuditError(violations)
@@ -122,12 +123,20 @@ def audit_report(vm: Vm) -> list[str]:
 
     No kernel counterpart (``mmu_audit.c`` printed each problem with ``audit_printk``).
     """
+    _check_vm(vm)
     return [str(v) for v in audit_violations(vm)]
 
 
 def audit_violations(vm: Vm) -> list[Violation]:
     """Every violation as a :class:`Violation` record (no kernel counterpart)."""
+    _check_vm(vm)
     return _Auditor(vm).run()
+
+
+def _check_vm(vm: object) -> None:
+    # Fix: a wrong argument escaped as AttributeError from inside the auditor.
+    if not isinstance(getattr(vm, "mmu", None), Mmu) or not hasattr(vm, "vcpus"):
+        raise KvmmuError(f"vm must be a Vm (kvmmu.kvm.vcpu.Vm), got {type(vm).__name__}")
 
 
 # ------------------------------------------------------------------------------------------

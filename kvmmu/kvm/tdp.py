@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import KvmmuError, check_bool, check_instance, check_int
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.x86 import Access, PagingMode
 from kvmmu.kvm.vcpu import Vcpu, Vm
@@ -61,7 +61,9 @@ def measure_refs(target: Vm | Vcpu, gva: int, kind: Access = Access.READ) -> int
     """
     vcpu = target.vcpus[0] if isinstance(target, Vm) and target.vcpus else target
     if not isinstance(vcpu, Vcpu):
-        raise WalkCostError("pass a Vcpu, or a Vm that has at least one vCPU")
+        raise WalkCostError("target must be a Vcpu, or a Vm that has at least one vCPU")
+    check_int("gva", gva)
+    check_instance("kind", kind, Access, "Access.READ, Access.WRITE or Access.FETCH", WalkCostError)
     for attempt in range(2):
         if attempt:
             vcpu.tlb.flush()
@@ -85,6 +87,7 @@ def walk_cost_table(*, measure: bool = True) -> pd.DataFrame:
     and, with ``measure``, ``measured`` (from :func:`measure_refs` on a tiny guest with 4 KiB
     pages everywhere) and ``match``.
     """
+    check_bool("measure", measure, WalkCostError)
     rows = []
     for mode, n in GUEST_LEVELS.items():
         rows.append(("shadow", n, n, shadow_refs(n), mode, False, n))

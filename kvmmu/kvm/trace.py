@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from kvmmu.errors import KvmmuError
+
 EVENTS = (
     # arch/x86/kvm/trace.h: the #PF or EPT-violation exit (kvm_handle_page_fault,
     # handle_ept_violation), with the hardware error code
@@ -48,7 +50,9 @@ class Tracer:
         self.events: list[dict[str, Any]] = []
 
     def emit(self, event: str, **fields: Any) -> None:
-        """Record ``event`` with ``fields`` if tracing is on."""
+        """Record ``event`` with ``fields`` if tracing is on (``trace_kvm_mmu_*`` events)."""
+        if event.__class__ is not str:
+            raise KvmmuError(f"event must be a str naming the trace event, got {event!r}")
         if self.enabled:
             self.events.append({"seq": len(self.events), "event": event, **fields})
 

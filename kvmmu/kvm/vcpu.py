@@ -21,7 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from kvmmu.errors import AddressError, KvmmuError, MemslotError, ModeError
+from kvmmu.errors import (
+    AddressError,
+    KvmmuError,
+    MemslotError,
+    ModeError,
+    check_bool,
+    check_count,
+    check_instance,
+    check_int,
+    check_optional_count,
+)
 from kvmmu.hw.memory import GuestMemory, HostMemory, Memslot, MemslotFlag
 from kvmmu.hw.walk import CpuState, GeneralProtection, PageFault, WalkResult, load_cr3, walk
 from kvmmu.hw.x86 import (
@@ -38,7 +48,7 @@ from kvmmu.hw.x86 import (
 )
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.fault import direct_page_fault, get_shadow_page, page_fault
-from kvmmu.kvm.mmu import FaultOutcome, Mmu, shadow_walk_init
+from kvmmu.kvm.mmu import FaultOutcome, Mmu, MmuBudgetError, shadow_walk_init
 from kvmmu.kvm.page import MmuPage
 from kvmmu.kvm.page_track import track_write
 from kvmmu.kvm.role import (
@@ -168,6 +178,19 @@ class Vm:
         maxphyaddr: int = 40,
         tdp_levels: int = 4,
     ) -> None:
+        # Fix: Vm(tdp="yes"), allow_unsync="no", memory="mem" and n_max_mmu_pages=100.5 were
+        # accepted or escaped as TypeError from inside the MMU.
+        check_count("memory_size", memory_size)
+        if memory is not None:
+            check_instance("memory", memory, GuestMemory, "a GuestMemory or None", MemslotError)
+        for name, flag in (
+            ("tdp", tdp),
+            ("huge_pages", huge_pages),
+            ("allow_unsync", allow_unsync),
+        ):
+            check_bool(name, flag, ModeError)
+        check_optional_count("n_max_mmu_pages", n_max_mmu_pages, error=MmuBudgetError)
+        check_count("tdp_levels", tdp_levels, error=ModeError)
         self.memory = (
             memory if memory is not None else GuestMemory(memory_size, maxphyaddr=maxphyaddr)
         )
@@ -187,6 +210,8 @@ class Vm:
 
     def create_vcpu(self, cpu: CpuState | None = None) -> Vcpu:
         """Add a vCPU with registers ``cpu`` (default: paging off); ``kvm_vm_ioctl_create_vcpu``."""
+        if cpu is not None:
+            check_instance("cpu", cpu, CpuState, "a CpuState (see cpu_for_mode) or None", ModeError)
         vcpu = Vcpu(self, cpu if cpu is not None else CpuState(cr0=int(Cr0.PE)))
         self.vcpus.append(vcpu)
         self.mmu.tlb_flushers.append(vcpu.tlb.flush)
@@ -205,6 +230,7 @@ class Vm:
 
     def delete_memslot(self, slot_id: int, *, zap_all: bool = True) -> None:
         """Delete a memslot (``KVM_MR_DELETE``): its translations are zapped."""
+        check_bool("zap_all", zap_all, MemslotError)
         slot = self.memory.slots.get(slot_id)
         self.mmu.flush_shadow_memslot(slot, zap_all=zap_all)
         self.memory.slots.delete(slot_id)
@@ -212,6 +238,8 @@ class Vm:
 
     def move_memslot(self, slot_id: int, new_base_gfn: int, *, zap_all: bool = True) -> None:
         """Move a memslot to new gfns (``KVM_MR_MOVE``): the old translations are zapped."""
+        check_bool("zap_all", zap_all, MemslotError)
+        check_int("new_base_gfn", new_base_gfn)
         slot = self.memory.slots.get(slot_id)
         self.mmu.flush_shadow_memslot(slot, zap_all=zap_all)
         self.memory.slots.move(slot_id, new_base_gfn)
@@ -479,6 +507,7 @@ class Vcpu:
 
         Kernel counterpart: ``kvm_set_rflags``.
         """
+        check_bool("ac", ac, ModeError)
         rflags = (self.cpu.rflags | Rflags.AC) if ac else (self.cpu.rflags & ~Rflags.AC)
         self.cpu = replace(self.cpu, rflags=int(rflags))
         self._hw_cpu = None
@@ -494,6 +523,7 @@ class Vcpu:
 
     def invlpg(self, gva: int) -> None:
         """INVLPG: drop the TLB entries for ``gva`` (``kvm_mmu_invlpg``); sync comes with unsync."""
+        check_int("gva", gva)
         self.mmu.stats.invlpg += 1
         self.tlb.invlpg(gva)
         invlpg_sync(self, gva)
@@ -647,6 +677,9 @@ class Vcpu:
 
         What ``kvm_mmu_page_fault`` tells its caller: fixed, ``RET_PF_EMULATE``, or MMIO.
         """
+        if kind.__class__ is not Access or implicit.__class__ is not bool:  # one cheap test
+            check_instance("kind", kind, Access, "Access.READ, Access.WRITE or Access.FETCH")
+            check_bool("implicit", implicit)
         if cpl is not None and cpl != self.cpu.cpl:
             saved = self.cpu
             self.set_cpl(cpl)
@@ -883,6 +916,7 @@ class Vcpu:
         self, gva: int, size: int = 8, cpl: int | None = None
     ) -> int | PageFault | GeneralProtection:
         """A guest load of ``size`` bytes; an MMIO read returns all ones (no device behind it)."""
+        check_int("gva", gva)
         _check_in_page(gva, size)
         t = self.translate(gva, Access.READ, cpl)
         if not isinstance(t, Translation):
@@ -898,6 +932,7 @@ class Vcpu:
 
         Emulated stores go through ``emulator_write_phys`` and ``kvm_page_track_write``.
         """
+        check_int("gva", gva)
         _check_in_page(gva, size)
         t = self.translate(gva, Access.WRITE, cpl)
         if not isinstance(t, Translation):

@@ -268,6 +268,7 @@ LESSONS: dict[str, list[Control]] = {
         ),
     ],
     "09": [],
+    "10": [],
 }
 
 

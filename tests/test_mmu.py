@@ -166,10 +166,10 @@ def test_new_indirect_page_write_protects_its_gfn() -> None:
 WINDOW = 0x8000000000  # a gva whose path shares no table below the root with the data
 
 
-def _tables_guest() -> tuple[Vm, GuestPageTables, Vcpu, int, int]:
+def _tables_guest(**vm_kw: object) -> tuple[Vm, GuestPageTables, Vcpu, int, int]:
     """A guest with pages at 0x400000.. whose leaf table and directory it maps at WINDOW and
     WINDOW + 4 KiB; leaf tables stay write-protected (no unsync)."""
-    vm, pt = _guest(allow_unsync=False)
+    vm, pt = _guest(allow_unsync=False, **vm_kw)
     pt.map(0x400000, 0x100000, length=0x4000, writable=True, dirty=True, accessed=True)
     leaf_table = pt.entry(0x400000, 2) & ADDR
     directory = pt.entry(0x400000, 3) & ADDR
@@ -181,10 +181,24 @@ def _tables_guest() -> tuple[Vm, GuestPageTables, Vcpu, int, int]:
     return vm, pt, vcpu, leaf_table, directory
 
 
-def test_guest_pte_write_updates_the_leaf_spte() -> None:
-    """A write to a shadowed leaf table is emulated, and the spte of the written entry is
-    refreshed from the new guest PTE at once (``mmu_pte_updated``)."""
-    vm, _, vcpu, leaf_table, _ = _tables_guest()
+def test_guest_pte_write_zaps_the_leaf_spte_as_todays_kernel_does() -> None:
+    """``kvm_mmu_track_write`` today: the spte of the written guest PTE is zapped, not
+    refreshed; the next access faults it back in from the new entry."""
+    vm, _, vcpu, _leaf_table, _ = _tables_guest()
+    sp, index, _ = _leaf(vcpu, 0x401000)
+    assert vcpu.write(WINDOW + 8 * 1, 0x200000 | P | W | A | D) is None
+    assert int(sp.spt[index]) == 0
+    assert vm.mmu.stats.mmu_pte_write == 1 and vm.mmu.stats.mmu_pte_updated == 0
+    fixed = vm.mmu.stats.pf_fixed
+    assert vcpu.access(0x401000) == 0x200000
+    assert vm.mmu.stats.pf_fixed == fixed + 1
+    assert sp.get_gfn(1) == 0x200
+
+
+def test_guest_pte_write_updates_the_leaf_spte_in_the_2010_kernel() -> None:
+    """``Vm(update_pte=True)``: a write to a shadowed leaf table is emulated, and the spte of
+    the written entry is refreshed from the new guest PTE at once (``mmu_pte_updated``)."""
+    vm, _, vcpu, leaf_table, _ = _tables_guest(update_pte=True)
     before = vm.mmu.stats.as_series()
     assert vcpu.write(WINDOW + 8 * 1, 0x200000 | P | W | A | D) is None
     after = vm.mmu.stats.as_series()
@@ -279,7 +293,7 @@ def test_writes_of_4_bytes_or_more_inside_one_entry_are_not_misaligned(
 ) -> None:
     """``detect_write_misaligned``: a write of at least 4 bytes that stays inside one guest
     entry (a 32-bit half of a PAE entry, say) is applied to that entry's spte."""
-    vm, _, vcpu, leaf_table, _ = _tables_guest()
+    vm, _, vcpu, leaf_table, _ = _tables_guest(update_pte=True)
     leaf_sp = vm.mmu.page_hash[leaf_table >> 12][0]
     value = vm.memory.read(leaf_table + 8 + offset, size)
     assert vcpu.write(WINDOW + 8 + offset, value, size) is None

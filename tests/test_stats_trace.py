@@ -21,7 +21,9 @@ from kvmmu.kvm.vcpu import Vm
 
 MiB = 1 << 20
 KERNEL_COUNTERS = (
+    "pf_taken",
     "pf_fixed",
+    "pf_spurious",
     "pf_guest",
     "pf_emulate",
     "pf_mmio_spte_created",
@@ -37,6 +39,9 @@ KERNEL_COUNTERS = (
     "mmio_exits",
     "invlpg",
     "tlb_flush",
+    "pages_4k",
+    "pages_2m",
+    "pages_1g",
 )
 
 
@@ -62,13 +67,15 @@ def test_counters_are_a_pandas_series_with_kernel_names() -> None:
 
 
 def test_counters_count_one_fault() -> None:
-    """One first access: four shadow pages made (``mmu_cache_miss``, ``pages``), one fault
-    fixed (``pf_fixed``), one TLB miss; the series shows it and the Vm exposes the same."""
+    """One first access: four shadow pages made (``mmu_cache_miss``, ``shadow_pages``), one
+    fault taken and fixed (``pf_taken``, ``pf_fixed``), one leaf spte (``pages_4k``), one TLB
+    miss; the series shows it and the Vm exposes the same."""
     vm, pt = _guest()
     vcpu = vm.create_vcpu(pt.cpu())
     vcpu.access(0x400000)
     series = vm.mmu.stats.as_series()
-    assert series["pf_fixed"] == 1 and series["mmu_cache_miss"] == 4 and series["pages"] == 4
+    assert series["pf_fixed"] == 1 and series["mmu_cache_miss"] == 4
+    assert series["shadow_pages"] == 4 and series["pf_taken"] == 1 and series["pages_4k"] == 1
     assert series["tlb_misses"] == 1 and series["tlb_hits"] == 0
     assert series["pf_guest"] == 0
     assert vm.stats is vm.mmu.stats
@@ -78,13 +85,14 @@ def test_counters_count_one_fault() -> None:
 
 
 def test_reset_zeroes_events_and_keeps_gauges() -> None:
-    """``pages`` and ``mmu_unsync`` describe the current state (gauges) and survive a reset."""
+    """``shadow_pages``, ``mmu_unsync`` and the leaf gauges describe the current state and
+    survive a reset."""
     vm, pt = _guest()
     vm.create_vcpu(pt.cpu()).access(0x400000)
     vm.mmu.stats.reset()
     series = vm.mmu.stats.as_series()
-    assert set(GAUGES) == {"pages", "mmu_unsync"}
-    assert series["pages"] == 4
+    assert set(GAUGES) == {"shadow_pages", "mmu_unsync", "pages_4k", "pages_2m", "pages_1g"}
+    assert series["shadow_pages"] == 4 and series["pages_4k"] == 1
     assert (series.drop(list(GAUGES)) == 0).all()
 
 

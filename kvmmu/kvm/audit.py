@@ -56,6 +56,7 @@ from kvmmu.kvm import spte as S
 from kvmmu.kvm.mmu import Mmu, gpte_gfn, is_last_gpte, read_gpte
 from kvmmu.kvm.page import LEVEL_BITS, MmuPage
 from kvmmu.kvm.rmap import level_base
+from kvmmu.kvm.stats import LEAF_PAGES
 
 if TYPE_CHECKING:
     from kvmmu.kvm.mmu import Mmu
@@ -515,14 +516,32 @@ class _Auditor:
                 f"{_short(dict(lpage))}",
             )
         unsync = sum(1 for sp in self.live if sp.unsync)
-        if mmu.stats.mmu_unsync != unsync or mmu.stats.pages != mmu.n_used_mmu_pages:
+        if mmu.stats.mmu_unsync != unsync or mmu.stats.shadow_pages != mmu.n_used_mmu_pages:
             self.bad(
                 "bookkeeping",
                 None,
                 None,
-                f"stats gauges mmu_unsync={mmu.stats.mmu_unsync} pages={mmu.stats.pages}, "
-                f"but {unsync} pages are unsync and n_used_mmu_pages={mmu.n_used_mmu_pages}",
+                f"stats gauges mmu_unsync={mmu.stats.mmu_unsync} "
+                f"shadow_pages={mmu.stats.shadow_pages}, but {unsync} pages are unsync and "
+                f"n_used_mmu_pages={mmu.n_used_mmu_pages}",
             )
+        leaves: Counter[str] = Counter()
+        for sp in mmu.by_pfn.values():
+            name = LEAF_PAGES.get(sp.level)
+            if name is None:
+                continue
+            for spte in sp.spt[sp.present_indices()].tolist():
+                if S.is_shadow_present(spte) and S.is_last(spte, sp.level):
+                    leaves[name] += 1
+        for name in LEAF_PAGES.values():
+            if getattr(mmu.stats, name) != leaves[name]:
+                self.bad(
+                    "bookkeeping",
+                    None,
+                    None,
+                    f"stats gauge {name}={getattr(mmu.stats, name)} but {leaves[name]} present "
+                    "leaf sptes are at that level (kvm_update_page_stats)",
+                )
 
     def check_root_counts(self) -> None:
         refs: Counter[MmuPage] = Counter()

@@ -10,6 +10,14 @@ fault is injected; otherwise :func:`fetch` walks the shadow tables from the root
 and, below a guest large page that the host must back with smaller pages, *direct* shadow pages;
 the leaf spte gets the guest's rights. With TDP or paging off, :func:`direct_page_fault` maps
 the gfn with direct pages only (``direct_map``).
+
+After the leaf spte, both paths prefetch: the other sptes of the faulting spte's aligned group
+of :data:`PTE_PREFETCH_NUM` in a level-1 page are filled too, so the guest's next accesses
+nearby need no fault. A direct page prefetches the gfns it maps anyway (``get_gfn``); an
+indirect page prefetches from the guest entries beside the faulting one, stopping at the first
+that is not present and accessed (``FNAME(pte_prefetch)``). Counters follow
+``kvm_mmu_do_page_fault``: ``pf_taken`` for every fault, then ``pf_fixed``, ``pf_emulate`` or
+``pf_spurious`` by outcome.
 """
 
 from __future__ import annotations
@@ -22,6 +30,10 @@ from kvmmu.kvm import spte as S
 from kvmmu.kvm.mmu import (
     FaultOutcome,
     MmuVcpu,
+    gpte_gfn,
+    gpte_pte_access,
+    prefetch_invalid_gpte,
+    read_gpte,
     shadow_index,
     shadow_path,
     shadow_walk_init,
@@ -30,6 +42,8 @@ from kvmmu.kvm.page import MmuPage
 from kvmmu.kvm.rmap import level_base
 from kvmmu.kvm.role import MmuPageRole
 from kvmmu.kvm.sync import sync_children, sync_page_or_zap
+
+PTE_PREFETCH_NUM = 8  # sptes in one prefetch group (PTE_PREFETCH_NUM in mmu.c)
 
 
 @dataclass(slots=True)
@@ -83,6 +97,7 @@ def page_fault(
     """
     mmu = vcpu.mmu
     cpu = vcpu.cpu
+    mmu.stats.pf_taken += 1  # kvm_mmu_do_page_fault
     result = walk(vcpu.memory, cpu, gva, access, implicit=implicit)
     mmu.trace.emit("kvm_mmu_pagetable_walk", addr=gva, pferr=error_code)
     if mmu.trace.enabled and not isinstance(result, GeneralProtection):
@@ -123,13 +138,24 @@ def page_fault(
             access_bits &= ~Acc.EXEC
     mmu.make_pages_available()
     outcome = fetch(vcpu, gva, result, access_bits, write)
-    if outcome is FaultOutcome.MMIO:
-        mmu.stats.mmio_exits += 1
-    elif outcome is FaultOutcome.EMULATE:
-        mmu.stats.pf_emulate += 1
-    else:
-        mmu.stats.pf_fixed += 1
+    count_outcome(vcpu, outcome)
     return FaultResult(outcome, gpa=result.gpa, walk=result)
+
+
+def count_outcome(vcpu: MmuVcpu, outcome: FaultOutcome) -> None:
+    """Count a handled fault by what it returned (the tail of ``kvm_mmu_do_page_fault``).
+
+    An MMIO spte's fault is emulated (``RET_PF_EMULATE``) and the emulator exits to userspace.
+    """
+    stats = vcpu.mmu.stats
+    if outcome is FaultOutcome.FIXED:
+        stats.pf_fixed += 1
+    elif outcome is FaultOutcome.SPURIOUS:
+        stats.pf_spurious += 1
+    else:
+        stats.pf_emulate += 1
+        if outcome is FaultOutcome.MMIO:
+            stats.mmio_exits += 1
 
 
 def fetch(vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool) -> FaultOutcome:
@@ -184,7 +210,7 @@ def fetch(vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool) -> 
         sp, level = child, level - 1
     sp.write_flooding_count = 0  # the page that holds the leaf spte was walked too
     index = shadow_index(gva, level)
-    return mmu.set_spte(
+    outcome = mmu.set_spte(
         sp,
         index,
         access,
@@ -192,6 +218,9 @@ def fetch(vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool) -> 
         write_fault=write,
         global_=bool(gw.pte & Pte.GLOBAL) and vcpu.pge,
     )
+    if outcome is not FaultOutcome.SPURIOUS:
+        pte_prefetch(vcpu, sp, index)
+    return outcome
 
 
 def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
@@ -200,6 +229,7 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
     Used with TDP (the fault is on a guest-physical address) and for guests with paging off.
     """
     mmu = vcpu.mmu
+    mmu.stats.pf_taken += 1  # kvm_mmu_do_page_fault
     gfn = gpa >> PAGE_SHIFT
     slot = mmu.memory.slots.find(gfn)
     write = access is Access.WRITE
@@ -222,20 +252,114 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
         )
         mmu.link_shadow_page(sp, index, child)
         sp, level = child, level - 1
-    outcome = mmu.set_spte(
-        sp,
-        shadow_index(gpa, level),
-        int(Acc.ALL),
-        level_base(gfn, level),
-        write_fault=write,
-    )
-    if outcome is FaultOutcome.MMIO:
-        mmu.stats.mmio_exits += 1
-    elif outcome is FaultOutcome.EMULATE:
-        mmu.stats.pf_emulate += 1
-    else:
-        mmu.stats.pf_fixed += 1
+    index = shadow_index(gpa, level)
+    outcome = mmu.set_spte(sp, index, int(Acc.ALL), level_base(gfn, level), write_fault=write)
+    if outcome is not FaultOutcome.SPURIOUS:
+        direct_pte_prefetch(vcpu, sp, index)
+    count_outcome(vcpu, outcome)
     return outcome
+
+
+def pte_prefetch(vcpu: MmuVcpu, sp: MmuPage, index: int) -> None:
+    """Prefetch the neighbours of leaf spte ``index`` (``FNAME(pte_prefetch)``).
+
+    Only level-1 pages prefetch. A direct page goes to :func:`direct_pte_prefetch`; an indirect
+    one walks its group and maps each empty spte from its guest entry, until a guest entry
+    cannot be prefetched (:func:`prefetch_gpte`).
+    """
+    if sp.direct:
+        direct_pte_prefetch(vcpu, sp, index)
+        return
+    if not vcpu.mmu.prefetch or sp.level > 1:
+        return
+    first = index & ~(PTE_PREFETCH_NUM - 1)
+    for i in range(first, first + PTE_PREFETCH_NUM):
+        if i == index or S.is_shadow_present(int(sp.spt[i])):
+            continue
+        if not prefetch_gpte(vcpu, sp, i):
+            break
+
+
+def prefetch_gpte(vcpu: MmuVcpu, sp: MmuPage, index: int, *, no_dirty_log: bool = True) -> bool:
+    """Map spte ``index`` of ``sp`` from its guest entry ahead of any fault
+    (``FNAME(prefetch_gpte)``); False stops the prefetch.
+
+    A guest entry that is not present, not accessed or has reserved bits gives no spte (and
+    drops whatever was there: ``FNAME(prefetch_invalid_gpte)``). The rights are the guest's,
+    read-only while the entry is clean (``FNAME(protect_clean_gpte)``). The gfn must be in a
+    memslot that the host can map now (``gfn_to_memslot_dirty_bitmap``, ``kvm_prefetch_pages``);
+    ``no_dirty_log=False`` (the 2010 ``FNAME(update_pte)``) also allows a writable spte in a
+    slot that logs dirty pages.
+    """
+    mmu = vcpu.mmu
+    gpte = read_gpte(vcpu.memory, sp, index)
+    if gpte is None or prefetch_invalid_gpte(vcpu, gpte):
+        mmu.drop_spte(sp, index)
+        return False
+    access = gpte_pte_access(vcpu, sp, gpte)
+    gfn = gpte_gfn(gpte, sp)
+    if not prefetchable(vcpu, gfn, 1, access if no_dirty_log else access & ~Acc.WRITE):
+        return False
+    mmu.set_spte(
+        sp,
+        index,
+        access,
+        gfn,
+        write_fault=False,
+        prefetch=True,
+        global_=bool(gpte & Pte.GLOBAL) and vcpu.pge,
+    )
+    return True
+
+
+def direct_pte_prefetch(vcpu: MmuVcpu, sp: MmuPage, index: int) -> None:
+    """Prefetch the empty sptes of a direct level-1 page's group around ``index``
+    (``direct_pte_prefetch`` -> ``__direct_pte_prefetch``).
+
+    Each run of empty sptes is mapped at once (``direct_pte_prefetch_many``) with the page's
+    own rights and the gfns it maps (``get_gfn``); a run that cannot be mapped ends it.
+    """
+    if not vcpu.mmu.prefetch or sp.level > 1:
+        return
+    first = index & ~(PTE_PREFETCH_NUM - 1)
+    start: int | None = None
+    for i in range(first, first + PTE_PREFETCH_NUM):
+        if i == index or S.is_shadow_present(int(sp.spt[i])):
+            if start is not None:
+                if not direct_pte_prefetch_many(vcpu, sp, start, i):
+                    return
+                start = None
+        elif start is None:
+            start = i
+    if start is not None:
+        direct_pte_prefetch_many(vcpu, sp, start, first + PTE_PREFETCH_NUM)
+
+
+def direct_pte_prefetch_many(vcpu: MmuVcpu, sp: MmuPage, start: int, end: int) -> bool:
+    """Map sptes ``start`` to ``end - 1`` of a direct page (``direct_pte_prefetch_many``)."""
+    access = sp.role.access
+    gfn = sp.get_gfn(start)
+    if not prefetchable(vcpu, gfn, end - start, access):
+        return False
+    for i in range(start, end):
+        vcpu.mmu.set_spte(sp, i, access, gfn + i - start, write_fault=False, prefetch=True)
+    return True
+
+
+def prefetchable(vcpu: MmuVcpu, gfn: int, count: int, access: int) -> bool:
+    """Can ``count`` gfns from ``gfn`` be prefetched with ``access``?
+
+    ``gfn_to_memslot_dirty_bitmap``: there is a memslot, and a writable prefetch does not go to
+    a slot that logs dirty pages (the log would miss the write). ``kvm_prefetch_pages``: the
+    run lies in that slot, which the host may write (not ``KVM_MEM_READONLY``). KVM also needs
+    the host pages already mapped (``get_user_pages_fast_only``); kvmmu's host memory always is.
+    """
+    slot = vcpu.mmu.memory.slots.find(gfn)
+    if slot is None or slot.readonly:
+        return False
+    if access & Acc.WRITE and slot.dirty_logging:
+        return False
+    return gfn + count <= slot.base_gfn + slot.npages
 
 
 def clear_flood_on_path(vcpu: MmuVcpu, gva: int) -> None:

@@ -27,7 +27,7 @@ from kvmmu.kvm import spte as S
 from kvmmu.kvm.page import MmuPage, new_access, new_gfns
 from kvmmu.kvm.rmap import Rmap, Sptep, add_parent_pte, level_base, remove_parent_pte
 from kvmmu.kvm.role import MmuPageRole
-from kvmmu.kvm.stats import MmuStats
+from kvmmu.kvm.stats import LEAF_PAGES, MmuStats
 from kvmmu.kvm.trace import Tracer
 
 KVM_MIN_FREE_MMU_PAGES = 5
@@ -93,6 +93,11 @@ class Mmu:
     ``active`` is ``active_mmu_pages`` in creation order (oldest first), what reclaim walks.
     ``n_max_mmu_pages`` is the budget; ``None`` lets it follow KVM's default of 20 pages per
     thousand guest pages (``kvm_mmu_calculate_default_mmu_pages``), at least 64.
+    ``prefetch`` maps the neighbours of a faulting spte too, as KVM does whenever the sptes
+    have accessed bits (``direct_pte_prefetch``, ``FNAME(pte_prefetch)``); False is KVM with
+    A/D bits unavailable (``sp_ad_disabled``). ``update_pte`` refreshes a leaf spte in place on
+    an emulated guest PTE write, as the 2010 kernel did (``mmu_pte_write_new_pte``); today's
+    kernel only zaps it (``kvm_mmu_track_write``).
     """
 
     def __init__(
@@ -103,6 +108,8 @@ class Mmu:
         huge_pages: bool = True,
         allow_unsync: bool = False,
         tdp: bool = False,
+        prefetch: bool = True,
+        update_pte: bool = False,
     ) -> None:
         self.memory = memory
         self.tdp = tdp  # tdp_enabled: every vCPU maps guest-physical memory with direct pages
@@ -123,6 +130,8 @@ class Mmu:
             )
         self.huge_pages = huge_pages
         self.allow_unsync = allow_unsync
+        self.prefetch = prefetch
+        self.update_pte = update_pte
         self.mmu_valid_gen = 0
         self.stats = MmuStats()
         self.trace = Tracer()
@@ -203,7 +212,7 @@ class Mmu:
         self.active[sp] = None
         self.by_pfn[pfn] = sp
         self.n_used_mmu_pages += 1
-        self.stats.pages = self.n_used_mmu_pages
+        self.stats.shadow_pages = self.n_used_mmu_pages
         if not role.direct:
             self._account_shadowed(sp)
         self.trace.emit(
@@ -221,7 +230,7 @@ class Mmu:
         del self.by_pfn[sp.pfn]
         self.host.free_page(sp.pfn)
         self.n_used_mmu_pages -= 1
-        self.stats.pages = self.n_used_mmu_pages
+        self.stats.shadow_pages = self.n_used_mmu_pages
 
     def child_of(self, spte: int) -> MmuPage:
         """The page a non-leaf spte points to (``spte_to_child_sp``)."""
@@ -286,16 +295,19 @@ class Mmu:
             changed = True
         return changed
 
-    def try_to_unsync(self, gfn: int, *, can_unsync: bool) -> bool:
+    def try_to_unsync(self, gfn: int, *, can_unsync: bool, prefetch: bool = False) -> bool:
         """May ``gfn`` be mapped writable? Unsync its pages if so (``mmu_try_to_unsync_pages``).
 
         Returns False when the gfn must stay write-protected: it is write-tracked (an upper-level
-        table), or it has shadow pages and unsync is not allowed.
+        table), or it has shadow pages and unsync is not allowed, or (``prefetch``) a prefetched
+        spte would be the one to unsync a page: KVM unsyncs only for a real fault (-EEXIST).
         """
         if self.is_write_tracked(gfn):
             return False
         pages = self.pages_of(gfn)
         if pages and not (can_unsync and self.allow_unsync):
+            return False
+        if prefetch and any(not sp.unsync for sp in pages):
             return False
         for sp in pages:
             if not sp.unsync:
@@ -324,11 +336,16 @@ class Mmu:
             mark_unsync(parent, index)
 
     def drop_spte(self, sp: MmuPage, index: int) -> None:
-        """Clear one spte, undoing its rmap or parent link (``mmu_page_zap_pte``)."""
+        """Clear one spte, undoing its rmap or parent link (``mmu_page_zap_pte``).
+
+        A present leaf leaves the per-level gauge (``mmu_spte_clear_track_bits`` ->
+        ``kvm_update_page_stats``).
+        """
         spte = int(sp.spt[index])
         if S.is_shadow_present(spte):
             if S.is_last(spte, sp.level):
                 self.rmap.remove(sp, index)
+                self._count_leaf(sp.level, -1)
             else:
                 child = self.child_of(spte)
                 remove_parent_pte(child, sp, index)
@@ -382,7 +399,7 @@ class Mmu:
         host_writable = not slot.readonly
         writable = bool(access & Acc.WRITE) and host_writable
         wrprot = False
-        if writable and not self.try_to_unsync(gfn, can_unsync=True):
+        if writable and not self.try_to_unsync(gfn, can_unsync=True, prefetch=prefetch):
             writable, wrprot = False, True
         new = S.make_spte(
             pfn,
@@ -413,10 +430,17 @@ class Mmu:
             sp.set_gfn(index, gfn)
             sp.set_access(index, access)
             self.rmap.add(sp, index)
+            self._count_leaf(sp.level, 1)
             # rmap_add: the peak of sptes already on a gfn's rmap when one more is added
             count = len(self.rmap.sptes(gfn, sp.level)) - 1
             self.stats.max_mmu_rmap_size = max(self.stats.max_mmu_rmap_size, count)
         return outcome
+
+    def _count_leaf(self, level: int, delta: int) -> None:
+        """Move the gauge of present leaf sptes at ``level`` (``kvm_update_page_stats``)."""
+        name = LEAF_PAGES.get(level)
+        if name is not None:
+            setattr(self.stats, name, getattr(self.stats, name) + delta)
 
     # -- zapping ----------------------------------------------------------------------------
 
@@ -740,6 +764,26 @@ def gpte_access(gpte: int, vcpu: MmuVcpu) -> int:
     access = int(gpte & (Acc.WRITE | Acc.USER))
     if not (vcpu.nx_active and gpte & Pte.XD):
         access |= Acc.EXEC
+    return access
+
+
+def prefetch_invalid_gpte(vcpu: MmuVcpu, gpte: int | None) -> bool:
+    """A guest entry that gives no spte: unreadable, not present, not accessed, or with reserved
+    bits (``FNAME(prefetch_invalid_gpte)``, shared by ``sync_spte`` and prefetch)."""
+    return (
+        gpte is None
+        or not gpte & Pte.PRESENT
+        or not gpte & Pte.ACCESSED
+        or gpte_reserved(vcpu, gpte)
+    )
+
+
+def gpte_pte_access(vcpu: MmuVcpu, sp: MmuPage, gpte: int) -> int:
+    """The rights of the spte for ``gpte`` in ``sp``: the page's and the entry's, read-only while
+    the entry is clean (``FNAME(gpte_access)`` then ``FNAME(protect_clean_gpte)``)."""
+    access = sp.role.access & gpte_access(gpte, vcpu)
+    if not gpte & Pte.DIRTY:
+        access &= ~Acc.WRITE
     return access
 
 

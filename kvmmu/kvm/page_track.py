@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from kvmmu.errors import KvmmuError
 from kvmmu.hw.memory import GuestMemory
-from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Pte
+from kvmmu.hw.x86 import PAGE_SHIFT
 from kvmmu.kvm import spte as S
-from kvmmu.kvm.mmu import MmuVcpu, gpte_access, gpte_gfn, gpte_reserved, read_gpte
+from kvmmu.kvm.fault import prefetch_gpte
+from kvmmu.kvm.mmu import MmuVcpu
 from kvmmu.kvm.page import MmuPage
 from kvmmu.kvm.sync import role_compatible
 
@@ -24,17 +25,19 @@ def track_write(vcpu: MmuVcpu, gpa: int, nbytes: int) -> None:
 
     Every shadow page of the written gfn is checked: a misaligned write or the third write
     to an upper-level table that the guest has not used since (write flooding) zaps the
-    page; otherwise the sptes that shadow the written guest entries are refreshed in place
-    (leaf level, the 2010 kernel's ``mmu_pte_write_new_pte``) or zapped (upper levels).
+    page; otherwise the sptes that shadow the written guest entries are zapped, and the next
+    access faults them in again. With ``Vm(update_pte=True)`` a leaf spte is refreshed in place
+    instead, as the 2010 kernel did (``mmu_pte_write_new_pte``, counted in ``mmu_pte_updated``).
+    ``mmu_pte_write`` counts every emulated write once indirect shadow pages exist.
     """
     mmu = vcpu.mmu
     if not mmu.indirect_shadow_pages:
         return
+    mmu.stats.mmu_pte_write += 1  # every emulated write, shadowed gfn or not
     gfn = gpa >> PAGE_SHIFT
     pages = mmu.pages_of(gfn)
     if not pages:
         return
-    mmu.stats.mmu_pte_write += 1
     flush = False
     for sp in pages:
         if mmu.is_obsolete(sp):
@@ -55,7 +58,7 @@ def track_write(vcpu: MmuVcpu, gpa: int, nbytes: int) -> None:
                 continue
             if sp.level > 1:
                 mmu.stats.mmu_pde_zapped += 1
-            elif role_compatible(vcpu, sp):
+            elif mmu.update_pte and role_compatible(vcpu, sp):
                 mmu.stats.mmu_pte_updated += 1
                 update_pte(vcpu, sp, index)
     if flush:
@@ -63,26 +66,13 @@ def track_write(vcpu: MmuVcpu, gpa: int, nbytes: int) -> None:
 
 
 def update_pte(vcpu: MmuVcpu, sp: MmuPage, index: int) -> None:
-    """Refresh a leaf spte from the new guest entry (``FNAME(update_pte)``, 2010 kernel)."""
-    mmu = vcpu.mmu
-    gpte = read_gpte(vcpu.memory, sp, index)
-    if gpte is None or not gpte & Pte.PRESENT or not gpte & Pte.ACCESSED:
-        return
-    if gpte_reserved(vcpu, gpte):
-        return
-    access = sp.role.access & gpte_access(gpte, vcpu)
-    if not gpte & Pte.DIRTY:
-        access &= ~Acc.WRITE
-    gfn = gpte_gfn(gpte, sp)
-    mmu.set_spte(
-        sp,
-        index,
-        access,
-        gfn,
-        write_fault=False,
-        prefetch=True,
-        global_=bool(gpte & Pte.GLOBAL) and vcpu.pge,
-    )
+    """Refresh a leaf spte from the new guest entry (``FNAME(update_pte)``, 2010 kernel).
+
+    It maps the entry as a prefetch does (``FNAME(prefetch_gpte)``, which later kernels call
+    from here), except that a slot with dirty logging is not refused: the spte is made as a
+    fault makes it, and a writable one marks its gfn dirty at once.
+    """
+    prefetch_gpte(vcpu, sp, index, no_dirty_log=False)
 
 
 def detect_write_misaligned(sp: MmuPage, gpa: int, nbytes: int) -> bool:

@@ -9,11 +9,18 @@ under the page budget, ``mmu_unsync`` pages unsync now (an instant counter), and
 the VM's vCPUs: ``pf_fixed`` faults fixed by installing an spte, ``pf_guest`` faults reflected
 into the guest, ``pf_emulate`` faults that needed instruction emulation,
 ``pf_mmio_spte_created`` MMIO sptes made, ``mmio_exits``, ``invlpg`` INVLPGs and ``tlb_flush``
-TLB flushes on the guest's behalf (``kvm_vcpu_flush_tlb_guest``).
+TLB flushes on the guest's behalf (``kvm_vcpu_flush_tlb_guest``). ``pf_taken`` counts every
+fault that reaches ``kvm_mmu_do_page_fault`` (not the MMIO-spte fast path,
+``handle_mmio_page_fault``), and ``pf_spurious`` those that found the spte already right
+(``RET_PF_SPURIOUS``): ``pf_fixed`` counts only faults that changed an spte. The VM-wide
+``pages_4k``, ``pages_2m`` and ``pages_1g`` are gauges: present leaf sptes per level, kept by
+``kvm_update_page_stats`` wherever a leaf spte is installed or dropped.
 
 ``mmu_pte_updated`` is a 2010-era counter: sptes refreshed in place by an emulated PTE write
-(``mmu_pte_write_new_pte``), which kvmmu still does; today's kernel has neither the refresh nor
-the counter. ``pages`` and the counters after it are kvmmu's own. Not here because kvmmu does
+(``mmu_pte_write_new_pte``), which kvmmu does only with ``Vm(update_pte=True)``; today's kernel
+zaps the spte and has neither the refresh nor the counter. ``shadow_pages`` and the counters
+after it are kvmmu's own (``shadow_pages`` is ``kvm->arch.n_used_mmu_pages``, which KVM does not
+export as a stat). Not here because kvmmu does
 not model what they count: ``pf_fast`` (``fast_page_fault``), ``nx_lpage_splits`` (the NX huge
 page mitigation) and ``max_mmu_page_hash_collisions`` (kvmmu's page hash is keyed by the gfn
 itself, KVM's by ``hash_64`` of it into 4096 buckets).
@@ -30,7 +37,9 @@ import pandas as pd
 class MmuStats:
     """Counters of one VM's MMU (``struct kvm_vm_stat`` plus the vCPU fault counters)."""
 
+    pf_taken: int = 0
     pf_fixed: int = 0
+    pf_spurious: int = 0
     pf_guest: int = 0
     pf_emulate: int = 0
     pf_mmio_spte_created: int = 0
@@ -46,8 +55,11 @@ class MmuStats:
     mmio_exits: int = 0
     invlpg: int = 0
     tlb_flush: int = 0
+    pages_4k: int = 0
+    pages_2m: int = 0
+    pages_1g: int = 0
     # kvmmu's own counters
-    pages: int = 0
+    shadow_pages: int = 0
     tlb_hits: int = 0
     tlb_misses: int = 0
     sync_pages: int = 0
@@ -62,7 +74,7 @@ class MmuStats:
         return pd.Series(asdict(self), dtype="int64", name="count")
 
     def reset(self) -> None:
-        """Zero every event counter; ``pages`` and ``mmu_unsync`` are gauges of state and stay.
+        """Zero every event counter; the gauges of state (:data:`GAUGES`) stay.
 
         ``max_mmu_rmap_size`` is a peak: zeroed, as writing 0 to its stats file does.
         """
@@ -71,4 +83,7 @@ class MmuStats:
                 setattr(self, name, 0)
 
 
-GAUGES = ("pages", "mmu_unsync")
+GAUGES = ("shadow_pages", "mmu_unsync", "pages_4k", "pages_2m", "pages_1g")
+
+LEAF_PAGES = {1: "pages_4k", 2: "pages_2m", 3: "pages_1g"}
+"""The gauge of present leaf sptes per shadow level (``kvm_update_page_stats``)."""

@@ -19,9 +19,9 @@ from kvmmu.kvm import spte as S
 from kvmmu.kvm.mmu import (
     MmuVcpu,
     clear_parents,
-    gpte_access,
     gpte_gfn,
-    gpte_reserved,
+    gpte_pte_access,
+    prefetch_invalid_gpte,
     read_gpte,
     shadow_path,
     unlink_unsync_page,
@@ -114,18 +114,11 @@ def sync_spte(vcpu: MmuVcpu, sp: MmuPage, index: int) -> int:
     if not spte:
         return 0
     gpte = read_gpte(vcpu.memory, sp, index)
-    if (
-        gpte is None
-        or not gpte & Pte.PRESENT
-        or not gpte & Pte.ACCESSED
-        or gpte_reserved(vcpu, gpte)
-    ):
+    if gpte is None or prefetch_invalid_gpte(vcpu, gpte):
         mmu.drop_spte(sp, index)
         return 1
     gfn = gpte_gfn(gpte, sp)
-    access = sp.role.access & gpte_access(gpte, vcpu)
-    if not gpte & Pte.DIRTY:
-        access &= ~Acc.WRITE
+    access = gpte_pte_access(vcpu, sp, gpte)
     if S.is_mmio(spte):
         # Fix: the refresh used to stamp the current generation even when a memslot had been
         # created over the gfn since, turning a stale MMIO spte into a current one, so RAM

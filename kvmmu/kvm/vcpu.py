@@ -164,6 +164,9 @@ class Vm:
     ``n_max_mmu_pages`` is the shadow page budget (None: KVM's default from the memory size).
     ``huge_pages`` says whether the host backs guest memory with huge pages, so the MMU may
     map it with large sptes. ``allow_unsync`` lets leaf guest tables go unsync, as KVM does.
+    ``prefetch`` maps the neighbours of each faulting spte too, as KVM does (False: as KVM with
+    A/D bits unavailable). ``update_pte`` refreshes a leaf spte on an emulated guest PTE write
+    as the 2010 kernel did; today's kernel (the default) zaps it.
     """
 
     def __init__(
@@ -175,6 +178,8 @@ class Vm:
         n_max_mmu_pages: int | None = None,
         huge_pages: bool = True,
         allow_unsync: bool = True,
+        prefetch: bool = True,
+        update_pte: bool = False,
         maxphyaddr: int = 40,
         tdp_levels: int = 4,
     ) -> None:
@@ -187,6 +192,8 @@ class Vm:
             ("tdp", tdp),
             ("huge_pages", huge_pages),
             ("allow_unsync", allow_unsync),
+            ("prefetch", prefetch),
+            ("update_pte", update_pte),
         ):
             check_bool(name, flag, ModeError)
         check_optional_count("n_max_mmu_pages", n_max_mmu_pages, error=MmuBudgetError)
@@ -204,6 +211,8 @@ class Vm:
             huge_pages=huge_pages,
             allow_unsync=allow_unsync,
             tdp=tdp,
+            prefetch=prefetch,
+            update_pte=update_pte,
         )
         self.vcpus: list[Vcpu] = []
         self.host_view = HostPhysical(self.memory.host)
@@ -727,6 +736,7 @@ class Vcpu:
         hw_cpu = self.hardware_cpu()
         hw = walk(self.vm.host_view, hw_cpu, gva, kind, implicit=implicit, set_ad=False)
         if isinstance(hw, WalkResult):
+            self._set_spte_accessed(hw)
             self.last_refs = len(hw.raw)
             gpa = self._gpa_of(hw, gva)
             guest_level = self._guest_page_level(hw)
@@ -757,6 +767,14 @@ class Vcpu:
         if result.outcome is FaultOutcome.MMIO:
             return Translation(result.gpa, mmio=True)
         return None
+
+    def _set_spte_accessed(self, hw: WalkResult) -> None:
+        """The CPU sets the accessed bit of the leaf spte it used (SDM 4.8). Non-leaf sptes are
+        made accessed, leaf sptes too except prefetched ones (``mark_spte_for_access_track``),
+        so this is the first use of a prefetched spte; the D bit comes with W in every spte."""
+        _, entry_hpa, index, spte, _ = hw.raw[-1]
+        if not spte & S.ACCESSED:
+            self.mmu.by_pfn[entry_hpa >> PAGE_SHIFT].spt[index] = spte | S.ACCESSED
 
     def _guest_page_level(self, hw: WalkResult) -> int:
         """The level of the guest page behind a shadow walk: one above the highest direct page
@@ -894,6 +912,7 @@ class Vcpu:
             set_ad=False,
         )
         if isinstance(hw, WalkResult):
+            self._set_spte_accessed(hw)
             return len(hw.raw)
         assert isinstance(hw, PageFault)
         self.mmu.trace.emit("kvm_page_fault", fault_address=gpa, error_code=int(hw.error_code))

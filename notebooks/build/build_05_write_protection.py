@@ -93,6 +93,19 @@ md("""
 The last line shows the point: after the store, the data page reads the new frame at once,
 with no fault, because the spte was refreshed during the emulation.
 
+That refresh is the 2010 kernel's, the era of the seed change, and this lesson's guest runs it
+(`table_writer(update_pte=True)`, the default here). Today's `kvm_mmu_track_write` only zaps the
+spte, and the next access faults it back in; `Vm(update_pte=False)`, kvmmu's default, does the same:
+""")
+code("""
+today = lesson.table_writer(update_pte=False)
+today.write_pte(0)
+assert today.vcpu.access(lesson.DATA_GVA, Access.READ, cpl=3) == lesson.ALT_GPA
+today.counters()[["pf_fixed", "pf_emulate", "mmu_pte_write", "mmu_pte_updated"]]
+""")
+md("""
+Same answer for the guest, one more fault for the host (`pf_fixed`), and no `mmu_pte_updated`.
+
 ## Upper levels: zapped, and flooded
 
 An spte of a page directory points at another shadow page; KVM never refreshes it in place, it

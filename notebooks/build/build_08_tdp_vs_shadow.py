@@ -76,8 +76,10 @@ the guest's INVLPGs still exit so KVM can sync (lesson 6). Under TDP the guest e
 and flushes its TLB without KVM ever knowing: TDP has no exits on PTE stores and no INVLPG
 exits. The TDP bars that grow with the rate are **other exits**, faults on ordinary data
 accesses: each re-pointed PTE sends the guest to a frame it has not touched yet, and the first
-touch of a gpa is an EPT violation that KVM must map, in both modes (with unsync pages, shadow
-paging also refaults where a sync dropped a stale spte). All bars share one absolute scale.
+touch of a gpa is an EPT violation that KVM must map, in both modes (shadow paging also
+refaults where an emulated store zapped an spte or a sync dropped a stale one; KVM's prefetch
+maps 8 neighbours per fault, so fresh frames cost TDP fewer exits). All bars share one absolute
+scale.
 
 ## Memory
 

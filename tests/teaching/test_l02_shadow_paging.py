@@ -33,7 +33,7 @@ def test_shadow_step_view_shows_the_user_fault_of_the_demo_program() -> None:
     text, pages, counters = lesson.shadow_step_view(len(lesson.DEMO_PROGRAM))
     assert "#PF to the guest, error 0x5" in text
     assert counters.iloc[0]["pf_guest"] == 1
-    assert counters.iloc[0]["pages"] == len(pages)
+    assert counters.iloc[0]["shadow_pages"] == len(pages)
 
 
 def test_shadow_steps_widget_follows_the_slider_and_the_next_button() -> None:

@@ -29,7 +29,8 @@ def test_behaviour_is_equal_in_every_stored_program(capture: HostCapture) -> Non
 def test_the_matrix_and_the_differences_agree(capture: HostCapture) -> None:
     matrix = B.counter_matrix(capture)
     diffs = B.differences(capture)
-    assert "pf_taken" not in matrix.index, "kernel-only counters are left out"
+    assert "insn_emulation" not in matrix.index, "kernel-only counters are left out"
+    assert "pf_taken" in matrix.index and "pages_4k" in matrix.index
     for _, row in diffs.iterrows():
         assert matrix.loc[row["counter"], row["program"]] == f"{row['kvmmu']} / {row['kvm']}"
         assert row["kvmmu"] != row["kvm"] and row["kernel function"]
@@ -47,6 +48,22 @@ def test_the_exercise_checker(capture: HostCapture) -> None:
     assert B.check_spurious("pf_spurious", spurious, capture).startswith("right")
     assert B.check_spurious("pf_taken", spurious, capture).startswith("not pf_taken")
     assert "but not" in B.check_spurious("pf_spurious", spurious + 1, capture)
+
+
+def test_prefetch_and_the_spte_zap_are_what_make_the_counters_equal(
+    capture: HostCapture,
+) -> None:
+    table = B.what_the_kernel_adds(capture)
+    today = table["today's kernel"] == table["kvm"]
+    assert today.all(), table
+    assert (
+        table.loc[("huge_page", "pages_4k"), "no prefetch"]
+        < table.loc[("huge_page", "pages_4k"), "kvm"]
+    )
+    assert (
+        table.loc[("pte_edits", "pf_fixed"), "2010 pte update"]
+        < table.loc[("pte_edits", "pf_fixed"), "kvm"]
+    )
 
 
 def test_program_table_lists_the_ops() -> None:

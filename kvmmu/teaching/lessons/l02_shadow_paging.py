@@ -209,7 +209,14 @@ def shadow_tables_figure(vm: Vm, vcpu: Vcpu) -> Figure:
 # Step by step: the view and its widget
 # ------------------------------------------------------------------------------------------------
 
-_STEP_COUNTERS = ("pf_fixed", "pf_guest", "mmu_cache_miss", "pages", "tlb_hits", "tlb_misses")
+_STEP_COUNTERS = (
+    "pf_fixed",
+    "pf_guest",
+    "mmu_cache_miss",
+    "shadow_pages",
+    "tlb_hits",
+    "tlb_misses",
+)
 
 
 def shadow_step_view(

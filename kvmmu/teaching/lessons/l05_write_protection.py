@@ -124,15 +124,19 @@ class TableWriter:
         return self.vm.mmu.stats.as_series()[list(COUNTERS)]
 
 
-def table_writer(pages: int = 16, *, unsync: bool = False) -> TableWriter:
+def table_writer(pages: int = 16, *, unsync: bool = False, update_pte: bool = True) -> TableWriter:
     """Build a :class:`TableWriter` guest, touch its data pages once, and zero the counters.
 
     ``unsync`` lets leaf tables go unsync (``Vm(allow_unsync=...)``); without it every PTE
-    write is emulated, as in the 2010 kernel. No kernel counterpart.
+    write is emulated, as in the 2010 kernel. ``update_pte`` is that kernel's in-place refresh
+    of the leaf spte after an emulated PTE store (``mmu_pte_write_new_pte``); False is today's
+    kernel, which zaps it (``Vm(update_pte=...)``). No kernel counterpart.
     """
     if isinstance(pages, bool) or not isinstance(pages, int) or not 1 <= pages <= 64:
         raise ExerciseError(f"pages must be an int in 1..64, got {pages!r}")
-    vm = Vm(64 << 20, allow_unsync=unsync)
+    if not isinstance(update_pte, bool):
+        raise ExerciseError(f"update_pte must be True or False, got {update_pte!r}")
+    vm = Vm(64 << 20, allow_unsync=unsync, update_pte=update_pte)
     pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
     pt.map(DATA_GVA, DATA_GPA, length=pages * 0x1000, writable=True, user=True)
     pt.map(PTE_WINDOW, pt.entry(DATA_GVA, 2) & ENTRY_ADDR, writable=True)

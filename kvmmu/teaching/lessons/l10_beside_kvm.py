@@ -92,15 +92,48 @@ def program_table(name: str) -> pd.DataFrame:
 
 
 def check_spurious(counter: str, count: int, capture: HostCapture | None = None) -> str:
-    """The exercise: which kernel counter took the faults kvmmu counts in ``pf_fixed`` in
-    ``table_edits``, and how many? Returns a verdict. No kernel counterpart."""
+    """The exercise: in ``table_edits`` some faults fixed nothing (their leaf spte was already
+    right); which kernel counter took them, and how many? Returns a verdict.
+    No kernel counterpart."""
     c = (capture or load_host_capture(STORED)).comparisons["table_edits"].counters
     expected = int(c["kvm"].to_dict()["pf_spurious"])
     if counter != "pf_spurious":
         return f"not {counter}: look for the counter KVM bumps on RET_PF_SPURIOUS"
     if count != expected:
-        return f"pf_spurious is right, but not {count}: compare pf_fixed on both machines"
+        return (
+            f"pf_spurious is right, but not {count}: pf_taken counts every fault, and "
+            "pf_fixed only those that changed an spte"
+        )
     return f"right: {expected} faults found their leaf spte already in place (RET_PF_SPURIOUS)"
+
+
+SETTINGS = {
+    "today's kernel": {},
+    "no prefetch": {"prefetch": False},
+    "2010 pte update": {"update_pte": True},
+}
+"""kvmmu's switches for what the kernel does beyond the 2010 design (``Vm`` options)."""
+
+
+def what_the_kernel_adds(
+    capture: HostCapture,
+    programs: tuple[str, ...] = ("huge_page", "pte_edits", "faults"),
+    counters: tuple[str, ...] = ("pf_fixed", "pages_4k"),
+) -> pd.DataFrame:
+    """``counters`` of ``programs`` on the stored KVM and on kvmmu with each of
+    :data:`SETTINGS`: prefetch and the zap of a written spte are what make them equal.
+
+    No kernel counterpart (``direct_pte_prefetch``, ``kvm_mmu_track_write`` are behind it).
+    """
+    rows = {}
+    for name in programs:
+        saved = capture.comparisons[name].counters["kvm"]
+        for counter in counters:
+            row: dict[str, int] = {"kvm": int(saved[counter])}
+            for label, options in SETTINGS.items():
+                row[label] = int(run_kvmmu(program(name), **options).counters[counter])
+            rows[(name, counter)] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["program", "counter"])
 
 
 def known_differences() -> pd.DataFrame:

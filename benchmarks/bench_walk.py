@@ -1,11 +1,18 @@
-"""Walks per second of ``kvmmu.hw.walk.walk`` in every paging mode, over warmed tables.
+"""The guest page-table walker's cost: ``walk`` and ``walk_unchecked`` against a minimal walk.
 
 Run ``python benchmarks/bench_walk.py`` (``--help`` for options). The script pins itself to one
-CPU where the OS allows it, builds one set of guest page tables per case straight into
-``GuestMemory`` (it does not use ``kvmmu.hw.guest``), walks every mapped address once so that the
-accessed bits are set and the walker's per-register context and table views are cached, then
-times read walks over the same addresses and prints a markdown table: the best of several
-repeats, so the number is the walker's cost rather than the machine's noise.
+CPU where the OS allows it and builds one set of guest page tables per case straight into
+``GuestMemory`` (it does not use ``kvmmu.hw.guest``). Every mapped address is walked once first,
+so the accessed bits are set and the walker's per-register context and table views are cached.
+Then, in each repeat, the same read walks are timed with each contestant in turn (the order
+rotates from repeat to repeat), so the ratios compare runs made side by side in one process.
+
+Two tables are printed, each figure the median over the repeats with the minimum and maximum:
+
+* 4-level paging with 4 KiB, 2 MiB and 1 GiB leaves: microseconds per walk of the
+  :func:`reference_walk` below, of ``walk_unchecked`` (the MMU's path) and of ``walk`` (the
+  public one, which checks its arguments first), and their ratios to the reference;
+* every paging mode: microseconds per walk of ``walk``.
 """
 
 from __future__ import annotations
@@ -13,23 +20,27 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvmmu.hw.memory import GuestMemory
-from kvmmu.hw.walk import CpuState, WalkResult, cpu_for_mode, load_cr3, walk
+from kvmmu.hw.walk import CpuState, WalkResult, cpu_for_mode, load_cr3, walk, walk_unchecked
 from kvmmu.hw.x86 import Access, PagingMode
 
-P, W, U, PS = 1, 2, 4, 1 << 7
+P, W, U, A, PS = 1, 2, 4, 1 << 5, 1 << 7
+XD = 1 << 63
 PRW = P | W | U
+ADDR = ((1 << 52) - 1) & ~0xFFF  # address bits 51:12 of an entry
 LEVELS = {PagingMode.NONE: 0, PagingMode.BITS32: 2, PagingMode.PAE: 3}
 LEVELS |= {PagingMode.LEVEL4: 4, PagingMode.LEVEL5: 5}
 
 
 @dataclass(frozen=True)
 class Case:
-    """One row of the table: a paging mode and the level of its leaf entries."""
+    """One row: a paging mode and the level of its leaf entries."""
 
     name: str
     mode: PagingMode
@@ -47,6 +58,7 @@ CASES = [
     Case("4-level", PagingMode.LEVEL4, 3, "1 GiB"),
     Case("5-level", PagingMode.LEVEL5, 1, "4 KiB"),
 ]
+LEVEL4_CASES = [c for c in CASES if c.mode is PagingMode.LEVEL4]
 
 
 def build(case: Case, count: int) -> tuple[GuestMemory, CpuState, list[int]]:
@@ -85,7 +97,7 @@ def build(case: Case, count: int) -> tuple[GuestMemory, CpuState, list[int]]:
                 break
             old = mem.read(gpa, esize)
             if old & P:
-                table = old & (0xFFFF_F000 if esize == 4 else 0xF_FFFF_FFFF_F000)
+                table = old & (0xFFFF_F000 if esize == 4 else ADDR)
             else:
                 table = new_table()
                 flags = P if (case.mode is PagingMode.PAE and level == 3) else PRW
@@ -99,23 +111,149 @@ def build(case: Case, count: int) -> tuple[GuestMemory, CpuState, list[int]]:
     return mem, cpu, gvas
 
 
-def measure(case: Case, walks: int, repeats: int) -> tuple[float, int]:
-    """Best walks per second over ``repeats`` runs of ``walks`` read walks."""
+# --------------------------------------------------------------------------------------------
+# The reference: the least a correct 4-level walk must do, on the same tables and views
+# --------------------------------------------------------------------------------------------
+
+# reserved bits of 4-level entries with MAXPHYADDR=40 and EFER.NXE=1, [bit 7][level]:
+# address bits 51:40; PS is reserved in a PML4E; a large page's low address bits are reserved
+_HIGH = ((1 << 52) - 1) & ~((1 << 40) - 1)
+RSVD_4LEVEL = (
+    (0, _HIGH, _HIGH, _HIGH, _HIGH | PS),
+    (0, _HIGH, _HIGH | 0x1F_E000, _HIGH | 0x3FFF_E000, _HIGH | PS),
+)
+SHIFTS_4LEVEL = ((4, 39), (3, 30), (2, 21), (1, 12))
+
+
+def reference_walk(views: dict[int, memoryview], cr3: int, gva: int, user: bool) -> int | None:
+    """A read walk of 4-level tables that does what the result needs and nothing more.
+
+    Reads each entry through the same memoryviews the walker uses; checks the canonical form,
+    present, reserved bits, PS, the combined U/S right for a user access, and that the accessed
+    bits are already set (else it gives up: it never writes). Returns the gpa, or None where
+    ``walk`` would fault or write. It records nothing and builds no result object.
+    """
+    top = gva >> 47
+    if top and top != 0x1FFFF:
+        return None
+    table = cr3 & ADDR
+    acc = 7
+    seen = -1
+    for level, shift in SHIFTS_4LEVEL:
+        pte = views[table >> 12][(gva >> shift) & 511]
+        if not pte & P or pte & RSVD_4LEVEL[(pte >> 7) & 1][level]:
+            return None
+        acc &= (pte & 6) | (0 if pte & XD else 1)
+        seen &= pte
+        if level == 1 or pte & PS:
+            if (user and not acc & U) or not seen & A:
+                return None
+            size = 1 << shift
+            return (pte & ADDR & ~(size - 1)) | (gva & (size - 1))
+        table = pte & ADDR
+    return None
+
+
+def reference_views(memory: GuestMemory, cpu: CpuState, gvas: list[int]) -> dict[int, memoryview]:
+    """The memoryviews of every table the walks read: the ones ``GuestMemory`` hands out."""
+    views: dict[int, memoryview] = {}
+    for gva in gvas:
+        result = walk(memory, cpu, gva, set_ad=False)
+        assert isinstance(result, WalkResult), result
+        for table in result.table_gpas():
+            words = memory.table_words(table >> 12)
+            assert words is not None
+            views[table >> 12] = words
+    return views
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+
+def median_range(values: list[float]) -> tuple[float, float, float]:
+    """(median, min, max) of ``values``."""
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt(stat: tuple[float, float, float], digits: int = 2) -> str:
+    """``median (min-max)`` with ``digits`` decimals."""
+    med, lo, hi = stat
+    return f"{med:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+def interleaved(
+    contestants: dict[str, Callable[[], None]], repeats: int, per_call: int
+) -> dict[str, list[float]]:
+    """Microseconds per operation of each contestant in each repeat, run in rotating order."""
+    names = list(contestants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            contestants[name]()
+            times[name].append((time.perf_counter() - start) * 1e6 / per_call)
+    return times
+
+
+def bench_reference(case: Case, walks: int, repeats: int) -> dict[str, list[float]]:
+    """Reference, walk_unchecked and walk on one 4-level case, interleaved."""
     mem, cpu, gvas = build(case, 64)
     for gva in gvas:  # warm: set A bits, build the context and the table-view cache
         result = walk(mem, cpu, gva)
         assert isinstance(result, WalkResult) and result.level == case.leaf_level, result
+    views = reference_views(mem, cpu, gvas)
+    for gva in gvas:
+        want = walk(mem, cpu, gva)
+        assert isinstance(want, WalkResult) and reference_walk(views, cpu.cr3, gva, False) == (
+            want.gpa
+        )
     rounds = max(1, walks // len(gvas))
-    read = Access.READ
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+    read, cr3 = Access.READ, cpu.cr3
+
+    def run_reference() -> None:
+        for _ in range(rounds):
+            for gva in gvas:
+                reference_walk(views, cr3, gva, False)
+
+    def run_unchecked() -> None:
+        for _ in range(rounds):
+            for gva in gvas:
+                walk_unchecked(mem, cpu, gva, read)
+
+    def run_walk() -> None:
         for _ in range(rounds):
             for gva in gvas:
                 walk(mem, cpu, gva, read)
-        best = min(best, time.perf_counter() - start)
-    levels_read = LEVELS[case.mode] - max(case.leaf_level - 1, 0)
-    return rounds * len(gvas) / best, levels_read
+
+    return interleaved(
+        {"reference": run_reference, "walk_unchecked": run_unchecked, "walk": run_walk},
+        repeats,
+        rounds * len(gvas),
+    )
+
+
+def bench_mode(case: Case, walks: int, repeats: int) -> list[float]:
+    """Microseconds per public walk in one mode, per repeat."""
+    mem, cpu, gvas = build(case, 64)
+    for gva in gvas:
+        result = walk(mem, cpu, gva)
+        assert isinstance(result, WalkResult) and result.level == case.leaf_level, result
+    rounds = max(1, walks // len(gvas))
+    read = Access.READ
+
+    def run() -> None:
+        for _ in range(rounds):
+            for gva in gvas:
+                walk(mem, cpu, gva, read)
+
+    return interleaved({"walk": run}, repeats, rounds * len(gvas))["walk"]
+
+
+def ratios(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """Per-repeat ratios of two interleaved series, as (median, min, max)."""
+    return median_range([a / b for a, b in zip(num, den, strict=True)])
 
 
 def pin_to_one_cpu() -> str:
@@ -128,20 +266,36 @@ def pin_to_one_cpu() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run both tables and print them as markdown."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--walks", type=int, default=20_000, help="walks per repeat and case")
-    parser.add_argument("--repeats", type=int, default=5, help="repeats; the best is reported")
+    parser.add_argument("--repeats", type=int, default=9, help="repeats (median and min-max)")
     args = parser.parse_args(argv)
     pinned = pin_to_one_cpu()
     print(
-        f"Python {platform.python_version()} on {platform.machine()}, {pinned}, "
-        f"best of {args.repeats} x {args.walks} read walks over 64 warmed addresses\n"
+        f"Python {platform.python_version()} on {platform.machine()}, {pinned}; "
+        f"{args.repeats} repeats x {args.walks} read walks over 64 warmed addresses; "
+        "median (min-max)\n"
     )
-    print("| mode | page | entries read | walks/s | µs/walk |")
+    print(
+        "| 4-level, leaf | reference µs | walk_unchecked µs | walk µs "
+        "| walk_unchecked / reference | walk / reference |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for case in LEVEL4_CASES:
+        t = bench_reference(case, args.walks, args.repeats)
+        ref, fast, public = t["reference"], t["walk_unchecked"], t["walk"]
+        print(
+            f"| {case.page} | {fmt(median_range(ref))} | {fmt(median_range(fast))} "
+            f"| {fmt(median_range(public))} | {fmt(ratios(fast, ref))} "
+            f"| {fmt(ratios(public, ref))} |"
+        )
+    print("\n| mode | page | entries read | walk µs | walks/s (median) |")
     print("| --- | --- | ---: | ---: | ---: |")
     for case in CASES:
-        rate, levels_read = measure(case, args.walks, args.repeats)
-        print(f"| {case.name} | {case.page} | {levels_read} | {rate:,.0f} | {1e6 / rate:.2f} |")
+        stat = median_range(bench_mode(case, args.walks, args.repeats))
+        levels_read = LEVELS[case.mode] - max(case.leaf_level - 1, 0)
+        print(f"| {case.name} | {case.page} | {levels_read} | {fmt(stat)} | {1e6 / stat[0]:,.0f} |")
     return 0
 
 

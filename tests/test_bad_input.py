@@ -415,6 +415,7 @@ TABLE: list[Entry] = [
 # Public callables that take no argument a caller could get wrong.
 NO_ARGUMENTS = {
     "memory.HostMemory",
+    "walk.WalkResult.table_gpas",
     "memory.HostMemory.alloc_page",
     "guest.TablePagePool.alloc",
     "guest.GuestPageTables.table_graph",
@@ -463,6 +464,7 @@ HOT_PATH = {
     "memory.Memslot.gfn_to_pfn": "table_words, per table read of a walk",
     "memory.Memslots.find": "every walk's A/D update and every fault",
     "memory.GuestMemory.table_words": "every level of every walk",
+    "walk.walk_unchecked": "the MMU's own walks; walk() and Vcpu.translate check first",
     "vcpu.HostPhysical": "built by Vm",
     "vcpu.HostPhysical.table_words": "every level of every shadow walk",
     "vcpu.Tlb": "built by Vcpu",

@@ -45,11 +45,14 @@ class HostMemory:
 
     A frame's contents are allocated on first use, so a 64 GiB guest costs nothing until touched.
     Pages are ``bytearray`` objects; :meth:`page` gives a numpy ``uint64[512]`` view of one and
-    :meth:`words` a ``memoryview`` of 64-bit words for fast reads.
+    :meth:`words` a ``memoryview`` of 64-bit words for fast reads. Those views are made once per
+    frame and kept until the frame is freed (a view reads the bytes, so writes show through).
     """
 
     def __init__(self) -> None:
         self._pages: dict[int, bytearray] = {}
+        # memoryviews of frames made by words(), per entry size: {8: {pfn: view}, 4: {...}}
+        self.views: dict[int, dict[int, memoryview]] = {8: {}, 4: {}}
         self._next_pfn = 1  # pfn 0 stays unused so that 0 never looks like a valid frame
         self._free: list[int] = []
         self._live: set[int] = set()  # frames from alloc_page not yet freed
@@ -92,6 +95,7 @@ class HostMemory:
             )
         self._live.remove(pfn)
         self._pages.pop(pfn, None)
+        self._drop_views(pfn)
         self._free.append(pfn)
         self.allocated -= 1
 
@@ -104,7 +108,12 @@ class HostMemory:
         check_count("npages", npages, minimum=1, bits=MAX_GFN_BITS, error=MemslotError)
         for p in [p for p in self._pages if pfn <= p < pfn + npages]:
             del self._pages[p]
+            self._drop_views(p)
         self.allocated -= npages
+
+    def _drop_views(self, pfn: int) -> None:
+        for views in self.views.values():
+            views.pop(pfn, None)
 
     def raw(self, pfn: int) -> bytearray:
         """The 4096 bytes of frame ``pfn``, created zero-filled on first use."""
@@ -121,10 +130,16 @@ class HostMemory:
         return np.frombuffer(self.raw(pfn), dtype=np.uint64)
 
     def words(self, pfn: int, entry_size: int = 8) -> memoryview:
-        """Frame ``pfn`` as a memoryview of 64-bit (or 32-bit) words."""
+        """Frame ``pfn`` as a memoryview of 64-bit (or 32-bit) words, made once per frame."""
         if entry_size != 8 and entry_size != 4:
             raise AddressError(f"entry_size must be 4 or 8 bytes, got {entry_size!r}")
-        return memoryview(self.raw(pfn)).cast("Q" if entry_size == 8 else "I")
+        if type(pfn) is not int:
+            check_int("pfn", pfn)
+        views = self.views[entry_size]
+        view = views.get(pfn)
+        if view is None:
+            view = views[pfn] = memoryview(self.raw(pfn)).cast("Q" if entry_size == 8 else "I")
+        return view
 
     @property
     def touched(self) -> int:
@@ -194,6 +209,10 @@ class Memslots:
         self._slots: list[Memslot] = []  # sorted by base_gfn
         self._starts: list[int] = []
         self._next_id = 0
+        self._last_used: Memslot | None = None  # kvm_memslots.last_used_slot
+        # views of guest frames by entry size, then gfn (GuestMemory.table_words fills them):
+        # valid for one memslot layout, so every change empties them
+        self.views: dict[int, dict[int, memoryview]] = {8: {}, 4: {}}
 
     def __iter__(self) -> Iterator[Memslot]:
         return iter(self._slots)
@@ -202,10 +221,18 @@ class Memslots:
         return len(self._slots)
 
     def find(self, gfn: int) -> Memslot | None:
-        """The slot holding ``gfn``, or None (``gfn_to_memslot``)."""
+        """The slot holding ``gfn``, or None (``gfn_to_memslot``).
+
+        The slot found last is tried first, as ``search_memslots`` tries ``last_used_slot``;
+        every memslot change forgets it.
+        """
+        slot = self._last_used
+        if slot is not None and slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
+            return slot
         i = bisect.bisect_right(self._starts, gfn) - 1
         if i >= 0 and self._slots[i].contains(gfn):
-            return self._slots[i]
+            self._last_used = self._slots[i]
+            return self._last_used
         return None
 
     def get(self, slot_id: int) -> Memslot:
@@ -243,6 +270,9 @@ class Memslots:
     def _commit(self) -> None:
         self._slots.sort(key=lambda s: s.base_gfn)
         self._starts = [s.base_gfn for s in self._slots]
+        self._last_used = None
+        for views in self.views.values():
+            views.clear()
         self.generation += 1
 
     def add(self, base_gfn: int, npages: int, flags: MemslotFlag = MemslotFlag.NONE) -> Memslot:
@@ -319,8 +349,9 @@ class GuestMemory:
             check_instance("host", host, HostMemory, "a HostMemory or None", MemslotError)
         self.host = host if host is not None else HostMemory()
         self.slots = Memslots(self.host, maxphyaddr)
-        self._words_cache: dict[tuple[int, int], memoryview] = {}
-        self._cache_generation = -1
+        # the views table_words gave, by entry size then gfn; the walker reads through them
+        # and calls table_words only for a gfn not there. Emptied by every memslot change.
+        self.views = self.slots.views
         if size:
             if size & PAGE_MASK:
                 raise AddressError(f"size={size:#x} must be a multiple of the 4 KiB page size")
@@ -350,18 +381,17 @@ class GuestMemory:
     def table_words(self, gfn: int, entry_size: int = 8) -> memoryview | None:
         """Frame ``gfn`` as a memoryview of entries, or None if no memslot backs it.
 
-        The walker's fast path: the result is cached until the memslots change.
+        The walker's fast path: the view is kept in :attr:`views` until the memslots change.
         """
-        if self._cache_generation != self.slots.generation:
-            self._words_cache.clear()
-            self._cache_generation = self.slots.generation
-        key = (gfn, entry_size)
-        words = self._words_cache.get(key)
+        views = self.views.get(entry_size)
+        if views is None:
+            raise AddressError(f"entry_size must be 4 or 8 bytes, got {entry_size!r}")
+        words = views.get(gfn)
         if words is None:
             slot = self.slots.find(gfn)
             if slot is None:
                 return None
-            words = self._words_cache[key] = self.host.words(slot.gfn_to_pfn(gfn), entry_size)
+            words = views[gfn] = self.host.words(slot.gfn_to_pfn(gfn), entry_size)
         return words
 
     # -- byte access ---------------------------------------------------------------------------

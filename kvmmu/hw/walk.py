@@ -49,7 +49,6 @@ from kvmmu.hw.x86 import (
     PfErr,
     Pte,
     Rflags,
-    _is_canonical,
     check_maxphyaddr,
     paging_mode,
     pdpte_rsvd_mask,
@@ -62,6 +61,8 @@ _RSVD, _FETCH, _PK = int(PfErr.RSVD), int(PfErr.FETCH), int(PfErr.PK)
 _AC = int(Rflags.AC)
 _BOOL: type = bool  # compared by identity on the walk's entry, where isinstance costs more
 _ACC = tuple(Acc(i) for i in range(8))
+_U64_MAX = (1 << 64) - 1
+_WRITE, _FETCH_ACCESS, _PAE = Access.WRITE, Access.FETCH, PagingMode.PAE
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,6 +90,9 @@ class CpuState:
     maxphyaddr: int = 40
     gbpages: bool = True
     pdptes: tuple[int, int, int, int] | None = None
+    # the walker's context for these registers, found on the first walk (the per-vCPU
+    # ``struct kvm_mmu`` with its reserved-bit masks, computed once)
+    _walk_ctx: _Context | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("cr0", "cr3", "cr4", "efer", "rflags"):
@@ -272,16 +276,25 @@ class _Context:
     fetch_errcode: bool  # report I/D in the error code
     pse36_bits: int  # 32-bit paging: physical-address bits above 31 in a 4 MiB PDE
     cr3_mask: int  # CR3 bits that address the root table
+    canonical_shift: int  # va_bits - 1 where addresses must be canonical, else 0
+    canonical_top: int  # gva >> canonical_shift of a canonical upper-half address
+    # the levels a walk reads from tables, root first (below the PDPT in PAE mode), each as
+    # (level, index shift, index mask, reserved bits with bit 7 clear, with bit 7 set,
+    # PS honoured): one unpacking per level
+    walk_levels: tuple[tuple[int, int, int, int, int, bool], ...]
 
 
 _CONTEXTS: dict[tuple[int, int, int, int, bool], _Context] = {}
 
 
 def _context(cpu: CpuState) -> _Context:
-    key = (cpu.cr0, cpu.cr4, cpu.efer, cpu.maxphyaddr, cpu.gbpages)
-    ctx = _CONTEXTS.get(key)
+    ctx = cpu._walk_ctx
     if ctx is None:
-        ctx = _CONTEXTS[key] = _build_context(cpu)
+        key = (cpu.cr0, cpu.cr4, cpu.efer, cpu.maxphyaddr, cpu.gbpages)
+        ctx = _CONTEXTS.get(key)
+        if ctx is None:
+            ctx = _CONTEXTS[key] = _build_context(cpu)
+        object.__setattr__(cpu, "_walk_ctx", ctx)  # frozen: set once, derived from the fields
     return ctx
 
 
@@ -323,6 +336,10 @@ def _build_context(cpu: CpuState) -> _Context:
     masks = [0] + [(1 << spec.index_bits) - 1] * levels
     if spec.mode is PagingMode.PAE:
         masks[3] = 3
+    top = 2 if spec.mode is PagingMode.PAE else levels
+    walk_levels = tuple(
+        (lv, shifts[lv], masks[lv], table[lv], leaf[lv], large_ok[lv]) for lv in range(top, 0, -1)
+    )
     return _Context(
         spec=spec,
         shifts=shifts,
@@ -339,6 +356,9 @@ def _build_context(cpu: CpuState) -> _Context:
         fetch_errcode=bool(cpu.cr4 & Cr4.SMEP) or (nxe and spec.entry_size == 8),
         pse36_bits=pse36_bits,
         cr3_mask=_cr3_mask(spec.mode, m),
+        walk_levels=walk_levels,
+        canonical_shift=spec.va_bits - 1 if spec.va_bits > 32 else 0,
+        canonical_top=(1 << (65 - spec.va_bits)) - 1,
     )
 
 
@@ -391,6 +411,34 @@ class WalkStep:
 # raw step: (level, entry gpa, index, entry, rights accumulated above this level)
 _RawStep = tuple[int, int, int, int, int]
 
+# what a walk recorded, enough to rebuild its steps: the context, the address of the first
+# table read (the PDPT in PAE mode), and each entry read, root first
+_Trail = tuple[_Context, int, list[int]]
+
+
+def _raw_steps(ctx: _Context, gva: int, first_table: int, ptes: list[int]) -> list[_RawStep]:
+    """Rebuild each level's (level, entry gpa, index, entry, rights above) from a walk's entries.
+
+    The walk keeps only the entries it read, one append per level: where each entry lies follows
+    from the entry above it (the next table's address) and from the address walked.
+    """
+    out: list[_RawStep] = []
+    acc = 7
+    level = ctx.spec.root_level
+    table = first_table
+    entry_size = ctx.spec.entry_size
+    for i, pte in enumerate(ptes):
+        if i == 0 and ctx.spec.mode is PagingMode.PAE:  # a PDPTE: no rights of its own
+            index = (gva >> 30) & 3
+            out.append((3, table + index * 8, index, pte, acc))
+            table, level = pte & ctx.addr_mask, 2
+            continue
+        index = (gva >> ctx.shifts[level]) & ctx.index_masks[level]
+        out.append((level, table + index * entry_size, index, pte, acc))
+        acc &= (pte & 6) | (0 if ctx.nx and pte & _XD else 1)
+        table, level = pte & ctx.addr_mask, level - 1
+    return out
+
 
 def _trace(spec: ModeSpec, raw: list[_RawStep], outcome: str) -> tuple[WalkStep, ...]:
     steps = []
@@ -421,22 +469,56 @@ class WalkResult:
     ``level`` is the level of the leaf (1 for a 4 KiB page, 2 for 2/4 MiB, 3 for 1 GiB, 0 with
     paging off); ``access`` the rights the translation grants, combined over every level
     (``walker->pte_access``); ``pte`` the leaf entry as read; ``pkey`` its protection key.
+    The entries read on the way are kept as read (``walker->ptes``); :attr:`raw` and
+    :attr:`trace` describe each level from them when asked.
     """
 
     gva: int
     gpa: int
     level: int
-    page_size: int
     access: Acc
     pte: int
-    pkey: int
-    mode: PagingMode
-    raw: list[_RawStep] = field(repr=False)
+    _ctx: _Context = field(repr=False, compare=False)
+    _first_table: int = field(default=0, repr=False)
+    _ptes: list[int] = field(default_factory=list, repr=False)
 
     @property
     def gfn(self) -> int:
         """The guest frame reached (``walker->gfn``)."""
         return self.gpa >> PAGE_SHIFT
+
+    @property
+    def mode(self) -> PagingMode:
+        """The paging mode of the walk."""
+        return self._ctx.spec.mode
+
+    @property
+    def page_size(self) -> int:
+        """Bytes of the page reached (4096 with paging off)."""
+        return 1 << self._ctx.shifts[self.level] if self.level else 4096
+
+    @property
+    def pkey(self) -> int:
+        """The leaf's protection key (bits 62:59 of an 8-byte entry; 0 for 4-byte entries)."""
+        return (self.pte >> PKEY_SHIFT) & PKEY_MASK if self._ctx.spec.entry_size == 8 else 0
+
+    @property
+    def refs(self) -> int:
+        """Entries the walk read: its memory references. kvmmu's own."""
+        return len(self._ptes)
+
+    @property
+    def raw(self) -> list[_RawStep]:
+        """(level, entry gpa, index, entry, rights above) for each level read, root first."""
+        return _raw_steps(self._ctx, self.gva, self._first_table, self._ptes)
+
+    def table_gpas(self) -> list[int]:
+        """The address of each table read, root first (the PDPT's in PAE mode). kvmmu's own:
+        what the hardware walk of the shadow tables tells the vCPU about the pages it used."""
+        if not self._ptes:
+            return []
+        mask = self._ctx.addr_mask
+        return [self._first_table] + [pte & mask for pte in self._ptes[:-1]]
 
     @property
     def trace(self) -> tuple[WalkStep, ...]:
@@ -476,18 +558,48 @@ def _acc_str(acc: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PageFault:
-    """A #PF the guest receives (vector 14): the error code and the address that goes to CR2."""
+    """A #PF the guest receives (vector 14): the error code and the address that goes to CR2.
+
+    :attr:`steps` describes each level the walk read, built from the entries it kept only
+    when someone asks: most faults are handled without being printed.
+    """
 
     error_code: PfErr
     address: int
     reason: str = ""
-    steps: tuple[WalkStep, ...] = field(default=(), compare=False, repr=False)
+    _trail: _Trail | None = field(default=None, compare=False, repr=False)
     vector: int = 14
 
     @property
     def cr2(self) -> int:
         """CR2 holds the faulting linear address."""
         return self.address
+
+    @property
+    def raw(self) -> list[_RawStep]:
+        """(level, entry gpa, index, entry, rights above) for each level read, root first; the
+        last is where the walk faulted."""
+        if self._trail is None:
+            return []
+        ctx, first_table, ptes = self._trail
+        return _raw_steps(ctx, self.address, first_table, ptes)
+
+    @property
+    def steps(self) -> tuple[WalkStep, ...]:
+        """Each level's table address, index, entry and decision, root first; the last one is
+        where the walk faulted."""
+        if self._trail is None:
+            return ()
+        return _trace(self._trail[0].spec, self.raw, f"fault: {self.reason}")
+
+    @property
+    def pte(self) -> int:
+        """The entry the walk faulted on (0 for a table outside guest memory, or no entry).
+        kvmmu's own: what ``handle_mmio_page_fault`` reads back as the faulting spte."""
+        return self._trail[2][-1] if self._trail is not None and self._trail[2] else 0
+
+
+_PFERR = tuple(PfErr(i) for i in range(64))  # every error code a walk can report
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,75 +623,110 @@ def walk(
     (descriptor tables, for example: SDM 4.6, these ignore EFLAGS.AC for SMAP). With ``set_ad``
     a successful walk sets accessed bits on every entry used and the leaf's dirty bit on a
     write, writing them back to guest memory; without it memory is left untouched.
+
+    The arguments are checked here, once; the walk itself is :func:`walk_unchecked`.
     """
-    if not isinstance(access, Access):
-        raise ModeError(f"access must be Access.READ, Access.WRITE or Access.FETCH, got {access!r}")
-    _check_memory_and_cpu(memory, cpu)
-    check_int("gva", gva)
-    if implicit.__class__ is not _BOOL or set_ad.__class__ is not _BOOL:  # one cheap test
+    if not (  # one cheap test for the usual arguments; the checks below name what is wrong
+        access.__class__ is Access
+        and cpu.__class__ is CpuState
+        and gva.__class__ is int
+        and 0 <= gva <= _U64_MAX
+        and implicit.__class__ is _BOOL
+        and set_ad.__class__ is _BOOL
+        and isinstance(memory, GuestMemory)
+    ):
+        if not isinstance(access, Access):
+            raise ModeError(
+                f"access must be Access.READ, Access.WRITE or Access.FETCH, got {access!r}"
+            )
+        _check_memory_and_cpu(memory, cpu)
+        check_int("gva", gva)
         check_bool("implicit", implicit, ModeError)
         check_bool("set_ad", set_ad, ModeError)
-    ctx = _context(cpu)
-    spec = ctx.spec
-    if spec.root_level == 0:
-        if gva >> 32:
+    spec = (cpu._walk_ctx or _context(cpu)).spec
+    if spec.va_bits == 32 and gva >> 32:
+        if spec.root_level == 0:
             raise AddressError(
                 f"gva={gva:#x} does not fit in 32 bits; with paging off addresses are 32-bit"
             )
-        return WalkResult(gva, gva, 0, 4096, Acc.ALL, 0, 0, spec.mode, [])
-    if spec.va_bits == 32:
-        if gva >> 32:
-            raise AddressError(
-                f"gva={gva:#x} does not fit in 32 bits, the linear-address width of "
-                f"{spec.mode.value} paging"
-            )
-    elif not _is_canonical(gva, spec.va_bits):
-        return GeneralProtection(gva, f"{gva:#x} is not canonical for {spec.va_bits}-bit addresses")
+        raise AddressError(
+            f"gva={gva:#x} does not fit in 32 bits, the linear-address width of "
+            f"{spec.mode.value} paging"
+        )
+    return walk_unchecked(memory, cpu, gva, access, implicit=implicit, set_ad=set_ad)
 
-    write = access is Access.WRITE
-    fetch = access is Access.FETCH
+
+def walk_unchecked(
+    memory: GuestMemory,
+    cpu: CpuState,
+    gva: int,
+    access: Access = Access.READ,
+    *,
+    implicit: bool = False,
+    set_ad: bool = True,
+) -> WalkResult | PageFault | GeneralProtection:
+    """:func:`walk` for callers that have checked the arguments: the MMU's own walks.
+
+    ``FNAME(walk_addr_generic)`` itself. The caller guarantees what :func:`walk` checks:
+    ``memory`` is a :class:`GuestMemory`, ``cpu`` a :class:`CpuState`, ``access`` an
+    :class:`Access`, ``implicit`` and ``set_ad`` bools, and ``gva`` an int that fits the mode's
+    linear addresses (32 bits with paging off, 32-bit or PAE paging; 64 bits otherwise). For
+    such arguments the result is the same as :func:`walk`'s; a non-canonical address is still
+    a :class:`GeneralProtection`, since that is the guest's fault, not the caller's.
+    """
+    ctx = cpu._walk_ctx or _context(cpu)
+    spec = ctx.spec
+    if not spec.root_level:
+        return WalkResult(gva, gva, 0, _ACC[7], 0, ctx)
+    if ctx.canonical_shift:  # _is_canonical, inline
+        top = gva >> ctx.canonical_shift
+        if top and top != ctx.canonical_top:
+            return GeneralProtection(
+                gva, f"{gva:#x} is not canonical for {spec.va_bits}-bit addresses"
+            )
+
+    write = access is _WRITE
+    fetch = access is _FETCH_ACCESS
     user = cpu.cpl == 3 and not implicit
-    err = (
-        (_W if write else 0) | (_U if user else 0) | (_FETCH if fetch and ctx.fetch_errcode else 0)
-    )
-    raw: list[_RawStep] = []
+    ptes: list[int] = []  # walker->ptes: each entry read, root first
     acc = 7  # ACC_ALL
-    level = spec.root_level
     entry_size = spec.entry_size
-    if spec.mode is PagingMode.PAE:
+    if spec.mode is _PAE:
         pdptes = cpu.pdptes
         assert pdptes is not None  # guaranteed by CpuState
-        index = (gva >> 30) & 3
-        pte = pdptes[index]
-        raw.append((3, (cpu.cr3 & 0xFFFF_FFE0) + index * 8, index, pte, acc))
+        first = cpu.cr3 & 0xFFFF_FFE0
+        pte = pdptes[(gva >> 30) & 3]
+        ptes.append(pte)
         if not pte & _P:
-            return _fault(spec, err, gva, raw, "PDPTE not present")
+            return _fault(ctx, write, user, fetch, 0, gva, first, ptes, "PDPTE not present")
         table = pte & ctx.addr_mask
-        level = 2
     else:
-        table = cpu.cr3 & ctx.cr3_mask
+        first = table = cpu.cr3 & ctx.cr3_mask
 
-    shifts, masks, large_ok = ctx.shifts, ctx.index_masks, ctx.large_ok
-    rsvd_table, rsvd_leaf = ctx.rsvd
+    views = memory.views[entry_size]  # table views by gfn; table_words() fills in the rest
+    addr_mask = ctx.addr_mask
     nx = ctx.nx
-    while True:
-        words = memory.table_words(table >> PAGE_SHIFT, entry_size)
-        index = (gva >> shifts[level]) & masks[level]
-        entry_gpa = table + index * entry_size
+    seen = -1  # AND of the entries read from tables: are their A bits already set?
+    level = pte = 0
+    for level, shift, mask, rsvd_table, rsvd_leaf, large_ok in ctx.walk_levels:  # noqa: B007
+        words = views.get(table >> PAGE_SHIFT)
         if words is None:
-            raw.append((level, entry_gpa, index, 0, acc))
-            return _fault(spec, err, gva, raw, "table outside guest memory (KVM: not present)")
-        pte = words[index]
-        raw.append((level, entry_gpa, index, pte, acc))
+            words = memory.table_words(table >> PAGE_SHIFT, entry_size)
+            if words is None:
+                ptes.append(0)
+                why = "table outside guest memory (KVM: not present)"
+                return _fault(ctx, write, user, fetch, 0, gva, first, ptes, why)
+        pte = words[(gva >> shift) & mask]
+        ptes.append(pte)
         if not pte & _P:
-            return _fault(spec, err, gva, raw, "not present")
-        if pte & (rsvd_leaf[level] if pte & _PS else rsvd_table[level]):
-            return _fault(spec, err | _P | _RSVD, gva, raw, "reserved bit set")
+            return _fault(ctx, write, user, fetch, 0, gva, first, ptes, "not present")
+        if pte & (rsvd_leaf if pte & _PS else rsvd_table):
+            return _fault(ctx, write, user, fetch, _P | _RSVD, gva, first, ptes, "reserved bit set")
         acc &= (pte & 6) | (0 if nx and pte & _XD else 1)
-        if level == 1 or (pte & _PS and large_ok[level]):
-            break
-        table = pte & ctx.addr_mask
-        level -= 1
+        seen &= pte
+        if large_ok and pte & _PS:
+            break  # a large page; otherwise the loop ends with the level-1 entry
+        table = pte & addr_mask
 
     # permission_fault(): the rights of every level against this access
     fault, why = False, ""
@@ -593,9 +740,9 @@ def walk(
         fault, why = True, "supervisor fetch from a user page (SMEP)"
     elif not fetch and not user and ctx.smap and acc & _U and (implicit or not cpu.rflags & _AC):
         fault, why = True, "supervisor data access to a user page (SMAP)"
-    pkey = (pte >> PKEY_SHIFT) & PKEY_MASK if entry_size == 8 else 0
     pk = 0
     if ctx.pke and not fetch and acc & _U:
+        pkey = (pte >> PKEY_SHIFT) & PKEY_MASK
         bits = (cpu.pkru >> (2 * pkey)) & 3
         if bits & 1 or (bits & 2 and write and (user or ctx.wp)):
             pk = _PK
@@ -603,24 +750,39 @@ def walk(
                 why = f"protection key {pkey} denies the access (PKRU)"
             fault = True
     if fault:
-        return _fault(spec, err | _P | pk, gva, raw, why)
+        return _fault(ctx, write, user, fetch, _P | pk, gva, first, ptes, why)
 
-    size = 1 << shifts[level]
     if level == 1:
-        gpa = (pte & ctx.addr_mask) | (gva & PAGE_MASK)
+        gpa = (pte & addr_mask) | (gva & PAGE_MASK)
     elif entry_size == 4:  # 32-bit PSE page, PSE-36 bits 13.. hold address bits 32..
+        offset = gva & ((1 << ctx.shifts[level]) - 1)
         high = (pte >> 13) & ((1 << ctx.pse36_bits) - 1)
-        gpa = (pte & 0xFFC0_0000) | (high << 32) | (gva & (size - 1))
+        gpa = (pte & 0xFFC0_0000) | (high << 32) | offset
     else:
-        gpa = (pte & ctx.addr_mask & ~(size - 1)) | (gva & (size - 1))
-    if set_ad:
-        _update_accessed_dirty(memory, raw, spec, write)
-    return WalkResult(gva, gpa, level, size, _ACC[acc], pte, pkey, spec.mode, raw)
+        size = 1 << ctx.shifts[level]
+        gpa = (pte & addr_mask & ~(size - 1)) | (gva & (size - 1))
+    # update_accessed_dirty_bits, only when a bit is missing: every A, and D on a write's leaf
+    if set_ad and (not seen & _A or (write and not pte & _D)):
+        _update_accessed_dirty(memory, _raw_steps(ctx, gva, first, ptes), spec, write)
+    return WalkResult(gva, gpa, level, _ACC[acc], pte, ctx, first, ptes)
 
 
-def _fault(spec: ModeSpec, err: int, gva: int, raw: list[_RawStep], why: str) -> PageFault:
-    steps = _trace(spec, raw, f"fault: {why}")
-    return PageFault(PfErr(err), gva, why, steps)
+def _fault(
+    ctx: _Context,
+    write: bool,
+    user: bool,
+    fetch: bool,
+    bits: int,
+    gva: int,
+    first_table: int,
+    ptes: list[int],
+    why: str,
+) -> PageFault:
+    """The #PF for a walk that failed: the error code of the access plus ``bits``."""
+    err = bits | (_W if write else 0) | (_U if user else 0)
+    if fetch and ctx.fetch_errcode:
+        err |= _FETCH
+    return PageFault(_PFERR[err], gva, why, (ctx, first_table, ptes))
 
 
 def _update_accessed_dirty(
@@ -672,4 +834,5 @@ __all__ = [
     "reserved_mask",
     "walk",
     "walk_many",
+    "walk_unchecked",
 ]

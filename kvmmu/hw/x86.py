@@ -106,6 +106,10 @@ class Access(Enum):
     WRITE = "write"
     FETCH = "fetch"
 
+    # Members are singletons compared by identity, so identity can hash them too: Enum's own
+    # __hash__ is Python code, run on every TLB lookup that keys on the access kind.
+    __hash__ = object.__hash__
+
 
 class PagingMode(Enum):
     """The guest's paging mode, from CR0.PG, CR4.PAE, EFER.LMA and CR4.LA57 (SDM table 4-1)."""
@@ -115,6 +119,8 @@ class PagingMode(Enum):
     PAE = "PAE"
     LEVEL4 = "4-level"
     LEVEL5 = "5-level"
+
+    __hash__ = object.__hash__  # as Access: members are singletons, hashed by identity
 
     @property
     def spec(self) -> ModeSpec:

@@ -16,6 +16,7 @@ the guest's paging as a whole; which register bits reset the MMU context is here
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 
 from kvmmu.errors import ModeError
 from kvmmu.hw.x86 import Acc, Cr0, Cr4, Efer, PagingMode, paging_mode
@@ -96,14 +97,7 @@ class MmuPageRole:
         so two shadow tables shadow one guest table and ``quadrant`` (0 or 1, the low bit of the
         parent's spte index) says which half. The caller computes it.
         """
-        return replace(
-            self,
-            level=self.level - 1,
-            direct=direct,
-            access=access,
-            quadrant=quadrant,
-            passthrough=False,
-        )
+        return _child_role(self, direct, access, quadrant)
 
     def with_invalid(self) -> MmuPageRole:
         """The same role with ``invalid`` set, as zapping does."""
@@ -128,6 +122,23 @@ class MmuPageRole:
         if self.invalid:
             bits.append("invalid")
         return " ".join(bits)
+
+
+# Roles are immutable values and few: the role computations below are pure functions of their
+# arguments, so each result is computed once and shared (typed: True is not taken for 1).
+_role_cache = lru_cache(maxsize=1024, typed=True)
+
+
+@_role_cache
+def _child_role(parent: MmuPageRole, direct: bool, access: int, quadrant: int) -> MmuPageRole:
+    return replace(
+        parent,
+        level=parent.level - 1,
+        direct=direct,
+        access=access,
+        quadrant=quadrant,
+        passthrough=False,
+    )
 
 
 # The register bits whose change resets the MMU context (mmu.h): kvm_post_set_cr0,
@@ -167,6 +178,7 @@ class CpuRole:
     ext: MmuExtendedRole
 
 
+@_role_cache
 def calc_cpu_role(cr0: int, cr4: int, efer: int) -> CpuRole:
     """The role of the guest's own paging (``kvm_calc_cpu_role``).
 
@@ -206,6 +218,7 @@ def cpu_root_role(cr0: int, cr4: int, efer: int) -> MmuPageRole:
     return calc_cpu_role(cr0, cr4, efer).base
 
 
+@_role_cache
 def shadow_root_role(cr0: int, cr4: int, efer: int) -> MmuPageRole:
     """The role of the shadow MMU's root (``kvm_init_shadow_mmu``).
 
@@ -226,6 +239,7 @@ def shadow_root_role(cr0: int, cr4: int, efer: int) -> MmuPageRole:
     return replace(role, level=level)
 
 
+@_role_cache
 def tdp_root_role(levels: int = 4) -> MmuPageRole:
     """The role of a TDP root (``kvm_calc_tdp_mmu_root_page_role``): direct, all rights.
 

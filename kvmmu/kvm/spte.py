@@ -42,6 +42,8 @@ MMIO_GEN_MASK = (1 << (MMIO_GEN_LOW_BITS + MMIO_GEN_HIGH_BITS)) - 1
 MMIO_GFN_MASK = rsvd_bits(PAGE_SHIFT, 50)
 MMIO_ACCESS_MASK = WRITABLE | USER  # shadow_mmio_access_mask: what the MMIO spte remembers
 
+_ACC_USER, _ACC_EXEC = int(Acc.USER), int(Acc.EXEC)  # plain ints: no IntFlag arithmetic
+
 __all__ = [
     "describe_spte",
     "is_large",
@@ -104,9 +106,9 @@ def make_spte(
     the guest's G bit so the simulated TLB can keep global translations (KVM leaves G clear).
     """
     spte = PRESENT | MMU_PRESENT | (pfn << PAGE_SHIFT)
-    if access & Acc.USER:
+    if access & _ACC_USER:
         spte |= USER
-    if not access & Acc.EXEC:
+    if not access & _ACC_EXEC:
         spte |= NX
     if writable:
         spte |= WRITABLE | DIRTY

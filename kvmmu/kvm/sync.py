@@ -30,6 +30,10 @@ from kvmmu.kvm.mmu import (
 from kvmmu.kvm.page import MmuPage
 from kvmmu.kvm.role import shadow_root_role
 
+# plain ints for the sync loop: IntFlag arithmetic runs Python code on every operation
+_PRESENT, _ACCESSED, _DIRTY = int(Pte.PRESENT), int(Pte.ACCESSED), int(Pte.DIRTY)
+_GLOBAL, _ACC_WRITE = int(Pte.GLOBAL), int(Acc.WRITE)
+
 
 def sync_children(vcpu: MmuVcpu, parent: MmuPage) -> None:
     """Sync every unsync page below ``parent`` (``mmu_sync_children``).
@@ -68,21 +72,20 @@ def role_compatible(vcpu: MmuVcpu, sp: MmuPage) -> bool:
     """Can this vCPU's context read ``sp``'s guest entries? (``kvm_sync_page_check``)."""
     if sp.direct or vcpu.mmu.tdp:
         return False
-    ours = shadow_root_role(vcpu.cpu.cr0, vcpu.cpu.cr4, vcpu.cpu.efer)
-    for name in (
-        "has_4_byte_gpte",
-        "efer_nx",
-        "cr0_wp",
-        "smep_andnot_wp",
-        "smap_andnot_wp",
-        "ad_disabled",
-        "guest_mode",
-        "smm",
-        "direct",
-    ):
-        if getattr(ours, name) != getattr(sp.role, name):
-            return False
-    return True
+    cpu = vcpu.cpu
+    ours, theirs = shadow_root_role(cpu.cr0, cpu.cr4, cpu.efer), sp.role
+    # every bit of role.word but level, access, quadrant, passthrough (and invalid) must match
+    return (
+        ours.has_4_byte_gpte == theirs.has_4_byte_gpte
+        and ours.efer_nx == theirs.efer_nx
+        and ours.cr0_wp == theirs.cr0_wp
+        and ours.smep_andnot_wp == theirs.smep_andnot_wp
+        and ours.smap_andnot_wp == theirs.smap_andnot_wp
+        and ours.ad_disabled == theirs.ad_disabled
+        and ours.guest_mode == theirs.guest_mode
+        and ours.smm == theirs.smm
+        and ours.direct == theirs.direct
+    )
 
 
 def sync_page(vcpu: MmuVcpu, sp: MmuPage) -> bool:
@@ -136,10 +139,10 @@ def sync_spte(vcpu: MmuVcpu, sp: MmuPage, index: int) -> int:
     sp.set_access(index, access)  # kvm_mmu_page_set_access: the rights may have changed
     slot = vcpu.memory.slots.find(gfn)
     host_writable = bool(spte & S.HOST_WRITABLE)
-    writable = bool(access & Acc.WRITE) and host_writable
+    writable = bool(access & _ACC_WRITE) and host_writable
     if writable and not mmu.try_to_unsync(gfn, can_unsync=False):
         writable = False
-    glob = bool(gpte & Pte.GLOBAL) and vcpu.pge
+    glob = bool(gpte & _GLOBAL) and vcpu.pge
     new = S.make_spte(
         S.spte_to_pfn(spte),
         access,

@@ -50,11 +50,19 @@ class Tracer:
         self.events: list[dict[str, Any]] = []
 
     def emit(self, event: str, **fields: Any) -> None:
-        """Record ``event`` with ``fields`` if tracing is on (``trace_kvm_mmu_*`` events)."""
+        """Record ``event`` with ``fields`` if tracing is on (``trace_kvm_mmu_*`` events).
+
+        A field may be given as a function of no arguments (``role=sp.role.describe``, not
+        called): it is called only when the event is recorded, so readable text is built only
+        while someone records, as the kernel's ``TP_printk`` formats only what is read.
+        """
         if event.__class__ is not str:
             raise KvmmuError(f"event must be a str naming the trace event, got {event!r}")
         if self.enabled:
-            self.events.append({"seq": len(self.events), "event": event, **fields})
+            row = {"seq": len(self.events), "event": event}
+            for name, value in fields.items():
+                row[name] = value() if callable(value) else value
+            self.events.append(row)
 
     @contextmanager
     def recording(self) -> Iterator[Tracer]:

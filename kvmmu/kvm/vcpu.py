@@ -33,7 +33,15 @@ from kvmmu.errors import (
     check_optional_count,
 )
 from kvmmu.hw.memory import GuestMemory, HostMemory, Memslot, MemslotFlag
-from kvmmu.hw.walk import CpuState, GeneralProtection, PageFault, WalkResult, load_cr3, walk
+from kvmmu.hw.walk import (
+    CpuState,
+    GeneralProtection,
+    PageFault,
+    WalkResult,
+    load_cr3,
+    walk,
+    walk_unchecked,
+)
 from kvmmu.hw.x86 import (
     PAGE_SHIFT,
     Access,
@@ -44,7 +52,7 @@ from kvmmu.hw.x86 import (
     PfErr,
     Pte,
     Rflags,
-    is_canonical,
+    _is_canonical,
 )
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.fault import direct_page_fault, get_shadow_page, page_fault
@@ -65,9 +73,19 @@ from kvmmu.kvm.stats import MmuStats
 from kvmmu.kvm.sync import invlpg_sync, sync_roots
 
 TLB_ENTRIES = 64
+# (level, page shift, offset mask) of the TLB's entry sizes: 4 KiB, 2 MiB, 1 GiB
+_TLB_LEVELS = tuple(
+    (level, PAGE_SHIFT + 9 * (level - 1), (1 << (PAGE_SHIFT + 9 * (level - 1))) - 1)
+    for level in (1, 2, 3)
+)
 KVM_MMU_NUM_PREV_ROOTS = 3
 
 Outcome = int | PageFault | GeneralProtection
+
+# plain ints for the access path: IntFlag arithmetic runs Python code on every operation
+_CR0_WP, _CR4_PGE, _CR4_SMEP = int(Cr0.WP), int(Cr4.PGE), int(Cr4.SMEP)
+_EFER_NXE, _RFLAGS_AC, _PTE_GLOBAL = int(Efer.NXE), int(Rflags.AC), int(Pte.GLOBAL)
+_PFERR_RSVD = int(PfErr.RSVD)
 
 
 class HostPhysical(GuestMemory):
@@ -75,6 +93,7 @@ class HostPhysical(GuestMemory):
 
     def __init__(self, host: HostMemory) -> None:
         super().__init__(0, host=host)
+        self.views = host.views  # frame = pfn: the host's own views serve the walker
 
     def table_words(self, gfn: int, entry_size: int = 8) -> memoryview | None:
         """The host frame ``gfn`` (a pfn here) as entries."""
@@ -106,12 +125,13 @@ class Tlb:
         self.entries: dict[tuple[int, int, tuple[Access, bool, bool]], tuple[int, bool, int]] = {}
 
     def lookup(self, gva: int, cls: tuple[Access, bool, bool]) -> int | None:
-        """The gpa for ``gva`` if cached for this access class."""
-        for level in (1, 2, 3):
-            shift = PAGE_SHIFT + 9 * (level - 1)
-            hit = self.entries.get((gva >> shift, level, cls))
+        """The gpa for ``gva`` if cached for this access class: a 4 KiB entry first, then
+        2 MiB, then 1 GiB."""
+        entries = self.entries
+        for level, shift, offset_mask in _TLB_LEVELS:
+            hit = entries.get((gva >> shift, level, cls))
             if hit is not None:
-                return hit[0] | (gva & ((1 << shift) - 1))
+                return hit[0] | (gva & offset_mask)
         return None
 
     def insert(
@@ -324,17 +344,23 @@ class Vcpu:
     @property
     def pge(self) -> bool:
         """CR4.PGE of the guest: global translations survive CR3 loads."""
-        return bool(self.cpu.cr4 & Cr4.PGE)
+        return self._pge
 
     @property
     def cpu(self) -> CpuState:
-        """The guest's registers. Setting them also caches the paging mode they select."""
+        """The guest's registers. Setting them also caches the paging mode they select and
+        the register bits the access and fault paths test."""
         return self._cpu
 
     @cpu.setter
     def cpu(self, cpu: CpuState) -> None:
         self._cpu = cpu
         self._mode = cpu.mode
+        self._spec = self._mode.spec
+        self._pge = bool(cpu.cr4 & _CR4_PGE)
+        self._cr0_wp = bool(cpu.cr0 & _CR0_WP)
+        self._smep = bool(cpu.cr4 & _CR4_SMEP)
+        self._nx_active = bool(cpu.efer & _EFER_NXE) and self._spec.entry_size == 8
 
     @property
     def mode(self) -> PagingMode:
@@ -344,17 +370,17 @@ class Vcpu:
     @property
     def cr0_wp(self) -> bool:
         """CR0.WP of the guest."""
-        return bool(self.cpu.cr0 & Cr0.WP)
+        return self._cr0_wp
 
     @property
     def smep(self) -> bool:
         """CR4.SMEP of the guest."""
-        return bool(self.cpu.cr4 & Cr4.SMEP)
+        return self._smep
 
     @property
     def nx_active(self) -> bool:
         """True if the guest's XD bits mean something (EFER.NXE with 8-byte entries)."""
-        return bool(self.cpu.efer & Efer.NXE) and self.mode.spec.entry_size == 8
+        return self._nx_active
 
     @property
     def max_huge_level(self) -> int:
@@ -571,6 +597,13 @@ class Vcpu:
 
     def reload(self) -> None:
         """Make sure valid roots are loaded (``kvm_mmu_reload`` / ``kvm_mmu_load``)."""
+        root = self.root
+        if (
+            root is not None
+            and not root.role.invalid
+            and root.mmu_valid_gen == self.mmu.mmu_valid_gen
+        ):
+            return  # the common case, tested without building the list of roots
         if self._roots_valid():
             return
         self._free_roots()
@@ -689,40 +722,39 @@ class Vcpu:
         if kind.__class__ is not Access or implicit.__class__ is not bool:  # one cheap test
             check_instance("kind", kind, Access, "Access.READ, Access.WRITE or Access.FETCH")
             check_bool("implicit", implicit)
-        if cpl is not None and cpl != self.cpu.cpl:
-            saved = self.cpu
+        cpu = self._cpu
+        if cpl is not None and cpl != cpu.cpl:
+            saved = cpu
             self.set_cpl(cpl)
             try:
                 return self.translate(gva, kind, None, implicit=implicit)
             finally:
                 self.cpu = saved
                 self._hw_cpu = None
-        spec = self.mode.spec
-        if isinstance(gva, bool) or not isinstance(gva, int) or gva < 0 or gva >> 64:
+        spec = self._spec
+        if gva.__class__ is not int and (isinstance(gva, bool) or not isinstance(gva, int)):
             raise AddressError(f"gva={gva!r} must be a 64-bit unsigned int")
-        if spec.va_bits == 32 and gva >> 32:
-            raise AddressError(f"gva={gva:#x} does not fit in 32 bits in {spec.mode.value} mode")
-        if spec.va_bits > 32 and not is_canonical(gva, spec.va_bits):
+        if gva < 0 or gva >> 64:
+            raise AddressError(f"gva={gva!r} must be a 64-bit unsigned int")
+        if spec.va_bits == 32:
+            if gva >> 32:
+                raise AddressError(
+                    f"gva={gva:#x} does not fit in 32 bits in {spec.mode.value} mode"
+                )
+        elif not _is_canonical(gva, spec.va_bits):
             return GeneralProtection(
                 gva, f"{gva:#x} is not canonical for {spec.va_bits}-bit addresses"
             )
-        cls = (
-            kind,
-            self.cpu.cpl == 3 and not implicit,
-            implicit or not self.cpu.rflags & Rflags.AC,
-        )
+        cls = (kind, cpu.cpl == 3 and not implicit, implicit or not cpu.rflags & _RFLAGS_AC)
         stats = self.mmu.stats
         hit = self.tlb.lookup(gva, cls)
         if hit is not None:
             stats.tlb_hits += 1
             return Translation(hit)
         stats.tlb_misses += 1
+        step_once = self._tdp_step if self.vm.tdp else self._shadow_step
         for _ in range(16):
-            step = (
-                self._tdp_step(gva, kind, implicit, cls)
-                if self.vm.tdp
-                else self._shadow_step(gva, kind, implicit, cls)
-            )
+            step = step_once(gva, kind, implicit, cls)
             if step is not None:
                 return step
         raise KvmmuError(
@@ -734,18 +766,24 @@ class Vcpu:
     ) -> Translation | PageFault | GeneralProtection | None:
         """One try of the hardware walk over the shadow tables; None means "retry"."""
         hw_cpu = self.hardware_cpu()
-        hw = walk(self.vm.host_view, hw_cpu, gva, kind, implicit=implicit, set_ad=False)
-        if isinstance(hw, WalkResult):
-            self._set_spte_accessed(hw)
-            self.last_refs = len(hw.raw)
-            gpa = self._gpa_of(hw, gva)
-            guest_level = self._guest_page_level(hw)
-            self.tlb.insert(gva, hw.level, gpa, cls, bool(hw.pte & Pte.GLOBAL), guest_level)
+        # translate() checked gva for this mode; the hardware tables are at least as wide
+        hw = walk_unchecked(self.vm.host_view, hw_cpu, gva, kind, implicit=implicit, set_ad=False)
+        if hw.__class__ is WalkResult:
+            assert isinstance(hw, WalkResult)
+            self.last_refs = hw.refs
+            tables = hw.table_gpas()
+            self._set_spte_accessed(hw, gva, tables)
+            gpa = self._gpa_of(hw, gva, tables)
+            guest_level = self._guest_page_level(hw, tables)
+            self.tlb.insert(gva, hw.level, gpa, cls, bool(hw.pte & _PTE_GLOBAL), guest_level)
             return Translation(gpa)
         if isinstance(hw, GeneralProtection):
             return hw
-        self.mmu.trace.emit("kvm_page_fault", fault_address=gva, error_code=int(hw.error_code))
-        if hw.error_code & PfErr.RSVD:
+        assert isinstance(hw, PageFault)
+        trace = self.mmu.trace
+        if trace.enabled:
+            trace.emit("kvm_page_fault", fault_address=gva, error_code=int(hw.error_code))
+        if hw.error_code & _PFERR_RSVD:
             mmio = self._mmio_fault(gva, kind, implicit, hw)
             if mmio is not None:
                 return mmio
@@ -768,29 +806,37 @@ class Vcpu:
             return Translation(result.gpa, mmio=True)
         return None
 
-    def _set_spte_accessed(self, hw: WalkResult) -> None:
+    def _set_spte_accessed(self, hw: WalkResult, addr: int, tables: list[int]) -> None:
         """The CPU sets the accessed bit of the leaf spte it used (SDM 4.8). Non-leaf sptes are
         made accessed, leaf sptes too except prefetched ones (``mark_spte_for_access_track``),
-        so this is the first use of a prefetched spte; the D bit comes with W in every spte."""
-        _, entry_hpa, index, spte, _ = hw.raw[-1]
+        so this is the first use of a prefetched spte; the D bit comes with W in every spte.
+        ``tables`` are the tables the walk of ``addr`` read, root first."""
+        spte = hw.pte
         if not spte & S.ACCESSED:
-            self.mmu.by_pfn[entry_hpa >> PAGE_SHIFT].spt[index] = spte | S.ACCESSED
+            index = (addr >> (PAGE_SHIFT + 9 * (hw.level - 1))) & 511
+            self.mmu.by_pfn[tables[-1] >> PAGE_SHIFT].spt[index] = spte | S.ACCESSED
 
-    def _guest_page_level(self, hw: WalkResult) -> int:
+    def _guest_page_level(self, hw: WalkResult, tables: list[int]) -> int:
         """The level of the guest page behind a shadow walk: one above the highest direct page
-        on the path when ``FNAME(fetch)`` backed a guest large page with smaller sptes."""
-        if self.mode is PagingMode.NONE:
+        on the path when ``FNAME(fetch)`` backed a guest large page with smaller sptes.
+        ``tables`` are the shadow tables the walk read, root first."""
+        if self._mode is PagingMode.NONE:
             return hw.level
-        for level, entry_hpa, _, _, _ in hw.raw:
-            sp = self.mmu.by_pfn.get(entry_hpa >> PAGE_SHIFT)
+        by_pfn = self.mmu.by_pfn
+        level = hw.level + len(tables) - 1  # the level of the root
+        for table in tables:
+            sp = by_pfn.get(table >> PAGE_SHIFT)
             if sp is not None and sp.direct:
                 return level + 1
+            level -= 1
         return hw.level
 
-    def _gpa_of(self, hw: WalkResult, gva: int) -> int:
-        """The gpa behind a hardware walk: the leaf shadow page's ``get_gfn`` (the rmap view)."""
-        level, entry_hpa, index, _, _ = hw.raw[-1]
-        sp = self.mmu.by_pfn[entry_hpa >> PAGE_SHIFT]
+    def _gpa_of(self, hw: WalkResult, gva: int, tables: list[int]) -> int:
+        """The gpa behind a hardware walk: the leaf shadow page's ``get_gfn`` (the rmap view).
+        ``tables`` are the shadow tables the walk read, root first."""
+        level = hw.level
+        sp = self.mmu.by_pfn[tables[-1] >> PAGE_SHIFT]
+        index = (gva >> (PAGE_SHIFT + 9 * (level - 1))) & 511
         gfn = sp.get_gfn(index) + ((gva >> PAGE_SHIFT) & ((1 << (9 * (level - 1))) - 1))
         return (gfn << PAGE_SHIFT) | (gva & 0xFFF)
 
@@ -807,7 +853,7 @@ class Vcpu:
         tables itself: a guest fault, an MMIO exit, or (the PTE now names RAM) an emulated
         access to that RAM.
         """
-        spte = hw.steps[-1].entry if hw.steps else 0
+        spte = hw.pte
         if not S.is_mmio(spte):
             raise KvmmuError(f"reserved-bit fault on a non-MMIO spte {spte:#x}: a kvmmu bug")
         gfn = S.mmio_gfn(spte)
@@ -848,21 +894,22 @@ class Vcpu:
         self, gva: int, kind: Access, implicit: bool, cls: tuple[Access, bool, bool]
     ) -> Translation | PageFault | GeneralProtection | None:
         """One try of a two-dimensional walk; None means a TDP fault was fixed: retry."""
-        probe = walk(self.memory, self.cpu, gva, kind, implicit=implicit, set_ad=False)
+        # translate() checked gva for the guest's mode
+        probe = walk_unchecked(self.memory, self._cpu, gva, kind, implicit=implicit, set_ad=False)
         if isinstance(probe, GeneralProtection):
             return probe
         refs = 0
-        steps = probe.steps if isinstance(probe, PageFault) else probe.trace
-        for step in steps:
-            if self.mode is PagingMode.PAE and step.level == 3:
+        pae = self._mode is PagingMode.PAE
+        for level, entry_gpa, _, _, _ in probe.raw:
+            if pae and level == 3:
                 continue  # the PDPTEs were read at CR3 load
-            tdp = self._tdp_translate(step.entry_gpa, Access.READ)
+            tdp = self._tdp_translate(entry_gpa, Access.READ)
             if tdp is None:
                 return None
             refs += tdp + 1
         if isinstance(probe, PageFault):
             return probe  # delivered by the hardware, no exit
-        result = walk(self.memory, self.cpu, gva, kind, implicit=implicit)
+        result = walk_unchecked(self.memory, self._cpu, gva, kind, implicit=implicit)
         assert isinstance(result, WalkResult)
         tdp = self._tdp_translate(result.gpa, kind)
         if tdp is None:
@@ -877,7 +924,7 @@ class Vcpu:
             min(result.level or 1, tdp_level),
             result.gpa,
             cls,
-            bool(result.pte & Pte.GLOBAL) and bool(self.cpu.cr4 & Cr4.PGE),
+            bool(result.pte & _PTE_GLOBAL) and self._pge,
             guest_level=result.level or 1,
         )
         return Translation(result.gpa)
@@ -904,7 +951,7 @@ class Vcpu:
         """Walk the TDP tables for ``gpa``: the references made, None after fixing a TDP fault,
         or -1 for an MMIO exit."""
         self.reload()
-        hw = walk(
+        hw = walk_unchecked(  # gpa is below MAXPHYADDR: canonical for the TDP tables
             self.vm.host_view,
             self._tdp_cpu(),
             gpa,
@@ -912,12 +959,14 @@ class Vcpu:
             set_ad=False,
         )
         if isinstance(hw, WalkResult):
-            self._set_spte_accessed(hw)
-            return len(hw.raw)
+            self._set_spte_accessed(hw, gpa, hw.table_gpas())
+            return hw.refs
         assert isinstance(hw, PageFault)
-        self.mmu.trace.emit("kvm_page_fault", fault_address=gpa, error_code=int(hw.error_code))
-        if hw.error_code & PfErr.RSVD:
-            spte = hw.steps[-1].entry if hw.steps else 0
+        trace = self.mmu.trace
+        if trace.enabled:
+            trace.emit("kvm_page_fault", fault_address=gpa, error_code=int(hw.error_code))
+        if hw.error_code & _PFERR_RSVD:
+            spte = hw.pte
             if (
                 S.is_mmio(spte)
                 and S.mmio_generation(spte) == self.memory.slots.generation & S.MMIO_GEN_MASK

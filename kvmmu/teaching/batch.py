@@ -40,7 +40,7 @@ import pandas as pd
 from kvmmu.errors import KvmmuError
 from kvmmu.hw.memory import GuestMemory, Memslot
 from kvmmu.hw.walk import reserved_mask
-from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Cr4, PagingMode, Pte
+from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Acc, Cr4, PagingMode, Pte
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.accounting import memory_from_counts
 from kvmmu.kvm.fault import get_shadow_page
@@ -541,7 +541,7 @@ def plan_shadow(vcpu: Vcpu, *, detail: bool = True) -> Plan:
     level1_ids = np.zeros(0, dtype=np.int64)
     for level in range(top, 0, -1):
         if level == 1 and not detail:
-            walked[1] = _walk_small_leaves(plan, memory, slots, frontier_gfn, frontier_acc, nx)
+            walked[1] = _walk_small_leaves(plan, memory, slots, frontier_gfn, frontier_acc)
             small_writable.append(walked[1].link_parent)  # see _walk_small_leaves
             walked[1].link_parent = np.zeros(0, dtype=np.int64)
             break
@@ -683,8 +683,11 @@ def _set_accessed_bits(memory: GuestMemory, w: _Walked) -> None:
         memory.mark_page_dirty(gfn)
 
 
+_LEAF_CHUNK = 512  # leaf tables read per numpy block in summary mode (2 MiB of entries)
+
+
 def _walk_small_leaves(
-    plan: Plan, memory: GuestMemory, slots: _Slots, gfns: I64, accs: I64, nx: bool
+    plan: Plan, memory: GuestMemory, slots: _Slots, gfns: I64, accs: I64
 ) -> _Walked:
     """Summary mode, the last level of a big guest: read the 4 KiB-page tables in chunks.
 
@@ -694,14 +697,17 @@ def _walk_small_leaves(
     """
     cpu = plan.vcpu.cpu
     rs_leaf, rs_table = reserved_mask(cpu, 1, True), reserved_mask(cpu, 1, False)
-    views = _table_views(memory, slots, gfns)
+    si = slots.find(gfns)
+    raw = memory.host.raw
+    pages = [raw(p) for p in (slots.host[si] + (gfns - slots.base[si])).tolist()]
     has_leaf = np.zeros(len(gfns), dtype=bool)
     writable: list[I64] = []
-    ro_slot = slots.readonly[np.maximum(slots.find(gfns), 0)]
+    ro_slot = slots.readonly[np.maximum(si, 0)]
     logging = bool(np.any(slots.logging))
-    chunk = 512
-    for start in range(0, len(views), chunk):
-        e = np.stack(views[start : start + chunk])
+    for start in range(0, len(pages), _LEAF_CHUNK):
+        # one copy of the chunk's tables: a join of their bytes, not a numpy view per page
+        part = pages[start : start + _LEAF_CHUNK]
+        e = np.frombuffer(bytearray().join(part), dtype=np.uint64).reshape(len(part), 512)
         lo = e.view(np.uint8).reshape(len(e), 512, 8)[:, :, 0]
         present = (lo & 1).astype(bool)
         if int(np.bitwise_or.reduce((e & np.uint64(rs_leaf | rs_table)).ravel())):
@@ -724,22 +730,30 @@ def _walk_small_leaves(
                 "install an MMIO spte there, which the batch path does not model; map only memory"
             )
         plan.leaves[1].n += len(gfn)
-        hi = e.view(np.uint8).reshape(len(e), 512, 8)[:, :, 7]
-        entry_acc = (lo & 6) | (((hi >> 7) ^ 1) if nx else np.uint8(1))
-        acc = accs[start : start + len(e)].astype(np.uint8)[:, None] & entry_acc
-        w_ok = present & ((lo & 0x40) != 0) & ((acc & int(Acc.WRITE)) != 0)
-        if np.any(w_ok):
-            writable.append(
-                ((e[w_ok] & np.uint64(_ADDR)) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-            )
-        need = present & ((lo & 0x20) == 0)
-        a = np.where(need, np.uint64(Pte.ACCESSED), np.uint64(0))
-        for row in np.flatnonzero(np.any(need, axis=1)).tolist():
-            if ro_slot[start + row]:
-                continue
-            views[start + row] |= a[row]
-            if logging:
-                memory.mark_page_dirty(int(gfns[start + row]))
+        # a writable leaf: the walk's rights allow writes (only the W bit of the entry's
+        # rights counts here) and the guest PTE is present, writable and dirty
+        table_w = (accs[start : start + len(e)] & int(Acc.WRITE)) != 0
+        if np.any(table_w):
+            pwd = int(Pte.PRESENT | Pte.WRITABLE | Pte.DIRTY)
+            w_ok = ((lo & pwd) == pwd) & table_w[:, None]
+            if np.any(w_ok):
+                writable.append(
+                    ((e[w_ok] & np.uint64(_ADDR)) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+                )
+        pa = int(Pte.PRESENT | Pte.ACCESSED)
+        need = (lo & pa) == int(Pte.PRESENT)
+        rows = np.flatnonzero(np.any(need, axis=1)).tolist()
+        if rows:
+            # set A in the chunk's copy, then copy each table that changed back, 4 KiB at a
+            # time; a table listed twice (two rights) stores the same words twice
+            lo |= need.view(np.uint8) * np.uint8(int(Pte.ACCESSED))
+            done = e.data.cast("B")
+            for row in rows:
+                if ro_slot[start + row]:
+                    continue
+                part[row][:] = done[row * PAGE_SIZE : (row + 1) * PAGE_SIZE]
+                if logging:
+                    memory.mark_page_dirty(int(gfns[start + row]))
     empty = _Walked.empty()
     empty.gfn = gfns
     empty.summarized = has_leaf

@@ -26,6 +26,7 @@ from kvmmu.kvm.vcpu import Vm
 from kvmmu.reference import scenario as scenario_spec
 from kvmmu.reference import scenarios
 from kvmmu.teaching.batch import BatchSummary, plan_direct, plan_shadow
+from kvmmu.teaching.memo import pure
 from kvmmu.teaching.workloads import fast_identity_tables, many_processes, pte_writer
 
 SCENARIOS: tuple[str, ...] = tuple(scenarios().index)
@@ -55,10 +56,13 @@ def _check_size(size: object) -> int:
     return size
 
 
+@pure(maxsize=512)
 def batch_summary(scenario: str, size: int) -> BatchSummary:
     """Counts of the shadow pages ``scenario`` builds in a guest of ``size`` bytes (batch path).
 
-    No kernel counterpart.
+    Cached (:func:`kvmmu.teaching.memo.pure`): a widget's slider that comes back to a size, or
+    another experiment at the same size, does not rebuild the guest's tables. No kernel
+    counterpart.
     """
     _check_scenario(scenario)
     _check_size(size)

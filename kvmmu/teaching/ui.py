@@ -13,26 +13,65 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import ipywidgets as widgets
+import matplotlib as mpl
 import pandas as pd
 from IPython.display import Image, display
+from matplotlib.backend_bases import FigureCanvasBase
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
 
 from kvmmu.errors import KvmmuError
 
-__all__ = ["figure_png", "panel", "render_into", "show", "show_figure", "wire"]
+__all__ = ["WIDGET_MEMO", "figure_png", "panel", "render_into", "show", "show_figure", "wire"]
+
+WIDGET_MEMO = 64
+"""How many control settings a lesson widget remembers the output of (``wire(memo=...)``)."""
+
+
+_MEASURE: dict[float, RendererAgg] = {}  # dpi -> a renderer that only measures text
+_CANVASES: OrderedDict[tuple[float, float, float], FigureCanvasAgg] = OrderedDict()
+_CANVAS_LIMIT = 16  # canvases kept, by output size: the figures a notebook's widgets redraw
 
 
 def figure_png(fig: Figure) -> bytes:
-    """A Figure as PNG bytes (transparent background, the figure's own dpi).
+    """A Figure as PNG bytes (transparent background, the figure's own dpi, cropped tight).
 
-    No kernel counterpart.
+    The bytes are those of ``fig.savefig(..., format="png", transparent=True,
+    bbox_inches="tight")``, for less work: matplotlib measures every text once per renderer,
+    and a tight save makes two fresh renderers (one to find the box, one to draw). Here the box
+    is measured with one renderer kept per dpi, and the figure is drawn on an Agg canvas kept
+    per output size, so a widget redrawing the same labels measures none of them again. A
+    figure with a canvas of its own (pyplot's) or a layout engine (whose layout must run
+    before the box is measured) is saved the plain way. No kernel counterpart.
     """
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", transparent=True, bbox_inches="tight")
+    own = fig.canvas
+    if type(own) is not FigureCanvasBase or fig.get_layout_engine() is not None:
+        fig.savefig(buffer, format="png", transparent=True, bbox_inches="tight")
+        return buffer.getvalue()
+    measure = _MEASURE.get(fig.dpi)
+    if measure is None:
+        measure = _MEASURE[fig.dpi] = RendererAgg(1, 1, fig.dpi)  # type: ignore[no-untyped-call]
+    box = fig.get_tightbbox(measure).padded(mpl.rcParams["savefig.pad_inches"])
+    key = (box.width, box.height, fig.dpi)
+    canvas = _CANVASES.pop(key, None)
+    if canvas is None:
+        canvas = FigureCanvasAgg(fig)
+    else:
+        canvas.figure = fig
+        fig.set_canvas(canvas)
+    _CANVASES[key] = canvas
+    while len(_CANVASES) > _CANVAS_LIMIT:
+        _CANVASES.popitem(last=False)
+    try:
+        fig.savefig(buffer, format="png", transparent=True, bbox_inches=box)
+    finally:
+        fig.set_canvas(own)
     return buffer.getvalue()
 
 
@@ -91,15 +130,28 @@ def panel(controls: list[Any], out: Any) -> Any:
     return widgets.VBox([widgets.HBox(controls), out])
 
 
-def wire(controls: list[Any], produce: Callable[[], object]) -> Any:
+def wire(controls: list[Any], produce: Callable[[], object], *, memo: int = 0) -> Any:
     """Controls above an Output that shows ``produce()`` now and after every change of value.
 
-    No kernel counterpart.
+    With ``memo``, what the Output showed for the last ``memo`` combinations of the controls'
+    values is kept, and a combination shown before is shown again without calling ``produce``
+    (no recomputing, no PNG to draw): only for a ``produce`` that depends on the controls'
+    values alone. No kernel counterpart.
     """
     out = widgets.Output()
+    shown: OrderedDict[tuple[Hashable, ...], tuple[Any, ...]] = OrderedDict()
 
     def update(_: object = None) -> None:
+        key = tuple(control.value for control in controls)
+        if memo and key in shown:
+            shown.move_to_end(key)
+            out.outputs = shown[key]
+            return
         render_into(out, produce)
+        if memo:
+            shown[key] = tuple(out.outputs)
+            while len(shown) > memo:
+                shown.popitem(last=False)
 
     for control in controls:
         control.observe(update, names="value")

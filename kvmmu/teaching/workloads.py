@@ -19,10 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from kvmmu.errors import KvmmuError
 from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.walk import GeneralProtection, WalkResult, cpu_for_mode, load_cr3, walk
 from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Access, PagingMode, Pte
 from kvmmu.kvm.vcpu import Vcpu, Vm
@@ -112,16 +114,38 @@ def fast_identity_tables(vm: Vm, size: int, page_size: int) -> Vcpu:
             leaf_bits | int(Pte.PAGE_SIZE)
         )
     pde = np.concatenate([pde, np.zeros(n_pd * 512 - n_pde, dtype=np.uint64)]).reshape(n_pd, 512)
-    for k in range(n_pd):
-        memory.page(pd0 + k)[:] = pde[k]
-    if n_pt:
-        row = (np.arange(512, dtype=np.uint64) << np.uint64(PAGE_SHIFT)) | np.uint64(leaf_bits)
-        for k in range(n_pt):
-            memory.page(pt0 + k)[:] = row + np.uint64(k << 21)
+    _fill_tables(memory, pd0, pde)
+    row = (np.arange(512, dtype=np.uint64) << np.uint64(PAGE_SHIFT)) | np.uint64(leaf_bits)
+    for k in range(0, n_pt, _FILL_CHUNK):  # page table k maps the 2 MiB at k << 21
+        runs = np.arange(k, min(k + _FILL_CHUNK, n_pt), dtype=np.uint64) << np.uint64(21)
+        _fill_tables(memory, pt0 + k, runs[:, None] + row[None, :])
     cpu = cpu_for_mode(PagingMode.LEVEL4)
     loaded = load_cr3(memory, cpu, root << PAGE_SHIFT)
     assert not isinstance(loaded, GeneralProtection)
     return vm.create_vcpu(loaded)
+
+
+_FILL_CHUNK = 1024  # table pages written per numpy block (4 MiB)
+
+
+def _fill_tables(memory: GuestMemory, first_gfn: int, rows: npt.NDArray[np.uint64]) -> None:
+    """Write ``rows`` (one 512-entry table per row) to the frames from ``first_gfn`` on.
+
+    The frames are resolved once for the run when one memslot holds it all, and each page is
+    one copy of its 4 KiB: what ``memory.page(gfn)[:] = row`` stores, without a slot lookup
+    and a numpy view per page (32768 of them for the page tables of a 64 GiB guest).
+    """
+    slot = memory.slots.find(first_gfn)
+    count = len(rows)
+    if slot is None or first_gfn + count > slot.end_gfn:
+        for k in range(count):
+            memory.page(first_gfn + k)[:] = rows[k]
+        return
+    pfn = slot.gfn_to_pfn(first_gfn)
+    data = np.ascontiguousarray(rows, dtype=np.uint64).data.cast("B")
+    raw = memory.host.raw
+    for k in range(count):
+        raw(pfn + k)[:] = data[k * PAGE_SIZE : (k + 1) * PAGE_SIZE]
 
 
 def identity_guest(

@@ -3,12 +3,16 @@ updating fast."""
 
 from __future__ import annotations
 
+import io
 import time
+from collections.abc import Callable
 
 import pandas as pd
+from matplotlib.figure import Figure
 from widget_output import controls
 
 from kvmmu.teaching import ui
+from kvmmu.teaching.experiments import pte_write_exits, savings_by_size, walk_costs
 from kvmmu.teaching.lessons import l01_guest_page_tables as l01
 from kvmmu.teaching.lessons import l02_shadow_paging as l02
 from kvmmu.teaching.lessons import l03_mmu_page_role as l03
@@ -57,3 +61,79 @@ def test_lessons_5_to_8_widget_updates_are_fast() -> None:
         start = time.perf_counter()
         produce()
         assert time.perf_counter() - start < 1.0  # loose bound; measured well under 0.1 s
+
+
+def _tight_png(fig: Figure) -> bytes:
+    """What ``figure_png`` stands for: matplotlib's own tight save."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", transparent=True, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _lesson_figures(guest) -> dict[str, Callable[[], Figure]]:  # type: ignore[no-untyped-def]
+    memory, pt = guest
+    run = l02.run_program(len(l02.DEMO_PROGRAM))
+    sizes = savings_by_size()
+    exits = pte_write_exits((0.0, 0.3), ops=40)
+    return {
+        "walk tree": lambda: l01.walk_tree_figure(memory, pt.cpu(), "0x400123", "read", 3),
+        "walk tree, #PF": lambda: l01.walk_tree_figure(memory, pt.cpu(), "0x7000", "write", 3),
+        "shadow tables": lambda: l02.shadow_tables_figure(run.vm, run.vcpu),
+        "table writes": lambda: l05.table_write_view(10, 0, False)[1],
+        "table writes, max": lambda: l05.table_write_view(100, 20, True)[1],
+        "savings": lambda: l07.savings_figure(sizes),
+        "savings view": lambda: l07.savings_view(4, "TDP", "4 KiB")[2],
+        "walk costs": lambda: l08.walk_cost_figure(walk_costs()),
+        "pte exits (constrained layout)": lambda: l08.pte_exit_figure(exits),
+        "mode": lambda: l08.mode_view(2000, 20, 10)[2],
+        "mode, max": lambda: l08.mode_view(20000, 500, 200)[2],
+    }
+
+
+def test_figure_png_is_the_tight_save_byte_for_byte_on_every_redraw(guest) -> None:  # type: ignore[no-untyped-def]
+    for name, make in _lesson_figures(guest).items():
+        fig = make()
+        own = fig.canvas
+        png = ui.figure_png(fig)
+        assert png == _tight_png(make()), name
+        assert fig.canvas is own, f"{name}: the figure's own canvas is given back"
+        assert ui.figure_png(make()) == png, f"{name}: redrawn on the kept canvas"
+
+
+def test_wire_with_memo_shows_a_setting_again_without_producing_it() -> None:
+    import ipywidgets
+
+    slider = ipywidgets.IntSlider(value=0, min=0, max=9)
+    calls: list[int] = []
+
+    def produce() -> str:
+        calls.append(slider.value)
+        return f"value {slider.value}"
+
+    box = ui.wire([slider], produce, memo=2)
+    for value in (1, 0, 1, 2, 0):
+        slider.value = value
+        assert [o["text"] for o in box.children[-1].outputs] == [f"value {value}\n"]
+    # 0 and 1 were remembered; 2 pushed out 0 (the least recently shown), so 0 ran again
+    assert calls == [0, 1, 2, 0]
+    other = ipywidgets.IntSlider(value=0, min=0, max=9)
+    plain = ui.wire([other], lambda: calls.append(-other.value) or f"value {other.value}")
+    other.value = 1
+    other.value = 0
+    assert calls[-3:] == [0, -1, 0]  # without memo: every change runs produce
+    assert [o["text"] for o in plain.children[-1].outputs] == ["value 0\n"]
+
+
+def test_lesson_widgets_show_a_revisited_setting_as_first_shown() -> None:
+    for widget, index, other in (
+        (l05.make_table_write_widget(), 0, 20),
+        (l07.make_savings_widget(), 0, 8),
+        (l08.make_mode_widget(), 0, 4000),
+    ):
+        control = controls(widget)[index]
+        first = control.value
+        shown = widget.children[-1].outputs
+        control.value = other
+        assert widget.children[-1].outputs != shown
+        control.value = first
+        assert widget.children[-1].outputs == shown

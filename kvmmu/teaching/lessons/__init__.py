@@ -20,7 +20,8 @@ bottom in the order of its notebook; its docstring names the notebook that uses 
 
 What more than one lesson uses lives beside this package: :mod:`kvmmu.teaching.draw` (colours,
 boxes, bar axes, the shadow-page and trace tables), :mod:`kvmmu.teaching.ui` (ipywidgets wiring,
-figures as images) and :mod:`kvmmu.teaching.problems` (the exercise base: ``Problem``, ``Check``,
-seeds, answer parsing). A lesson module imports those, and otherwise only earlier lessons'
+figures as images), :mod:`kvmmu.teaching.memo` (caches of pure results) and
+:mod:`kvmmu.teaching.problems` (the exercise base: ``Problem``, ``Check``, seeds, answer
+parsing). A lesson module imports those, and otherwise only earlier lessons'
 modules, never a later one. No kernel counterpart.
 """

@@ -27,6 +27,7 @@ from kvmmu.kvm.role import ROLE_LAYOUT, MmuPageRole
 from kvmmu.kvm.vcpu import Vm
 from kvmmu.teaching.draw import role_frame
 from kvmmu.teaching.lessons.l01_guest_page_tables import KERNEL_HALF, region_of
+from kvmmu.teaching.memo import pure
 from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail, ok, parse_int, seeded_rng
 from kvmmu.teaching.ui import wire
 
@@ -149,6 +150,7 @@ def _mode(mode: str | PagingMode) -> PagingMode:
     raise ModeError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
 
 
+@pure()
 def setup_shadow_pages(
     mode: str | PagingMode = PagingMode.LEVEL4,
     cr0_wp: bool = True,
@@ -162,7 +164,8 @@ def setup_shadow_pages(
     (2 MiB, 4 MiB in 32-bit paging) when ``large_guest_pages``; then it reads two addresses
     2 MiB apart, and its kernel writes the first. What pages appear and with which roles is
     decided by ``kvm_mmu_get_shadow_page``/``kvm_mmu_child_role`` (shadow paging) or
-    ``direct_map`` (TDP, paging off).
+    ``direct_map`` (TDP, paging off). Cached (:func:`kvmmu.teaching.memo.pure`): the role
+    widget asks for every setup one toggle away from the shown one.
     """
     m = _mode(mode)
     vm = Vm(16 << 20, tdp=tdp, huge_pages=host_huge_pages)

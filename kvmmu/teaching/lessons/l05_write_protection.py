@@ -23,8 +23,9 @@ from kvmmu.hw.x86 import PAGE_SHIFT, Access, PagingMode, Pte
 from kvmmu.kvm.vcpu import Vcpu, Vm
 from kvmmu.teaching.draw import DPI, SHADOW, TABLE, bar_axes
 from kvmmu.teaching.lessons.l01_guest_page_tables import ENTRY_ADDR
+from kvmmu.teaching.memo import pure
 from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail, ok, parse_int, seeded_rng
-from kvmmu.teaching.ui import wire
+from kvmmu.teaching.ui import WIDGET_MEMO, wire
 
 __all__ = [
     "ALT_GPA",
@@ -150,6 +151,7 @@ def table_writer(pages: int = 16, *, unsync: bool = False, update_pte: bool = Tr
     return guest
 
 
+@pure()
 def table_write_counters(
     pte_writes: int,
     pde_writes: int = 0,
@@ -163,7 +165,8 @@ def table_write_counters(
     ``clear`` makes the PTE stores write zero (unmapping the pages); ``accessed`` says whether
     re-pointed PTEs carry the accessed bit.
 
-    The experiment behind the write-protection exercise; no kernel counterpart.
+    The experiment behind the write-protection exercise; cached
+    (:func:`kvmmu.teaching.memo.pure`). No kernel counterpart.
     """
     for name, n in (("pte_writes", pte_writes), ("pde_writes", pde_writes)):
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 1000:
@@ -176,11 +179,13 @@ def table_write_counters(
     return guest.counters()
 
 
+@pure()
 def table_write_workload(
     pte_rate: int, pde_rate: int = 0, *, accesses: int = 200, unsync: bool = False
 ) -> pd.Series:
     """Counters after ``accesses`` user reads with ``pte_rate`` PTE writes (and ``pde_rate``
-    PDE writes) per 100 reads, spread evenly. The lesson 5 widget's model; no kernel
+    PDE writes) per 100 reads, spread evenly. The lesson 5 widget's model; cached
+    (:func:`kvmmu.teaching.memo.pure`), so a slider back at a rate shows it at once. No kernel
     counterpart.
     """
     for name, n in (("pte_rate", pte_rate), ("pde_rate", pde_rate)):
@@ -236,12 +241,17 @@ def make_table_write_widget(pte_rate: int = 10, pde_rate: int = 0, unsync: bool 
 
     Shows :func:`table_write_view`. Controls, in order: PTE stores per 100 reads
     (IntSlider 0..100), PDE stores per 100 reads (IntSlider 0..20), unsync (Checkbox).
+    A setting shown before is shown again from memory (``wire(memo=...)``).
     No kernel counterpart.
     """
     pte = widgets.IntSlider(value=pte_rate, min=0, max=100, description="PTE / 100")
     pde = widgets.IntSlider(value=pde_rate, min=0, max=20, description="PDE / 100")
     allow = widgets.Checkbox(value=unsync, description="allow unsync")
-    return wire([pte, pde, allow], lambda: table_write_view(pte.value, pde.value, allow.value))
+    return wire(
+        [pte, pde, allow],
+        lambda: table_write_view(pte.value, pde.value, allow.value),
+        memo=WIDGET_MEMO,
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from kvmmu.errors import ModeError
 from kvmmu.teaching.draw import DPI, FAULT, MIB_F, SHADOW, TABLE, bar_axes, legend, size_text
 from kvmmu.teaching.experiments import GIB, batch_summary, expected_pages
 from kvmmu.teaching.lessons.l04_lazy_gfns import SavingProblem, check_saving, saving_problem
-from kvmmu.teaching.ui import wire
+from kvmmu.teaching.ui import WIDGET_MEMO, wire
 
 __all__ = [
     "ERA_COLOURS",
@@ -129,10 +129,15 @@ def make_savings_widget(size_gib: int = 4, mode: str = "TDP", page_size: str = "
     """Pick a guest size, a paging mode and a page size; see shadow-page memory by era.
 
     Shows :func:`savings_view`. Controls, in order: size in GiB (IntSlider 1..64), mode
-    (Dropdown TDP/shadow), page size (Dropdown 4 KiB / 2 MiB).
+    (Dropdown TDP/shadow), page size (Dropdown 4 KiB / 2 MiB). A setting shown before is
+    shown again from memory (``wire(memo=...)``).
     No kernel counterpart.
     """
     size = widgets.IntSlider(value=size_gib, min=1, max=64, description="GiB")
     paging = widgets.Dropdown(options=["TDP", "shadow"], value=mode, description="mode")
     pages = widgets.Dropdown(options=["4 KiB", "2 MiB"], value=page_size, description="page size")
-    return wire([size, paging, pages], lambda: savings_view(size.value, paging.value, pages.value))
+    return wire(
+        [size, paging, pages],
+        lambda: savings_view(size.value, paging.value, pages.value),
+        memo=WIDGET_MEMO,
+    )

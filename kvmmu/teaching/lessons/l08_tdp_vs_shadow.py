@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from kvmmu.kvm.tdp import shadow_refs, two_dimensional_refs
 from kvmmu.teaching.draw import DPI, FAULT, SHADOW, TABLE, bar_axes, legend
 from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail, ok, seeded_rng
-from kvmmu.teaching.ui import wire
+from kvmmu.teaching.ui import WIDGET_MEMO, wire
 
 __all__ = [
     "EXIT_CYCLES",
@@ -179,7 +179,7 @@ def make_mode_widget(tlb_misses: int = 2000, pt_writes: int = 20, cr3_loads: int
     """Set a workload mix; see which paging mode costs less (:func:`mode_view`).
 
     Controls, in order: TLB misses, page-table stores, CR3 loads per million instructions
-    (IntSliders).
+    (IntSliders). A setting shown before is shown again from memory (``wire(memo=...)``).
     No kernel counterpart.
     """
     top_tlb, top_writes, top_cr3 = MODE_LIMITS
@@ -188,7 +188,11 @@ def make_mode_widget(tlb_misses: int = 2000, pt_writes: int = 20, cr3_loads: int
         value=pt_writes, min=0, max=top_writes, step=5, description="PT stores"
     )
     cr3 = widgets.IntSlider(value=cr3_loads, min=0, max=top_cr3, step=1, description="CR3 loads")
-    return wire([tlb, writes, cr3], lambda: mode_view(tlb.value, writes.value, cr3.value))
+    return wire(
+        [tlb, writes, cr3],
+        lambda: mode_view(tlb.value, writes.value, cr3.value),
+        memo=WIDGET_MEMO,
+    )
 
 
 # ------------------------------------------------------------------------------------------------

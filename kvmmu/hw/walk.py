@@ -282,6 +282,14 @@ class _Context:
     # (level, index shift, index mask, reserved bits with bit 7 clear, with bit 7 set,
     # PS honoured): one unpacking per level
     walk_levels: tuple[tuple[int, int, int, int, int, bool], ...]
+    root_level: int  # spec.root_level, 0 with paging off
+    entry_size: int  # spec.entry_size: 4 or 8 bytes
+    pae: bool  # the root is the PDPT, loaded at CR3 load
+    gva_max: int  # the largest linear address of the mode (2**32 - 1 or 2**64 - 1)
+    # permission_fault's table, as update_permission_bitmask fills mmu->permissions: indexed by
+    # write | user << 1 | fetch << 2 | (AC lifts SMAP) << 3, bit ``acc`` set where an access of
+    # that kind faults on a page whose combined rights are ``acc`` (protection keys aside)
+    permissions: tuple[int, ...]
 
 
 _CONTEXTS: dict[tuple[int, int, int, int, bool], _Context] = {}
@@ -359,7 +367,54 @@ def _build_context(cpu: CpuState) -> _Context:
         walk_levels=walk_levels,
         canonical_shift=spec.va_bits - 1 if spec.va_bits > 32 else 0,
         canonical_top=(1 << (65 - spec.va_bits)) - 1,
+        root_level=spec.root_level,
+        entry_size=spec.entry_size,
+        pae=spec.mode is PagingMode.PAE,
+        gva_max=(1 << (32 if spec.va_bits == 32 else 64)) - 1,
+        permissions=_permission_bitmask(
+            wp=bool(cpu.cr0 & Cr0.WP),
+            smep=bool(cpu.cr4 & Cr4.SMEP),
+            smap=bool(cpu.cr4 & Cr4.SMAP),
+        ),
     )
+
+
+def _permission_bitmask(*, wp: bool, smep: bool, smap: bool) -> tuple[int, ...]:
+    """``update_permission_bitmask``: for each kind of access, the rights that fault.
+
+    Index: write | user << 1 | fetch << 2 | ac << 3, where ``ac`` says EFLAGS.AC lifts SMAP
+    for this (explicit, supervisor) access. Value: bit ``acc`` is set when an access of that
+    kind to a page with combined rights ``acc`` (ACC_EXEC 1, ACC_WRITE 2, ACC_USER 4) is a
+    permission fault; the order of :func:`_permission_reason` is the SDM 4.6 order.
+    """
+    table = []
+    for index in range(16):
+        write, user, fetch, ac = (bool(index >> bit & 1) for bit in range(4))
+        table.append(
+            sum(
+                1 << acc
+                for acc in range(8)
+                if _permission_reason(acc, write, user, fetch, wp, smep, smap and not ac)
+            )
+        )
+    return tuple(table)
+
+
+def _permission_reason(
+    acc: int, write: bool, user: bool, fetch: bool, wp: bool, smep: bool, smap: bool
+) -> str:
+    """Why an access with these rights faults (SDM 4.6), or "" when it is allowed."""
+    if user and not acc & _U:
+        return "user access to a supervisor page"
+    if write and not acc & _W and (user or wp):
+        return "write to a read-only page" + ("" if user else " (CR0.WP=1)")
+    if fetch and not acc & 1:
+        return "fetch from an XD page"
+    if fetch and not user and smep and acc & _U:
+        return "supervisor fetch from a user page (SMEP)"
+    if not fetch and not user and smap and acc & _U:
+        return "supervisor data access to a user page (SMAP)"
+    return ""
 
 
 def _cr3_mask(mode: PagingMode, maxphyaddr: int) -> int:
@@ -462,7 +517,7 @@ def _rights(entry: int, spec: ModeSpec) -> str:
     return f"{w}, {u}{x}"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class WalkResult:
     """A successful walk: where the access lands and why.
 
@@ -481,6 +536,26 @@ class WalkResult:
     _ctx: _Context = field(repr=False, compare=False)
     _first_table: int = field(default=0, repr=False)
     _ptes: list[int] = field(default_factory=list, repr=False)
+
+    def __init__(  # written out: the generated one tests for the default factory each time
+        self,
+        gva: int,
+        gpa: int,
+        level: int,
+        access: Acc,
+        pte: int,
+        _ctx: _Context,
+        _first_table: int = 0,
+        _ptes: list[int] | None = None,
+    ) -> None:
+        self.gva = gva
+        self.gpa = gpa
+        self.level = level
+        self.access = access
+        self.pte = pte
+        self._ctx = _ctx
+        self._first_table = _first_table
+        self._ptes = [] if _ptes is None else _ptes
 
     @property
     def gfn(self) -> int:
@@ -630,19 +705,26 @@ def walk(
         access.__class__ is Access
         and cpu.__class__ is CpuState
         and gva.__class__ is int
-        and 0 <= gva <= _U64_MAX
+        and 0 <= gva <= (cpu._walk_ctx or _context(cpu)).gva_max
         and implicit.__class__ is _BOOL
         and set_ad.__class__ is _BOOL
         and isinstance(memory, GuestMemory)
     ):
-        if not isinstance(access, Access):
-            raise ModeError(
-                f"access must be Access.READ, Access.WRITE or Access.FETCH, got {access!r}"
-            )
-        _check_memory_and_cpu(memory, cpu)
-        check_int("gva", gva)
-        check_bool("implicit", implicit, ModeError)
-        check_bool("set_ad", set_ad, ModeError)
+        _check_walk_arguments(memory, cpu, gva, access, implicit, set_ad)
+    return walk_unchecked(memory, cpu, gva, access, implicit, set_ad)
+
+
+def _check_walk_arguments(
+    memory: object, cpu: object, gva: object, access: object, implicit: object, set_ad: object
+) -> None:
+    """Raise the typed error :func:`walk`'s fast test found a reason for."""
+    if not isinstance(access, Access):
+        raise ModeError(f"access must be Access.READ, Access.WRITE or Access.FETCH, got {access!r}")
+    _check_memory_and_cpu(memory, cpu)
+    assert isinstance(cpu, CpuState)
+    gva = check_int("gva", gva)
+    check_bool("implicit", implicit, ModeError)
+    check_bool("set_ad", set_ad, ModeError)
     spec = (cpu._walk_ctx or _context(cpu)).spec
     if spec.va_bits == 32 and gva >> 32:
         if spec.root_level == 0:
@@ -653,7 +735,6 @@ def walk(
             f"gva={gva:#x} does not fit in 32 bits, the linear-address width of "
             f"{spec.mode.value} paging"
         )
-    return walk_unchecked(memory, cpu, gva, access, implicit=implicit, set_ad=set_ad)
 
 
 def walk_unchecked(
@@ -661,7 +742,6 @@ def walk_unchecked(
     cpu: CpuState,
     gva: int,
     access: Access = Access.READ,
-    *,
     implicit: bool = False,
     set_ad: bool = True,
 ) -> WalkResult | PageFault | GeneralProtection:
@@ -675,14 +755,13 @@ def walk_unchecked(
     a :class:`GeneralProtection`, since that is the guest's fault, not the caller's.
     """
     ctx = cpu._walk_ctx or _context(cpu)
-    spec = ctx.spec
-    if not spec.root_level:
+    if not ctx.root_level:
         return WalkResult(gva, gva, 0, _ACC[7], 0, ctx)
     if ctx.canonical_shift:  # _is_canonical, inline
         top = gva >> ctx.canonical_shift
         if top and top != ctx.canonical_top:
             return GeneralProtection(
-                gva, f"{gva:#x} is not canonical for {spec.va_bits}-bit addresses"
+                gva, f"{gva:#x} is not canonical for {ctx.spec.va_bits}-bit addresses"
             )
 
     write = access is _WRITE
@@ -690,8 +769,8 @@ def walk_unchecked(
     user = cpu.cpl == 3 and not implicit
     ptes: list[int] = []  # walker->ptes: each entry read, root first
     acc = 7  # ACC_ALL
-    entry_size = spec.entry_size
-    if spec.mode is _PAE:
+    entry_size = ctx.entry_size
+    if ctx.pae:
         pdptes = cpu.pdptes
         assert pdptes is not None  # guaranteed by CpuState
         first = cpu.cr3 & 0xFFFF_FFE0
@@ -707,7 +786,7 @@ def walk_unchecked(
     addr_mask = ctx.addr_mask
     nx = ctx.nx
     seen = -1  # AND of the entries read from tables: are their A bits already set?
-    level = pte = 0
+    level = pte = shift = 0
     for level, shift, mask, rsvd_table, rsvd_leaf, large_ok in ctx.walk_levels:  # noqa: B007
         words = views.get(table >> PAGE_SHIFT)
         if words is None:
@@ -728,18 +807,12 @@ def walk_unchecked(
             break  # a large page; otherwise the loop ends with the level-1 entry
         table = pte & addr_mask
 
-    # permission_fault(): the rights of every level against this access
-    fault, why = False, ""
-    if user and not acc & _U:
-        fault, why = True, "user access to a supervisor page"
-    elif write and not acc & _W and (user or ctx.wp):
-        fault, why = True, "write to a read-only page" + ("" if user else " (CR0.WP=1)")
-    elif fetch and not acc & 1:
-        fault, why = True, "fetch from an XD page"
-    elif fetch and not user and ctx.smep and acc & _U:
-        fault, why = True, "supervisor fetch from a user page (SMEP)"
-    elif not fetch and not user and ctx.smap and acc & _U and (implicit or not cpu.rflags & _AC):
-        fault, why = True, "supervisor data access to a user page (SMAP)"
+    # permission_fault(): one lookup in the table update_permission_bitmask made
+    ac = not user and not implicit and cpu.rflags & _AC
+    fault = ctx.permissions[write | user << 1 | fetch << 2 | (8 if ac else 0)] >> acc & 1
+    why = ""
+    if fault:
+        why = _permission_reason(acc, write, user, fetch, ctx.wp, ctx.smep, ctx.smap and not ac)
     pk = 0
     if ctx.pke and not fetch and acc & _U:
         pkey = (pte >> PKEY_SHIFT) & PKEY_MASK
@@ -748,22 +821,22 @@ def walk_unchecked(
             pk = _PK
             if not fault:
                 why = f"protection key {pkey} denies the access (PKRU)"
-            fault = True
+            fault = 1
     if fault:
         return _fault(ctx, write, user, fetch, _P | pk, gva, first, ptes, why)
 
     if level == 1:
         gpa = (pte & addr_mask) | (gva & PAGE_MASK)
     elif entry_size == 4:  # 32-bit PSE page, PSE-36 bits 13.. hold address bits 32..
-        offset = gva & ((1 << ctx.shifts[level]) - 1)
+        offset = gva & ((1 << shift) - 1)
         high = (pte >> 13) & ((1 << ctx.pse36_bits) - 1)
         gpa = (pte & 0xFFC0_0000) | (high << 32) | offset
     else:
-        size = 1 << ctx.shifts[level]
-        gpa = (pte & addr_mask & ~(size - 1)) | (gva & (size - 1))
+        offset_mask = (1 << shift) - 1
+        gpa = (pte & addr_mask & ~offset_mask) | (gva & offset_mask)
     # update_accessed_dirty_bits, only when a bit is missing: every A, and D on a write's leaf
     if set_ad and (not seen & _A or (write and not pte & _D)):
-        _update_accessed_dirty(memory, _raw_steps(ctx, gva, first, ptes), spec, write)
+        _update_accessed_dirty(memory, _raw_steps(ctx, gva, first, ptes), ctx.spec, write)
     return WalkResult(gva, gpa, level, _ACC[acc], pte, ctx, first, ptes)
 
 

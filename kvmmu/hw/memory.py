@@ -155,6 +155,10 @@ class MemslotFlag(IntFlag):
     READONLY = 1 << 1
 
 
+# plain ints for the fault path: IntFlag arithmetic runs Python code on every operation
+_READONLY, _LOG_DIRTY_PAGES = int(MemslotFlag.READONLY), int(MemslotFlag.LOG_DIRTY_PAGES)
+
+
 @dataclass(slots=True)
 class Memslot:
     """One memslot (``struct kvm_memory_slot``): guest frames ``base_gfn .. base_gfn+npages-1``.
@@ -186,12 +190,12 @@ class Memslot:
     @property
     def readonly(self) -> bool:
         """True for a read-only slot: guest writes become MMIO exits."""
-        return bool(self.flags & MemslotFlag.READONLY)
+        return bool(int(self.flags) & _READONLY)  # int(): an IntFlag & runs Python code
 
     @property
     def dirty_logging(self) -> bool:
         """True while dirty logging is enabled on the slot."""
-        return bool(self.flags & MemslotFlag.LOG_DIRTY_PAGES)
+        return bool(int(self.flags) & _LOG_DIRTY_PAGES)
 
 
 class Memslots:

@@ -780,10 +780,11 @@ class Vcpu:
         if isinstance(hw, GeneralProtection):
             return hw
         assert isinstance(hw, PageFault)
+        error_code = int(hw.error_code)  # a plain int: PfErr arithmetic runs Python code
         trace = self.mmu.trace
         if trace.enabled:
-            trace.emit("kvm_page_fault", fault_address=gva, error_code=int(hw.error_code))
-        if hw.error_code & _PFERR_RSVD:
+            trace.emit("kvm_page_fault", fault_address=gva, error_code=error_code)
+        if error_code & _PFERR_RSVD:
             mmio = self._mmio_fault(gva, kind, implicit, hw)
             if mmio is not None:
                 return mmio
@@ -797,7 +798,7 @@ class Vcpu:
             if outcome is FaultOutcome.EMULATE:
                 return Translation(gva, emulated=True)
             return None
-        result = page_fault(self, gva, kind, implicit=implicit, error_code=int(hw.error_code))
+        result = page_fault(self, gva, kind, implicit=implicit, error_code=error_code)
         if result.outcome is FaultOutcome.GUEST:
             return result.fault
         if result.outcome is FaultOutcome.EMULATE:

@@ -308,8 +308,10 @@ class Mmu:
         table), or it has shadow pages and unsync is not allowed, or (``prefetch``) a prefetched
         spte would be the one to unsync a page: KVM unsyncs only for a real fault (-EEXIST).
         """
-        if self.is_write_tracked(gfn):
+        if gfn in self.write_tracked:  # is_write_tracked
             return False
+        if gfn not in self.page_hash:
+            return True  # no shadow page of this gfn at all: nothing to unsync
         pages = self.pages_of(gfn)
         if pages and not (can_unsync and self.allow_unsync):
             return False

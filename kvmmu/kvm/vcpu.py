@@ -901,10 +901,16 @@ class Vcpu:
             return probe
         refs = 0
         pae = self._mode is PagingMode.PAE
+        # the TDP registers, with the roots loaded at the first TDP walk (kvm_mmu_reload); they
+        # stay for this two-dimensional walk, since a TDP fault ends it with a retry
+        tdp_cpu: CpuState | None = None
         for level, entry_gpa, _, _, _ in probe.raw:
             if pae and level == 3:
                 continue  # the PDPTEs were read at CR3 load
-            tdp = self._tdp_translate(entry_gpa, Access.READ)
+            if tdp_cpu is None:
+                self.reload()
+                tdp_cpu = self._tdp_cpu()
+            tdp = self._tdp_translate(entry_gpa, Access.READ, tdp_cpu)
             if tdp is None:
                 return None
             refs += tdp + 1
@@ -912,7 +918,10 @@ class Vcpu:
             return probe  # delivered by the hardware, no exit
         result = walk_unchecked(self.memory, self._cpu, gva, kind, implicit=implicit)
         assert isinstance(result, WalkResult)
-        tdp = self._tdp_translate(result.gpa, kind)
+        if tdp_cpu is None:
+            self.reload()
+            tdp_cpu = self._tdp_cpu()
+        tdp = self._tdp_translate(result.gpa, kind, tdp_cpu)
         if tdp is None:
             return None
         if tdp < 0:
@@ -948,13 +957,12 @@ class Vcpu:
             )
         return cached
 
-    def _tdp_translate(self, gpa: int, kind: Access) -> int | None:
-        """Walk the TDP tables for ``gpa``: the references made, None after fixing a TDP fault,
-        or -1 for an MMIO exit."""
-        self.reload()
+    def _tdp_translate(self, gpa: int, kind: Access, tdp_cpu: CpuState) -> int | None:
+        """Walk the TDP tables for ``gpa`` with ``tdp_cpu`` (:meth:`_tdp_cpu`, roots loaded):
+        the references made, None after fixing a TDP fault, or -1 for an MMIO exit."""
         hw = walk_unchecked(  # gpa is below MAXPHYADDR: canonical for the TDP tables
             self.vm.host_view,
-            self._tdp_cpu(),
+            tdp_cpu,
             gpa,
             Access.WRITE if kind is Access.WRITE else Access.READ,
             set_ad=False,

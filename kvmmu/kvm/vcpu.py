@@ -827,7 +827,7 @@ class Vcpu:
         level = hw.level + len(tables) - 1  # the level of the root
         for table in tables:
             sp = by_pfn.get(table >> PAGE_SHIFT)
-            if sp is not None and sp.direct:
+            if sp is not None and sp.role.direct:
                 return level + 1
             level -= 1
         return hw.level

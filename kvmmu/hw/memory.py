@@ -446,7 +446,8 @@ class GuestMemory:
 
     def mark_page_dirty(self, gfn: int) -> None:
         """Record a write to ``gfn`` in its slot's dirty log, if enabled (``mark_page_dirty``)."""
-        check_int("gfn", gfn, bits=MAX_GFN_BITS)
+        if gfn.__class__ is not int or not 0 <= gfn < 1 << MAX_GFN_BITS:  # one cheap test
+            check_int("gfn", gfn, bits=MAX_GFN_BITS)
         slot = self.slots.find(gfn)
         if slot is not None and slot.dirty_logging:
             slot.dirty_bitmap[gfn - slot.base_gfn] = True

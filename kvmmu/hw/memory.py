@@ -155,6 +155,10 @@ class MemslotFlag(IntFlag):
     READONLY = 1 << 1
 
 
+# plain ints for the fault path: IntFlag arithmetic runs Python code on every operation
+_READONLY, _LOG_DIRTY_PAGES = int(MemslotFlag.READONLY), int(MemslotFlag.LOG_DIRTY_PAGES)
+
+
 @dataclass(slots=True)
 class Memslot:
     """One memslot (``struct kvm_memory_slot``): guest frames ``base_gfn .. base_gfn+npages-1``.
@@ -186,12 +190,12 @@ class Memslot:
     @property
     def readonly(self) -> bool:
         """True for a read-only slot: guest writes become MMIO exits."""
-        return bool(self.flags & MemslotFlag.READONLY)
+        return bool(int(self.flags) & _READONLY)  # int(): an IntFlag & runs Python code
 
     @property
     def dirty_logging(self) -> bool:
         """True while dirty logging is enabled on the slot."""
-        return bool(self.flags & MemslotFlag.LOG_DIRTY_PAGES)
+        return bool(int(self.flags) & _LOG_DIRTY_PAGES)
 
 
 class Memslots:
@@ -442,7 +446,8 @@ class GuestMemory:
 
     def mark_page_dirty(self, gfn: int) -> None:
         """Record a write to ``gfn`` in its slot's dirty log, if enabled (``mark_page_dirty``)."""
-        check_int("gfn", gfn, bits=MAX_GFN_BITS)
+        if gfn.__class__ is not int or not 0 <= gfn < 1 << MAX_GFN_BITS:  # one cheap test
+            check_int("gfn", gfn, bits=MAX_GFN_BITS)
         slot = self.slots.find(gfn)
         if slot is not None and slot.dirty_logging:
             slot.dirty_bitmap[gfn - slot.base_gfn] = True

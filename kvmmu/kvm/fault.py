@@ -43,6 +43,11 @@ from kvmmu.kvm.rmap import level_base
 from kvmmu.kvm.role import MmuPageRole
 from kvmmu.kvm.sync import sync_children, sync_page_or_zap
 
+# plain ints for the fault path: IntFlag arithmetic runs Python code on every operation
+_PFERR_PRESENT, _PTE_DIRTY, _PTE_GLOBAL = int(PfErr.PRESENT), int(Pte.DIRTY), int(Pte.GLOBAL)
+_ACC_WRITE, _ACC_USER, _ACC_EXEC = int(Acc.WRITE), int(Acc.USER), int(Acc.EXEC)
+_ACC_ALL = int(Acc.ALL)
+
 PTE_PREFETCH_NUM = 8  # sptes in one prefetch group (PTE_PREFETCH_NUM in mmu.c)
 
 
@@ -75,9 +80,10 @@ def get_shadow_page(vcpu: MmuVcpu, gfn: int, role: MmuPageRole) -> MmuPage:
         if sp.unsync and not sync_page_or_zap(vcpu, sp):
             continue  # the stale page could not be synced and was zapped
         sp.write_flooding_count = 0  # __clear_sp_write_flooding_count: found again in use
-        mmu.trace.emit(
-            "kvm_mmu_get_page", gfn=gfn, role=role.describe(), created=False, sp=sp.serial
-        )
+        if mmu.trace.enabled:
+            mmu.trace.emit(
+                "kvm_mmu_get_page", gfn=gfn, role=role.describe(), created=False, sp=sp.serial
+            )
         return sp
     return mmu.alloc_shadow_page(gfn, role)
 
@@ -99,11 +105,13 @@ def page_fault(
     cpu = vcpu.cpu
     mmu.stats.pf_taken += 1  # kvm_mmu_do_page_fault
     result = walk(vcpu.memory, cpu, gva, access, implicit=implicit)
-    mmu.trace.emit("kvm_mmu_pagetable_walk", addr=gva, pferr=error_code)
-    if mmu.trace.enabled and not isinstance(result, GeneralProtection):
-        steps = result.trace if isinstance(result, WalkResult) else result.steps
-        for step in steps:
-            mmu.trace.emit("kvm_mmu_paging_element", pte=step.entry, level=step.level)
+    trace = mmu.trace
+    if trace.enabled:
+        trace.emit("kvm_mmu_pagetable_walk", addr=gva, pferr=error_code)
+        if not isinstance(result, GeneralProtection):
+            steps = result.trace if isinstance(result, WalkResult) else result.steps
+            for step in steps:
+                trace.emit("kvm_mmu_paging_element", pte=step.entry, level=step.level)
     if isinstance(result, PageFault):
         mmu.stats.pf_guest += 1
         mmu.trace.emit("kvm_mmu_walker_error", addr=gva, pferr=int(result.error_code))
@@ -120,7 +128,7 @@ def page_fault(
         mmu.stats.pf_emulate += 1
         mmu.stats.mmio_exits += 1
         return FaultResult(FaultOutcome.MMIO, gpa=result.gpa, walk=result)
-    if write and error_code & PfErr.PRESENT and slot is not None and mmu.is_write_tracked(gfn):
+    if write and error_code & _PFERR_PRESENT and slot is not None and mmu.is_write_tracked(gfn):
         # page_fault_handle_page_track: a write fault on a present, read-only spte of one of
         # the guest's upper-level tables. A not-present one goes through fetch, which installs
         # the read-only spte (make_spte finds the gfn tracked) and asks for emulation.
@@ -128,14 +136,14 @@ def page_fault(
         clear_flood_on_path(vcpu, gva)
         return FaultResult(FaultOutcome.EMULATE, gpa=result.gpa, walk=result)
     access_bits = int(result.access)
-    if not write and not result.pte & Pte.DIRTY:
-        access_bits &= ~Acc.WRITE  # FNAME(protect_clean_gpte): the first write must fault
-    if write and not access_bits & Acc.WRITE and not vcpu.cr0_wp and not user and slot is not None:
+    if not write and not result.pte & _PTE_DIRTY:
+        access_bits &= ~_ACC_WRITE  # FNAME(protect_clean_gpte): the first write must fault
+    if write and not access_bits & _ACC_WRITE and not vcpu.cr0_wp and not user and slot is not None:
         # CR0.WP=0: a supervisor write to a read-only page succeeds. Make the spte writable but
         # supervisor-only (and not executable under SMEP), since the hardware runs with WP=1.
-        access_bits = (access_bits | Acc.WRITE) & ~Acc.USER
+        access_bits = (access_bits | _ACC_WRITE) & ~_ACC_USER
         if vcpu.smep:
-            access_bits &= ~Acc.EXEC
+            access_bits &= ~_ACC_EXEC
     mmu.make_pages_available()
     outcome = fetch(vcpu, gva, result, access_bits, write)
     count_outcome(vcpu, outcome)
@@ -189,7 +197,8 @@ def fetch(vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool) -> 
     goal = (
         1 if slot is None else mmu.max_mapping_level(slot, gfn, min(gw.level, vcpu.max_huge_level))
     )
-    mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
+    if mmu.trace.enabled:
+        mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
     while level > goal:
         index = shadow_index(gva, level)
         sp.write_flooding_count = 0
@@ -216,7 +225,7 @@ def fetch(vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool) -> 
         access,
         level_base(gfn, level),
         write_fault=write,
-        global_=bool(gw.pte & Pte.GLOBAL) and vcpu.pge,
+        global_=bool(gw.pte & _PTE_GLOBAL) and vcpu.pge,
     )
     if outcome is not FaultOutcome.SPURIOUS:
         pte_prefetch(vcpu, sp, index)
@@ -240,7 +249,8 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
     mmu.make_pages_available()
     sp, level = shadow_walk_init(vcpu, gpa)
     goal = 1 if slot is None else mmu.max_mapping_level(slot, gfn, vcpu.max_huge_level)
-    mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
+    if mmu.trace.enabled:
+        mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
     while level > goal:
         index = shadow_index(gpa, level)
         spte = int(sp.spt[index])
@@ -248,12 +258,12 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
             sp, level = mmu.child_of(spte), level - 1
             continue
         child = get_shadow_page(
-            vcpu, level_base(gfn, level), sp.role.child(direct=True, access=int(Acc.ALL))
+            vcpu, level_base(gfn, level), sp.role.child(direct=True, access=_ACC_ALL)
         )
         mmu.link_shadow_page(sp, index, child)
         sp, level = child, level - 1
     index = shadow_index(gpa, level)
-    outcome = mmu.set_spte(sp, index, int(Acc.ALL), level_base(gfn, level), write_fault=write)
+    outcome = mmu.set_spte(sp, index, _ACC_ALL, level_base(gfn, level), write_fault=write)
     if outcome is not FaultOutcome.SPURIOUS:
         direct_pte_prefetch(vcpu, sp, index)
     count_outcome(vcpu, outcome)
@@ -298,7 +308,7 @@ def prefetch_gpte(vcpu: MmuVcpu, sp: MmuPage, index: int, *, no_dirty_log: bool 
         return False
     access = gpte_pte_access(vcpu, sp, gpte)
     gfn = gpte_gfn(gpte, sp)
-    if not prefetchable(vcpu, gfn, 1, access if no_dirty_log else access & ~Acc.WRITE):
+    if not prefetchable(vcpu, gfn, 1, access if no_dirty_log else access & ~_ACC_WRITE):
         return False
     mmu.set_spte(
         sp,
@@ -307,7 +317,7 @@ def prefetch_gpte(vcpu: MmuVcpu, sp: MmuPage, index: int, *, no_dirty_log: bool 
         gfn,
         write_fault=False,
         prefetch=True,
-        global_=bool(gpte & Pte.GLOBAL) and vcpu.pge,
+        global_=bool(gpte & _PTE_GLOBAL) and vcpu.pge,
     )
     return True
 
@@ -357,7 +367,7 @@ def prefetchable(vcpu: MmuVcpu, gfn: int, count: int, access: int) -> bool:
     slot = vcpu.mmu.memory.slots.find(gfn)
     if slot is None or slot.readonly:
         return False
-    if access & Acc.WRITE and slot.dirty_logging:
+    if access & _ACC_WRITE and slot.dirty_logging:
         return False
     return gfn + count <= slot.base_gfn + slot.npages
 

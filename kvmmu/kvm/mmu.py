@@ -27,8 +27,13 @@ from kvmmu.kvm import spte as S
 from kvmmu.kvm.page import MmuPage, new_access, new_gfns
 from kvmmu.kvm.rmap import Rmap, Sptep, add_parent_pte, level_base, remove_parent_pte
 from kvmmu.kvm.role import MmuPageRole
-from kvmmu.kvm.stats import LEAF_PAGES, MmuStats
+from kvmmu.kvm.stats import MmuStats
 from kvmmu.kvm.trace import Tracer
+
+# plain ints for the fault path: IntFlag arithmetic runs Python code on every operation
+_ACC_WRITE, _ACC_USER, _ACC_EXEC = int(Acc.WRITE), int(Acc.USER), int(Acc.EXEC)
+_PTE_PRESENT, _PTE_ACCESSED, _PTE_DIRTY = int(Pte.PRESENT), int(Pte.ACCESSED), int(Pte.DIRTY)
+_PTE_PAGE_SIZE, _PTE_XD = int(Pte.PAGE_SIZE), int(Pte.XD)
 
 KVM_MIN_FREE_MMU_PAGES = 5
 KVM_REFILL_PAGES = 25
@@ -215,9 +220,10 @@ class Mmu:
         self.stats.shadow_pages = self.n_used_mmu_pages
         if not role.direct:
             self._account_shadowed(sp)
-        self.trace.emit(
-            "kvm_mmu_get_page", gfn=gfn, role=role.describe(), created=True, sp=sp.serial
-        )
+        if self.trace.enabled:
+            self.trace.emit(
+                "kvm_mmu_get_page", gfn=gfn, role=role.describe(), created=True, sp=sp.serial
+            )
         return sp
 
     def _free_page(self, sp: MmuPage) -> None:
@@ -302,8 +308,10 @@ class Mmu:
         table), or it has shadow pages and unsync is not allowed, or (``prefetch``) a prefetched
         spte would be the one to unsync a page: KVM unsyncs only for a real fault (-EEXIST).
         """
-        if self.is_write_tracked(gfn):
+        if gfn in self.write_tracked:  # is_write_tracked
             return False
+        if gfn not in self.page_hash:
+            return True  # no shadow page of this gfn at all: nothing to unsync
         pages = self.pages_of(gfn)
         if pages and not (can_unsync and self.allow_unsync):
             return False
@@ -397,7 +405,7 @@ class Mmu:
             else:
                 was_rmapped = True
         host_writable = not slot.readonly
-        writable = bool(access & Acc.WRITE) and host_writable
+        writable = bool(access & _ACC_WRITE) and host_writable
         wrprot = False
         if writable and not self.try_to_unsync(gfn, can_unsync=True, prefetch=prefetch):
             writable, wrprot = False, True
@@ -418,9 +426,15 @@ class Mmu:
             if old & S.WRITABLE and not new & S.WRITABLE:
                 self.flush_remote_tlbs()
             sp.spt[index] = new
-            self.trace.emit(
-                "kvm_mmu_set_spte", level=sp.level, gfn=gfn, spte=new, sp=sp.serial, index=index
-            )
+            if self.trace.enabled:
+                self.trace.emit(
+                    "kvm_mmu_set_spte",
+                    level=sp.level,
+                    gfn=gfn,
+                    spte=new,
+                    sp=sp.serial,
+                    index=index,
+                )
         if wrprot and write_fault:
             outcome = FaultOutcome.EMULATE
         if writable and slot.dirty_logging:
@@ -432,15 +446,19 @@ class Mmu:
             self.rmap.add(sp, index)
             self._count_leaf(sp.level, 1)
             # rmap_add: the peak of sptes already on a gfn's rmap when one more is added
-            count = len(self.rmap.sptes(gfn, sp.level)) - 1
+            count = self.rmap.count(gfn, sp.level) - 1
             self.stats.max_mmu_rmap_size = max(self.stats.max_mmu_rmap_size, count)
         return outcome
 
     def _count_leaf(self, level: int, delta: int) -> None:
         """Move the gauge of present leaf sptes at ``level`` (``kvm_update_page_stats``)."""
-        name = LEAF_PAGES.get(level)
-        if name is not None:
-            setattr(self.stats, name, getattr(self.stats, name) + delta)
+        stats = self.stats  # LEAF_PAGES names these gauges; spelled out, no getattr/setattr
+        if level == 1:
+            stats.pages_4k += delta
+        elif level == 2:
+            stats.pages_2m += delta
+        elif level == 3:
+            stats.pages_1g += delta
 
     # -- zapping ----------------------------------------------------------------------------
 
@@ -456,7 +474,7 @@ class Mmu:
         self.trace.emit(
             "kvm_mmu_prepare_zap_page",
             gfn=sp.gfn,
-            role=sp.role.describe(),
+            role=sp.role.describe,  # called only when the event is recorded
             sp=sp.serial,
             root_count=sp.root_count,
         )
@@ -756,14 +774,14 @@ def is_last_gpte(sp: MmuPage, gpte: int, cr4_pse: bool) -> bool:
         return True
     if sp.role.has_4_byte_gpte and not cr4_pse:
         return False
-    return bool(gpte & Pte.PAGE_SIZE)
+    return bool(gpte & _PTE_PAGE_SIZE)
 
 
 def gpte_access(gpte: int, vcpu: MmuVcpu) -> int:
     """Rights one guest entry grants (``FNAME(gpte_access)``)."""
-    access = int(gpte & (Acc.WRITE | Acc.USER))
-    if not (vcpu.nx_active and gpte & Pte.XD):
-        access |= Acc.EXEC
+    access = gpte & (_ACC_WRITE | _ACC_USER)
+    if not (vcpu.nx_active and gpte & _PTE_XD):
+        access |= _ACC_EXEC
     return access
 
 
@@ -772,8 +790,8 @@ def prefetch_invalid_gpte(vcpu: MmuVcpu, gpte: int | None) -> bool:
     bits (``FNAME(prefetch_invalid_gpte)``, shared by ``sync_spte`` and prefetch)."""
     return (
         gpte is None
-        or not gpte & Pte.PRESENT
-        or not gpte & Pte.ACCESSED
+        or not gpte & _PTE_PRESENT
+        or not gpte & _PTE_ACCESSED
         or gpte_reserved(vcpu, gpte)
     )
 
@@ -782,14 +800,14 @@ def gpte_pte_access(vcpu: MmuVcpu, sp: MmuPage, gpte: int) -> int:
     """The rights of the spte for ``gpte`` in ``sp``: the page's and the entry's, read-only while
     the entry is clean (``FNAME(gpte_access)`` then ``FNAME(protect_clean_gpte)``)."""
     access = sp.role.access & gpte_access(gpte, vcpu)
-    if not gpte & Pte.DIRTY:
-        access &= ~Acc.WRITE
+    if not gpte & _PTE_DIRTY:
+        access &= ~_ACC_WRITE
     return access
 
 
 def gpte_reserved(vcpu: MmuVcpu, gpte: int) -> bool:
     """Reserved bits set in a leaf guest entry (``FNAME(is_rsvd_bits_set)`` at level 1)."""
-    return bool(gpte & reserved_mask(vcpu.cpu, 1, bool(gpte & Pte.PAGE_SIZE)))
+    return bool(gpte & reserved_mask(vcpu.cpu, 1, bool(gpte & _PTE_PAGE_SIZE)))
 
 
 def gpte_gfn(gpte: int, sp: MmuPage) -> int:

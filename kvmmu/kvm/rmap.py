@@ -52,6 +52,11 @@ class Rmap:
         """The sptes mapping ``gfn`` with pages of ``level`` (``gfn_to_rmap`` + iteration)."""
         return list(self._heads.get((level, level_base(gfn, level)), ()))
 
+    def count(self, gfn: int, level: int) -> int:
+        """How many sptes map ``gfn`` with pages of ``level`` (``pte_list_count``)."""
+        head = self._heads.get((level, level_base(gfn, level)))
+        return 0 if head is None else len(head)
+
     def all_levels(self, gfn: int, max_level: int = 3) -> list[Sptep]:
         """Every spte mapping ``gfn``, at every page size up to ``max_level``."""
         out: list[Sptep] = []

@@ -780,10 +780,11 @@ class Vcpu:
         if isinstance(hw, GeneralProtection):
             return hw
         assert isinstance(hw, PageFault)
+        error_code = int(hw.error_code)  # a plain int: PfErr arithmetic runs Python code
         trace = self.mmu.trace
         if trace.enabled:
-            trace.emit("kvm_page_fault", fault_address=gva, error_code=int(hw.error_code))
-        if hw.error_code & _PFERR_RSVD:
+            trace.emit("kvm_page_fault", fault_address=gva, error_code=error_code)
+        if error_code & _PFERR_RSVD:
             mmio = self._mmio_fault(gva, kind, implicit, hw)
             if mmio is not None:
                 return mmio
@@ -797,7 +798,7 @@ class Vcpu:
             if outcome is FaultOutcome.EMULATE:
                 return Translation(gva, emulated=True)
             return None
-        result = page_fault(self, gva, kind, implicit=implicit, error_code=int(hw.error_code))
+        result = page_fault(self, gva, kind, implicit=implicit, error_code=error_code)
         if result.outcome is FaultOutcome.GUEST:
             return result.fault
         if result.outcome is FaultOutcome.EMULATE:
@@ -826,7 +827,7 @@ class Vcpu:
         level = hw.level + len(tables) - 1  # the level of the root
         for table in tables:
             sp = by_pfn.get(table >> PAGE_SHIFT)
-            if sp is not None and sp.direct:
+            if sp is not None and sp.role.direct:
                 return level + 1
             level -= 1
         return hw.level
@@ -900,10 +901,16 @@ class Vcpu:
             return probe
         refs = 0
         pae = self._mode is PagingMode.PAE
+        # the TDP registers, with the roots loaded at the first TDP walk (kvm_mmu_reload); they
+        # stay for this two-dimensional walk, since a TDP fault ends it with a retry
+        tdp_cpu: CpuState | None = None
         for level, entry_gpa, _, _, _ in probe.raw:
             if pae and level == 3:
                 continue  # the PDPTEs were read at CR3 load
-            tdp = self._tdp_translate(entry_gpa, Access.READ)
+            if tdp_cpu is None:
+                self.reload()
+                tdp_cpu = self._tdp_cpu()
+            tdp = self._tdp_translate(entry_gpa, Access.READ, tdp_cpu)
             if tdp is None:
                 return None
             refs += tdp + 1
@@ -911,7 +918,10 @@ class Vcpu:
             return probe  # delivered by the hardware, no exit
         result = walk_unchecked(self.memory, self._cpu, gva, kind, implicit=implicit)
         assert isinstance(result, WalkResult)
-        tdp = self._tdp_translate(result.gpa, kind)
+        if tdp_cpu is None:
+            self.reload()
+            tdp_cpu = self._tdp_cpu()
+        tdp = self._tdp_translate(result.gpa, kind, tdp_cpu)
         if tdp is None:
             return None
         if tdp < 0:
@@ -947,13 +957,12 @@ class Vcpu:
             )
         return cached
 
-    def _tdp_translate(self, gpa: int, kind: Access) -> int | None:
-        """Walk the TDP tables for ``gpa``: the references made, None after fixing a TDP fault,
-        or -1 for an MMIO exit."""
-        self.reload()
+    def _tdp_translate(self, gpa: int, kind: Access, tdp_cpu: CpuState) -> int | None:
+        """Walk the TDP tables for ``gpa`` with ``tdp_cpu`` (:meth:`_tdp_cpu`, roots loaded):
+        the references made, None after fixing a TDP fault, or -1 for an MMIO exit."""
         hw = walk_unchecked(  # gpa is below MAXPHYADDR: canonical for the TDP tables
             self.vm.host_view,
-            self._tdp_cpu(),
+            tdp_cpu,
             gpa,
             Access.WRITE if kind is Access.WRITE else Access.READ,
             set_ad=False,

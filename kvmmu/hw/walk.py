@@ -836,7 +836,7 @@ def walk_unchecked(
         gpa = (pte & addr_mask & ~offset_mask) | (gva & offset_mask)
     # update_accessed_dirty_bits, only when a bit is missing: every A, and D on a write's leaf
     if set_ad and (not seen & _A or (write and not pte & _D)):
-        _update_accessed_dirty(memory, _raw_steps(ctx, gva, first, ptes), ctx.spec, write)
+        _update_accessed_dirty(memory, ctx, gva, first, ptes, write)
     return WalkResult(gva, gpa, level, _ACC[acc], pte, ctx, first, ptes)
 
 
@@ -859,28 +859,31 @@ def _fault(
 
 
 def _update_accessed_dirty(
-    memory: GuestMemory, raw: list[_RawStep], spec: ModeSpec, write: bool
+    memory: GuestMemory, ctx: _Context, gva: int, first_table: int, ptes: list[int], write: bool
 ) -> None:
     """Set A on every entry used and D on the leaf of a write (``update_accessed_dirty_bits``).
 
-    The PAE PDPTEs have no accessed bit and are skipped. Entries in a read-only memslot are
-    left alone, as KVM leaves them when the host mapping is not writable.
+    Works from the walk's own entries (``walker->ptes``): each entry's table is the one the
+    entry above points to. The PAE PDPTEs have no accessed bit and are skipped. Entries in a
+    read-only memslot are left alone, as KVM leaves them when the host mapping is not writable.
     """
-    last = len(raw) - 1
-    for i, (level, entry_gpa, index, pte, _) in enumerate(raw):
-        if spec.mode is PagingMode.PAE and level == 3:
-            continue
-        want = _A | (_D if write and i == last else 0)
-        if pte & want == want:
-            continue
-        gfn = entry_gpa >> PAGE_SHIFT
-        slot = memory.slots.find(gfn)
-        if slot is None or slot.readonly:
-            continue
-        words = memory.table_words(gfn, spec.entry_size)
-        assert words is not None
-        words[index] = pte | want
-        memory.mark_page_dirty(gfn)
+    last = len(ptes) - 1
+    addr_mask = ctx.addr_mask
+    table, level, start = first_table, ctx.root_level, 0
+    if ctx.pae:  # the PDPTE, read at CR3 load
+        table, level, start = ptes[0] & addr_mask, 2, 1
+    for i in range(start, last + 1):
+        pte = ptes[i]
+        want = _A | _D if write and i == last else _A
+        if pte & want != want:
+            gfn = table >> PAGE_SHIFT
+            slot = memory.slots.find(gfn)
+            if slot is not None and not slot.readonly:
+                words = memory.table_words(gfn, ctx.entry_size)
+                assert words is not None
+                words[(gva >> ctx.shifts[level]) & ctx.index_masks[level]] = pte | want
+                memory.mark_page_dirty(gfn)
+        table, level = pte & addr_mask, level - 1
 
 
 def walk_many(

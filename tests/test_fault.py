@@ -7,9 +7,14 @@ is emulated and the emulator cannot write the slot (``__kvm_write_guest_page`` r
 it becomes an MMIO exit, even when the ROM page is one of the guest's page tables.
 """
 
+from dataclasses import replace
+
+import pytest
+
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.memory import MemslotFlag
-from kvmmu.hw.x86 import Access, Cr0, Efer, PagingMode
+from kvmmu.hw.walk import PageFault
+from kvmmu.hw.x86 import Access, Cr0, Efer, PagingMode, PfErr, Pte
 from kvmmu.kvm.audit import audit
 from kvmmu.kvm.vcpu import Translation, Vm
 
@@ -101,4 +106,37 @@ def test_an_mmio_spte_serves_its_own_gfn_until_the_guest_flushes() -> None:
     vcpu.invlpg(0x400000)
     assert vcpu.translate(0x400010) == Translation(0x100010)
     assert vcpu.read(0x400010) == 0x5A5A
+    audit(vm)
+
+
+@pytest.mark.parametrize("wp", [False, True])
+def test_a_write_served_by_the_cached_mmio_rights_walks_no_guest_table(wp: bool) -> None:
+    """A read through a clean PTE to unbacked memory makes an MMIO spte without W
+    (FNAME(protect_clean_gpte)). A supervisor write with CR0.WP=0 passes ``permission_fault``
+    on those cached rights whatever W says, so ``vcpu_mmio_gva_to_gpa`` uses the cached gfn,
+    no walker runs and D stays clear, as on KVM. With WP=1 the cached rights refuse the write:
+    the emulator walks the guest tables, which faults on a read-only PTE and sets D on a
+    writable one."""
+    vm = Vm(64 * MiB)
+    pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
+    pt.map(0x400000, 0x8000_0000, writable=False)  # no memslot there: MMIO sptes
+    pt.map(0x401000, 0x8000_1000, writable=True)
+    cr0 = pt.cpu().cr0 if wp else pt.cpu().cr0 & ~Cr0.WP
+    vcpu = vm.create_vcpu(replace(pt.cpu(), cr0=cr0))
+
+    def dirty(gva: int) -> bool:
+        table = pt.entry(gva, 2) & 0x000F_FFFF_FFFF_F000
+        return bool(vm.memory.read(table + 8 * (gva >> 12 & 511)) & Pte.DIRTY)
+
+    for gva in (0x400000, 0x401000):
+        assert vcpu.translate(gva) == Translation(0x8000_0000 + gva - 0x400000, mmio=True)
+    ro = vcpu.translate(0x400000, Access.WRITE)
+    rw = vcpu.translate(0x401000, Access.WRITE)
+    assert rw == Translation(0x8000_1000, mmio=True)
+    if wp:
+        assert isinstance(ro, PageFault) and ro.error_code == PfErr.PRESENT | PfErr.WRITE
+        assert (dirty(0x400000), dirty(0x401000)) == (False, True)
+    else:
+        assert ro == Translation(0x8000_0000, mmio=True)
+        assert (dirty(0x400000), dirty(0x401000)) == (False, False)
     audit(vm)

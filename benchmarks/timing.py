@@ -191,17 +191,19 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], right: int =
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser, rounds: int) -> None:
-    """The options every benchmark takes: ``--quick``, ``--rounds``, ``--clock``."""
+def add_arguments(parser: argparse.ArgumentParser, rounds: int, *, clock: bool = True) -> None:
+    """The options every benchmark takes: ``--quick``, ``--rounds`` and, unless the benchmark's
+    clock is fixed (``clock=False``), ``--clock``."""
     parser.add_argument(
         "--quick", action="store_true", help="a small, fast run (what the tests run)"
     )
     parser.add_argument(
         "--rounds", type=int, default=None, help=f"rounds of interleaved runs ({rounds}; 2 quick)"
     )
-    parser.add_argument(
-        "--clock", choices=sorted(CLOCKS), default="cpu", help="cpu (default) or wall time"
-    )
+    if clock:
+        parser.add_argument(
+            "--clock", choices=sorted(CLOCKS), default="cpu", help="cpu (default) or wall time"
+        )
 
 
 def rounds_of(args: argparse.Namespace, full: int, quick: int = 2) -> int:
@@ -220,6 +222,6 @@ def header(rounds: int, clock: str, what: str) -> str:
         load = "load average unknown"
     return (
         f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{load}; {CLOCK_NAMES[clock]}; {rounds} interleaved rounds of {what}; "
+        f"{load}; {CLOCK_NAMES[clock]}; {rounds} interleaved round{'s' * (rounds != 1)} of {what}; "
         "figures are median (min-max) over the rounds"
     )

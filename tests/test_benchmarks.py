@@ -202,3 +202,31 @@ def test_bench_mmu_quick_prints_every_operation_ratios_goals_and_batch() -> None
         assert goal(out, name) > 0
         assert len(figures(row(out, name))) == 1
     assert "0.00 s" not in out
+
+
+def test_bench_faultin_quick_prints_one_table_with_cost_per_mib_and_the_goal() -> None:
+    out = run_bench("bench_faultin.py")
+    for mib in (4, 8, 16):
+        line = row(out, f"{mib} MiB")
+        assert f"| {mib * 256:,} |" in line  # one fault per 4 KiB page
+        assert len(figures(line)) == 6  # CPU, wall, per MiB, per fault, two RSS
+    assert re.search(r"^cost per MiB, 16 MiB / 4 MiB: [\d.]+x", out, re.MULTILINE)
+    assert goal(out, "1 GiB fault-in, CPU time") > 0
+    assert "estimated from 16 MiB" in out  # a quick run says its 1 GiB figure is an estimate
+
+
+def test_bench_widgets_quick_times_one_move_per_widget_and_gives_the_goal() -> None:
+    out = run_bench("bench_widgets.py")
+    for widget in ("l01 walk", "l02 steps", "l03 role", "l04 gfn", "l05 table writes"):
+        assert any(line.startswith(f"| {widget} |") for line in out.splitlines()), widget
+    rows = [line for line in out.splitlines() if line.startswith("| l0")]
+    assert len(rows) >= 9 and all(len(figures(line)) == 2 for line in rows)
+    assert goal(out, "slowest widget update, median") > 0
+    assert re.search(r"^over 100 ms \(median\): ", out, re.MULTILINE)
+
+
+def test_bench_notebooks_quick_runs_a_notebook_and_nbval_over_it() -> None:
+    out = run_bench("bench_notebooks.py")
+    assert len(figures(row(out, "00_welcome.ipynb"))) == 1
+    assert goal(out, "slowest notebook, top to bottom") > 0
+    assert goal(out, "strict nbval over 1 notebooks") > 0

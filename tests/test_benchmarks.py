@@ -230,3 +230,13 @@ def test_bench_notebooks_quick_runs_a_notebook_and_nbval_over_it() -> None:
     assert len(figures(row(out, "00_welcome.ipynb"))) == 1
     assert goal(out, "slowest notebook, top to bottom") > 0
     assert goal(out, "strict nbval over 1 notebooks") > 0
+
+
+def test_bench_host_quick_compares_kvm_and_kvmmu_or_says_why_not() -> None:
+    out = run_bench("bench_host.py")
+    if out.startswith("skipped: "):  # no usable /dev/kvm here: the reason is the output
+        assert len(out.strip()) > len("skipped: ")
+        return
+    for machine in ("host KVM", "kvmmu"):
+        assert re.fullmatch(r"\| .+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \|", row(out, machine))
+    assert re.search(r"^KVM / kvmmu: [\d.]+x median of per-round ratios", out, re.MULTILINE)

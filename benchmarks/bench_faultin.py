@@ -37,6 +37,11 @@ QUICK_SIZES = (4, 8, 16)
 GOAL_SECONDS = 10.0  # a 1 GiB guest (issue 16)
 
 
+def label(mib: int) -> str:
+    """``64 MiB``, ``1 GiB``."""
+    return f"{mib >> 10} GiB" if mib % 1024 == 0 else f"{mib} MiB"
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set so far, MiB (Linux reports ru_maxrss in KiB)."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = tuple(args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES))
     rounds = rounds_of(args, 3)
-    what = "one subprocess per size (" + ", ".join(f"{s} MiB" for s in sizes) + ")"
+    what = "one subprocess per size (" + ", ".join(map(label, sizes)) + ")"
     print(header(rounds, "cpu", what).replace("; CPU time", "; CPU time of the loop", 1))
     reports: dict[int, list[dict[str, float]]] = {s: [] for s in sizes}
     for r in range(rounds):
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         per_mib[mib] = Spread.of(run["cpu_s"] * 1e3 / mib for run in runs)
         rows.append(
             (
-                f"{mib} MiB",
+                label(mib),
                 f"{int(runs[0]['faults']):,}",
                 cpu.format(),
                 Spread.of(run["wall_s"] for run in runs).format(),
@@ -131,13 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     small, large = sizes[0], sizes[-1]
     growth = per_mib[large].median / per_mib[small].median
-    print(f"cost per MiB, {large} MiB / {small} MiB: {growth:.2f}x (1.00 is linear in the size)")
+    print(
+        f"cost per MiB, {label(large)} / {label(small)}: {growth:.2f}x (1.00 is linear in the size)"
+    )
     if 1024 in reports:
         cpu = Spread.of(run["cpu_s"] for run in reports[1024])
-        print(goal_line("1 GiB fault-in, CPU time", cpu.median, GOAL_SECONDS, "s", cpu.format()))
+        detail = f"min-max {cpu.low:.2f}-{cpu.high:.2f} s"
+        print(goal_line("1 GiB fault-in, CPU time", cpu.median, GOAL_SECONDS, "s", detail))
     else:
         estimate = per_mib[large].median * 1024 / 1e3
-        detail = f"estimated from {large} MiB at {per_mib[large].median:.1f} ms per MiB, linear"
+        per = per_mib[large].median
+        detail = f"estimated from {label(large)} at {per:.1f} ms per MiB, linear"
         print(goal_line("1 GiB fault-in, CPU time", estimate, GOAL_SECONDS, "s", detail))
     return 0
 

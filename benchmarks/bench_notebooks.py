@@ -127,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         sys.exit("no notebook matches")
     rounds = rounds_of(args, 3, quick=1)
-    print(
-        header(rounds, "wall", f"{len(paths)} notebooks, each in a fresh kernel").replace(
-            "wall time", "wall time (the kernel is another process)", 1
-        )
-    )
+    print(header(rounds, "wall", f"{len(paths)} notebooks, each in a fresh kernel"))
     last: dict[Path, nbformat.NotebookNode] = {}
     res = measure([notebook_case(p, last) for p in paths], rounds, clock="wall", warmup=0)
     print()
@@ -162,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 spread.median,
                 GOAL_NBVAL,
                 "s",
-                f"{spread.format()} s, kernel starts included",
+                f"min-max {spread.low:.2f}-{spread.high:.2f} s, kernel starts included",
             )
         )
     return 0

@@ -240,3 +240,20 @@ def test_bench_host_quick_compares_kvm_and_kvmmu_or_says_why_not() -> None:
     for machine in ("host KVM", "kvmmu"):
         assert re.fullmatch(r"\| .+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \|", row(out, machine))
     assert re.search(r"^KVM / kvmmu: [\d.]+x median of per-round ratios", out, re.MULTILINE)
+
+
+def test_bench_mmu_checks_catch_a_run_that_did_not_do_what_its_row_says() -> None:
+    import bench_mmu
+
+    from kvmmu.teaching.workloads import identity_guest
+
+    _, vcpu, _ = identity_guest(4 << 20)
+    vcpu.access(0x1000)  # faulted in: a second read is a TLB hit, no fault
+    trial = bench_mmu.checked(vcpu, bench_mmu.reads(vcpu, [0x1000]), {"pf_fixed": 1})
+    trial.run()
+    with pytest.raises(timing.BenchError, match=r"stats.pf_fixed to grow by 1, it grew by 0"):
+        trial.check()
+    trial = bench_mmu.checked(vcpu, bench_mmu.reads(vcpu, [0x2000]), {"tlb_hits": 1}, ("pf_fixed",))
+    trial.run()  # a fresh page: a miss and a fault
+    with pytest.raises(timing.BenchError, match="tlb_hits to grow by 1"):
+        trial.check()

@@ -1,35 +1,62 @@
-"""Throughput of the simulated shadow MMU, printed as markdown tables.
+"""The simulated MMU's costs, measured side by side and printed as markdown tables with goals.
 
-Run ``python benchmarks/bench_mmu.py`` (``--quick`` for a smaller run). Each case builds a fresh
-guest with ``kvmmu.teaching.workloads`` and times one operation many times; the best of several repeats
-is reported, so the figure is the simulator's cost rather than the machine's noise:
+Run ``python benchmarks/bench_mmu.py`` (``--quick`` for a short run, ``--help`` for options).
+Every case below runs once per round, interleaved with the others by ``timing.py``, and each
+figure is the median over the rounds with the minimum and maximum beside it. Each run is prepared
+untimed (a fresh guest from ``kvmmu.teaching.workloads`` where the operation can happen only
+once) and checked afterwards against the MMU's own counters (``vm.stats``): a fault must have
+grown ``pf_fixed`` by one per operation, a TLB hit ``tlb_hits`` with no miss, and so on, or the
+benchmark stops with a ``BenchError`` instead of printing a figure of something else.
 
-* shadow page faults per second: a 4-level guest touching fresh 4 KiB pages;
-* accesses per second on a TLB hit, and on a TLB miss that the hardware walk of the shadow
-  tables resolves without a fault (the TLB is flushed before each access);
-* CR3 switches per second among 4 address spaces, with the root cache and without it. "Without"
-  calls ``kvmmu.teaching.workloads.drop_prev_roots`` after every switch: the cached previous roots are
-  released (``put_root``) and ``vcpu.prev_roots`` emptied, so every switch looks the root up in
-  the page hash again (``kvm_mmu_get_shadow_page``) instead of taking it from
-  ``prev_roots``; ``vcpu.py`` is not changed;
-* ``sync_page`` cost per page: leaf tables made unsync by one guest PTE store each, then
+* guest walk: ``kvmmu.hw.walk.walk`` (the public, checked walk) of the 4-level identity guest's
+  tables, a read of a 4 KiB page whose entries have their accessed bits set: the unit of the
+  ratios below;
+* shadow page fault: a read of a fresh 4 KiB page of a 4-level guest, through ``Vcpu.access``
+  (TLB miss, hardware walk of the shadow tables, ``page_fault``, retry);
+* TDP page fault: the same on a TDP VM (host huge pages off, so every fault maps 4 KiB);
+* TLB-miss access: a read of a page already faulted in, after a TLB flush: the hardware walk of
+  the shadow tables resolves it, no fault;
+* TLB hit at a 4 KiB, 2 MiB and 1 GiB entry: reads of 64 addresses, each in a different TLB
+  entry of that size (the guest maps with pages of that size and the host backs them with huge
+  pages); ``Tlb.lookup`` tries 4 KiB first, so larger entries cost a probe or two more;
+* CR3 switch among 4 address spaces with the root cache, and without it: after every switch
+  ``kvmmu.teaching.workloads.drop_prev_roots`` releases the cached previous roots, so every
+  switch looks the root up in the page hash (``kvm_mmu_get_shadow_page``) instead;
+* ``sync_page`` per unsync page: leaf tables made unsync by one guest PTE store each, then
   resynced by a CR3 load (``kvm_mmu_sync_roots``);
-* the batch count of a 64 GiB guest, TDP and shadow paging with 4 KiB pages.
+* the batch path (``kvmmu.teaching.batch``) on a 64 GiB guest, which counts what a full touch
+  would build. The TDP figure is a count only, no tables built; the shadow-paging figure includes
+  writing the guest's page tables (numpy) and then counts.
+
+The ratios table gives issue 16's goals: a shadow fault at most 6 walks, a TLB-miss access at
+most 2 walks, a TDP fault at most 1.2 shadow faults, each as the ratio of the two medians of this
+run, with the spread of the per-round ratios beside it.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import platform
 import sys
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from timing import (
+    Case,
+    Results,
+    Trial,
+    add_arguments,
+    expect,
+    goal_line,
+    header,
+    measure,
+    rounds_of,
+    table,
+)
 
 from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.walk import WalkResult, walk
 from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Access, PagingMode
-from kvmmu.kvm.vcpu import Vm
+from kvmmu.kvm.vcpu import Vcpu, Vm
 from kvmmu.teaching.batch import plan_direct, plan_shadow
 from kvmmu.teaching.workloads import (
     KERNEL_BASE,
@@ -39,54 +66,163 @@ from kvmmu.teaching.workloads import (
     identity_guest,
 )
 
-MIB = 1 << 20
+MIB, GIB = 1 << 20, 1 << 30
+HITS = 64  # addresses per TLB-hit run, one TLB entry each (the TLB holds 64)
 
 
-def best(fn: Callable[[], float], repeats: int) -> float:
-    """The smallest of ``repeats`` timings ``fn`` returns."""
-    return min(fn() for _ in range(repeats))
+@dataclass(frozen=True)
+class Sizes:
+    """Operations per run of each case."""
+
+    walks: int
+    faults: int
+    hits: int
+    misses: int
+    switches: int
+    sync_tables: int
 
 
-def bench_faults(n: int) -> float:
-    """Seconds per shadow page fault (4-level guest, fresh 4 KiB pages, reads)."""
-    _, vcpu, _ = identity_guest(n * PAGE_SIZE + 4 * MIB)
-    start = time.perf_counter()
-    for i in range(n):
-        vcpu.access(i * PAGE_SIZE)
-    elapsed = time.perf_counter() - start
-    assert vcpu.vm.stats.pf_fixed == n
-    return elapsed / n
+FULL = Sizes(walks=5120, faults=1000, hits=12800, misses=2000, switches=2000, sync_tables=32)
+QUICK = Sizes(walks=256, faults=64, hits=640, misses=128, switches=64, sync_tables=4)
 
 
-def bench_hits(n: int) -> float:
-    """Seconds per access that hits the TLB."""
+def checked(
+    vcpu: Vcpu, run: Callable[[], object], grows: dict[str, int], same: tuple[str, ...] = ()
+) -> Trial:
+    """A trial whose check wants each ``vm.stats`` counter in ``grows`` to have grown by exactly
+    that much during the run, and those in ``same`` not to have moved."""
+    stats = vcpu.vm.stats
+    before = {name: getattr(stats, name) for name in (*grows, *same)}
+
+    def check() -> None:
+        for name, delta in grows.items():
+            moved = getattr(stats, name) - before[name]
+            expect(moved == delta, f"stats.{name} to grow by {delta}, it grew by {moved}")
+        for name in same:
+            expect(getattr(stats, name) == before[name], f"stats.{name} unchanged")
+
+    return Trial(run, check)
+
+
+def reads(vcpu: Vcpu, gvas: list[int]) -> Callable[[], None]:
+    """A run: one supervisor read of each of ``gvas`` through ``Vcpu.access``; each must land."""
+
+    def run() -> None:
+        access = vcpu.access
+        for gva in gvas:
+            out = access(gva)
+            if out.__class__ is not int:
+                expect(False, f"a read of {gva:#x} to land, got {out!r}")
+
+    return run
+
+
+# -- the unit: one guest walk -----------------------------------------------------------------
+
+
+def walk_case(n: int) -> Case:
+    """Public 4-level read walks of 4 KiB pages over warmed guest tables (A bits set)."""
+    _, vcpu, pt = identity_guest(16 * MIB)
+    assert pt is not None
+    memory, cpu = vcpu.vm.memory, vcpu.cpu
+    gvas = [(i * 0x11000) % (12 * MIB) for i in range(256)]
+    for gva in gvas:
+        walk(memory, cpu, gva)  # sets the accessed bits, fills the walker's caches
+    passes = max(1, n // len(gvas))
+    last: list[object] = [None]
+
+    def run() -> None:
+        for _ in range(passes):
+            for gva in gvas:
+                last[0] = walk(memory, cpu, gva, Access.READ)
+
+    def check() -> None:
+        result = last[0]
+        expect(isinstance(result, WalkResult) and result.level == 1, "a 4 KiB translation")
+
+    return Case.plain("guest walk (4-level, 4 KiB)", run, passes * len(gvas), check)
+
+
+# -- faults -------------------------------------------------------------------------------------
+
+PREFETCH_GROUP = 8  # PTE_PREFETCH_NUM: one measured fault per aligned group of 8 sptes
+
+
+def fault_case(name: str, n: int, *, tdp: bool) -> Case:
+    """Reads of ``n`` fresh 4 KiB pages, each a fault fixed by the MMU (``pf_fixed`` + 1 each).
+
+    The guest's tables are in place and, before the run, the first page of every 2 MiB is read
+    once: that builds the shadow (or TDP) page tables above the leaves and, under TDP, maps the
+    guest's table frames, so each measured read takes exactly one fault, at its leaf. The pages
+    are 8 apart, one per prefetch group, so prefetching (on, as by default) cannot answer one.
+    """
+    size = (n * PREFETCH_GROUP * PAGE_SIZE * 2 + 4 * MIB) // (2 * MIB) * (2 * MIB)
+    step = PREFETCH_GROUP * PAGE_SIZE
+    gvas = [gva for gva in range(step, size, step) if gva % (2 * MIB)][:n]
+    expect(len(gvas) == n, f"{n} fresh pages in a {size >> 20} MiB guest")
+
+    def prepare() -> Trial:
+        _, vcpu, _ = identity_guest(size, tdp=tdp)
+        reads(vcpu, list(range(0, size, 2 * MIB)))()
+        return checked(vcpu, reads(vcpu, gvas), {"pf_fixed": n, "tlb_misses": n})
+
+    return Case(name, prepare, n)
+
+
+def miss_case(n: int) -> Case:
+    """Reads of pages already faulted in, the TLB flushed before each: no fault, a shadow walk."""
     _, vcpu, _ = identity_guest(8 * MIB)
-    vcpu.access(0x1000)
-    start = time.perf_counter()
-    for _ in range(n):
-        vcpu.access(0x1000)
-    return (time.perf_counter() - start) / n
+    pages = [i * PAGE_SIZE for i in range(256)]
+    reads(vcpu, pages)()
+    gvas = [pages[i % len(pages)] for i in range(n)]
+    flush = vcpu.tlb.flush
+
+    def run() -> None:
+        access = vcpu.access
+        for gva in gvas:
+            flush()
+            access(gva)
+
+    def prepare() -> Trial:
+        return checked(vcpu, run, {"tlb_misses": n}, ("pf_fixed", "pf_taken", "tlb_hits"))
+
+    return Case("access, TLB miss (shadow walk, no fault)", prepare, n)
 
 
-def bench_misses(n: int) -> float:
-    """Seconds per access that misses the TLB and walks the shadow tables (no fault)."""
-    _, vcpu, _ = identity_guest(8 * MIB)
-    pages = 256
-    for i in range(pages):
-        vcpu.access(i * PAGE_SIZE)
-    faults = vcpu.vm.stats.pf_fixed
-    start = time.perf_counter()
-    for i in range(n):
-        vcpu.tlb.flush()
-        vcpu.access((i % pages) * PAGE_SIZE)
-    elapsed = time.perf_counter() - start
-    assert vcpu.vm.stats.pf_fixed == faults
-    return elapsed / n
+# -- TLB hits at each entry size ----------------------------------------------------------------
+
+HIT_SIZES = ((1, PAGE_SIZE, "4 KiB"), (2, 2 * MIB, "2 MiB"), (3, GIB, "1 GiB"))
+
+
+def hit_case(level: int, page: int, label: str, n: int) -> Case:
+    """Reads of 64 addresses, each in its own TLB entry of ``page`` bytes (every entry hit).
+
+    The guest maps everything with pages of that size and the host backs memory with huge
+    pages; the guest's own tables sit in one more page at the top, left untouched, so no entry
+    is split around them. Before the run each address is read once (faults, TLB fills).
+    """
+    _, vcpu, _ = identity_guest((HITS + 1) * page, page_size=page, huge_pages=True)
+    addresses = [k * page + (k * 0x1_2340 % page & ~7) for k in range(HITS)]
+    reads(vcpu, addresses)()
+    levels = {key[1] for key in vcpu.tlb.entries}
+    expect(levels == {level} and len(vcpu.tlb) == HITS, f"{HITS} TLB entries of {label}")
+    passes = max(1, n // HITS)
+    gvas = addresses * passes
+
+    def prepare() -> Trial:
+        return checked(vcpu, reads(vcpu, gvas), {"tlb_hits": len(gvas)}, ("tlb_misses",))
+
+    return Case(f"access, TLB hit, {label} entry", prepare, len(gvas))
+
+
+# -- CR3 switches and sync ----------------------------------------------------------------------
 
 
 def _processes(count: int) -> tuple[Vm, list[GuestPageTables]]:
     vm = Vm(32 * MIB, huge_pages=False)
-    npages = vm.memory.slots.get(0).npages
+    slot = vm.memory.slots.get(0)
+    assert slot is not None
+    npages = slot.npages
     tables = []
     for i in range(count):
         pt = GuestPageTables(
@@ -98,26 +234,43 @@ def _processes(count: int) -> tuple[Vm, list[GuestPageTables]]:
     return vm, tables
 
 
-def bench_switches(n: int, *, root_cache: bool) -> float:
-    """Seconds per CR3 switch among 4 address spaces (each touched once first)."""
+def switch_case(n: int, *, root_cache: bool) -> Case:
+    """CR3 switches among 4 address spaces, each touched once before."""
     vm, tables = _processes(4)
     vcpu = vm.create_vcpu(tables[0].cpu())
     for pt in tables:
         vcpu.set_cr3(pt.cr3)
         vcpu.access(USER_BASE, Access.READ, cpl=3)
-    start = time.perf_counter()
-    for i in range(n):
-        vcpu.set_cr3(tables[i % 4].cr3)
-        if not root_cache:
-            drop_prev_roots(vcpu)
-    return (time.perf_counter() - start) / n
+    cr3s = [tables[i % 4].cr3 for i in range(1, n + 1)]  # never the current one
+
+    def run() -> None:
+        for cr3 in cr3s:
+            vcpu.set_cr3(cr3)
+            if not root_cache:
+                drop_prev_roots(vcpu)
+
+    def prepare() -> Trial:
+        vcpu.set_cr3(tables[0].cr3)
+        if root_cache:  # every switch finds its root among the cached previous roots
+            return checked(vcpu, run, {"root_cache_hits": n}, ("root_cache_misses",))
+        drop_prev_roots(vcpu)
+        return checked(vcpu, run, {"root_cache_misses": n}, ("root_cache_hits",))
+
+    name = "CR3 switch, root cache" if root_cache else "CR3 switch, no root cache"
+    return Case(name, prepare, n)
 
 
-def bench_sync(tables_count: int, rounds: int) -> float:
-    """Seconds per unsync page resynced on a CR3 load."""
+def sync_case(tables_count: int) -> Case:
+    """One CR3 load resyncing ``tables_count`` unsync leaf tables; per page synced.
+
+    Before each run (untimed) the guest stores to one PTE of each leaf table, which makes it
+    unsync; the run is the CR3 load alone (``kvm_mmu_sync_roots``, ``sync_page`` per page).
+    """
     vm = Vm(64 * MIB, huge_pages=False, allow_unsync=True)
-    npages = vm.memory.slots.get(0).npages
-    pt = GuestPageTables(vm.memory, PagingMode.LEVEL4, table_gfns=range(npages - 64, npages))
+    slot = vm.memory.slots.get(0)
+    assert slot is not None
+    npages = slot.npages
+    pt = GuestPageTables(vm.memory, PagingMode.LEVEL4, table_gfns=range(npages - 96, npages))
     pt.map(KERNEL_BASE, 0, 2 * MIB, length=64 * MIB)
     gvas = [USER_BASE + (k << 21) for k in range(tables_count)]  # one leaf table each
     for k, gva in enumerate(gvas):
@@ -126,77 +279,129 @@ def bench_sync(tables_count: int, rounds: int) -> float:
     pte_gpas = []
     for gva in gvas:
         vcpu.access(gva, Access.READ, cpl=3)
-        table = pt.entry(gva, 2) & ~0xFFF & ((1 << 52) - 1)
-        pte_gpas.append(table)
-    total = 0.0
-    synced = 0
-    for _ in range(rounds):
+        pte_gpas.append(pt.entry(gva, 2) & ~0xFFF & ((1 << 52) - 1))
+
+    def prepare() -> Trial:
         for gpa in pte_gpas:  # one store per leaf table: it goes unsync
             entry = vm.memory.read(gpa)
             vcpu.write(KERNEL_BASE + gpa, entry ^ (1 << 9), 8, cpl=0)
-        before = vm.stats.sync_pages
-        start = time.perf_counter()
-        vcpu.set_cr3(pt.cr3)
-        total += time.perf_counter() - start
-        synced += vm.stats.sync_pages - before
-    assert synced == tables_count * rounds, (synced, tables_count * rounds)
-    return total / synced
+        return checked(vcpu, lambda: vcpu.set_cr3(pt.cr3), {"sync_pages": tables_count})
+
+    return Case("sync_page on CR3 load, per page", prepare, tables_count)
 
 
-def bench_batch_64g() -> tuple[float, float]:
-    """Seconds for the batch counts of a 64 GiB guest: TDP, and shadow paging with 4 KiB pages
-    (including writing the guest's 32834 table pages)."""
-    start = time.perf_counter()
-    vm = Vm(64 << 30, tdp=True, n_max_mmu_pages=1 << 20)
-    plan_direct(vm.create_vcpu(), max_level=1, detail=False).summary()
-    tdp = time.perf_counter() - start
-    start = time.perf_counter()
-    vm = Vm(64 << 30, n_max_mmu_pages=1 << 20)
-    plan_shadow(fast_identity_tables(vm, 64 << 30, PAGE_SIZE), detail=False).summary()
-    return tdp, time.perf_counter() - start
+# -- the batch path on 64 GiB -------------------------------------------------------------------
+
+BATCH_SIZE = 64 * GIB
+BATCH_PAGES = BATCH_SIZE >> PAGE_SHIFT
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run every case and print the tables."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer operations and repeats")
-    args = parser.parse_args(argv)
-    scale, repeats = (0.2, 2) if args.quick else (1.0, 5)
-    if hasattr(os, "sched_setaffinity"):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    print(f"Python {platform.python_version()} on {platform.machine()}, one core\n")
-    rows = [
-        (
-            "shadow page fault (4-level, 4 KiB)",
-            best(lambda: bench_faults(int(2000 * scale)), repeats),
-        ),
-        ("access, TLB hit", best(lambda: bench_hits(int(50000 * scale)), repeats)),
-        ("access, TLB miss, shadow walk", best(lambda: bench_misses(int(5000 * scale)), repeats)),
-        (
-            "CR3 switch, root cache",
-            best(lambda: bench_switches(int(4000 * scale), root_cache=True), repeats),
-        ),
-        (
-            "CR3 switch, no root cache",
-            best(lambda: bench_switches(int(4000 * scale), root_cache=False), repeats),
-        ),
-        (
-            "sync_page on CR3 load, per page",
-            best(lambda: bench_sync(16, max(2, int(10 * scale))), repeats),
-        ),
+def batch_cases() -> list[Case]:
+    """The batch counts of a 64 GiB guest; each check compares the counts with what they must be.
+
+    TDP with 4 KiB leaves: 1 + 1 + 64 + 32768 direct pages and one leaf spte per 4 KiB page,
+    counted, no tables built. Shadow paging of 4 KiB guest pages: the guest's tables written
+    first (numpy), then the same count of shadow pages and leaves (the tables map themselves).
+    """
+    want_pages = 1 + 1 + (BATCH_SIZE >> 30) + (BATCH_SIZE >> 21)
+
+    def tdp_run() -> object:
+        vm = Vm(BATCH_SIZE, tdp=True, n_max_mmu_pages=1 << 20)
+        return plan_direct(vm.create_vcpu(), max_level=1, detail=False).summary()
+
+    def shadow_run() -> object:
+        vm = Vm(BATCH_SIZE, n_max_mmu_pages=1 << 20)
+        return plan_shadow(fast_identity_tables(vm, BATCH_SIZE, PAGE_SIZE), detail=False).summary()
+
+    def case(name: str, fn: Callable[[], object]) -> Case:
+        got: list[object] = []
+
+        def check() -> None:
+            summary = got[-1]
+            pages = getattr(summary, "n_pages", None)
+            leaves = getattr(summary, "leaves", {}).get(1)
+            expect(pages == want_pages, f"{want_pages} shadow pages counted, got {pages}")
+            expect(leaves == BATCH_PAGES, f"{BATCH_PAGES} leaf sptes counted, got {leaves}")
+
+        return Case.plain(name, lambda: got.append(fn()), 1, check)
+
+    return [
+        case("TDP, 4 KiB leaves: count only, no tables built", tdp_run),
+        case("shadow, 4 KiB guest pages: guest tables written, then counted", shadow_run),
     ]
-    print("| operation | per second | microseconds each |")
-    print("| --- | ---: | ---: |")
-    for name, seconds in rows:
-        print(f"| {name} | {1 / seconds:,.0f} | {seconds * 1e6:,.1f} |")
-    tdp, shadow = min(bench_batch_64g() for _ in range(max(1, repeats // 2)))
-    print("\n| batch count of a 64 GiB guest | seconds |")
-    print("| --- | ---: |")
-    print(f"| TDP, 4 KiB leaves (32834 pages, 16M leaf sptes) | {tdp:.2f} |")
-    print(f"| shadow paging, 4 KiB guest pages (tables written too) | {shadow:.2f} |")
-    sys.stdout.flush()
+
+
+# -- report -------------------------------------------------------------------------------------
+
+WALK = "guest walk (4-level, 4 KiB)"
+SHADOW = "shadow page fault (4-level, 4 KiB)"
+TDP = "TDP page fault (4-level guest, 4 KiB)"
+MISS = "access, TLB miss (shadow walk, no fault)"
+RATIOS = (
+    ("shadow fault / walk", SHADOW, WALK, 6.0, "walks"),
+    ("TLB-miss access / walk", MISS, WALK, 2.0, "walks"),
+    ("TDP fault / shadow fault", TDP, SHADOW, 1.2, "x"),
+)
+
+
+def ratio_rows(res: Results) -> tuple[list[tuple[str, ...]], list[str]]:
+    """The ratios table and its goal lines."""
+    rows, goals = [], []
+    for label, num, den, goal, unit in RATIOS:
+        value = res.ratio_of_medians(num, den)
+        spread = res.ratio(num, den)
+        rows.append(
+            (
+                label,
+                f"{value:.2f}",
+                spread.format(),
+                f"<= {goal:g}",
+                "met" if value <= goal else "NOT met",
+            )
+        )
+        goals.append(goal_line(label, value, goal, unit, f"per-round {spread.format()}"))
+    return rows, goals
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every case, interleaved, and print the tables and the goal lines."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    add_arguments(parser, rounds=7)
+    parser.add_argument("--no-batch", action="store_true", help="skip the 64 GiB batch figures")
+    args = parser.parse_args(argv)
+    rounds = rounds_of(args, 7)
+    n = QUICK if args.quick else FULL
+    cases = [
+        walk_case(n.walks),
+        fault_case(SHADOW, n.faults, tdp=False),
+        fault_case(TDP, n.faults, tdp=True),
+        miss_case(n.misses),
+        *(hit_case(level, page, label, n.hits) for level, page, label in HIT_SIZES),
+        switch_case(n.switches, root_cache=True),
+        switch_case(n.switches, root_cache=False),
+        sync_case(n.sync_tables),
+    ]
+    print(header(rounds, args.clock, "every operation below"))
+    res = measure(cases, rounds, clock=args.clock)
+    print()
+    rows = []
+    for case in cases:
+        us = res.spread(case.name).scaled(1e6)
+        rows.append((case.name, case.ops, us.format(), f"{1e6 / us.median:,.0f}"))
+    print(table(("operation", "ops per run", "µs each", "per second (median)"), rows))
+    print()
+    ratios, goals = ratio_rows(res)
+    print(table(("ratio", "of medians", "per round", "goal", ""), ratios))
+    print()
+    print("\n".join(goals))
+    if not args.no_batch:
+        batch = batch_cases()
+        bres = measure(batch, max(1, min(rounds, 3)), clock=args.clock, warmup=0)
+        print()
+        rows = [(c.name, bres.spread(c.name).scaled(1e3).format(1)) for c in batch]
+        print(table((f"batch path, 64 GiB guest ({bres.rounds} rounds)", "ms"), rows))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

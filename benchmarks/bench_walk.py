@@ -1,30 +1,31 @@
 """The guest page-table walker's cost: ``walk`` and ``walk_unchecked`` against a minimal walk.
 
-Run ``python benchmarks/bench_walk.py`` (``--help`` for options). The script pins itself to one
-CPU where the OS allows it and builds one set of guest page tables per case straight into
-``GuestMemory`` (it does not use ``kvmmu.hw.guest``). Every mapped address is walked once first,
-so the accessed bits are set and the walker's per-register context and table views are cached.
-Then, in each repeat, the same read walks are timed with each contestant in turn (the order
-rotates from repeat to repeat), so the ratios compare runs made side by side in one process.
+Run ``python benchmarks/bench_walk.py`` (``--quick`` for a short run, ``--help`` for options).
+The script builds one set of guest page tables per case straight into ``GuestMemory`` (it does
+not use ``kvmmu.hw.guest``). Every mapped address is walked once first, so the accessed bits are
+set and the walker's per-register context and table views are cached. Then the same read walks
+over 64 addresses are timed with each contestant, interleaved in rounds by ``timing.py`` (the
+order rotates from round to round), so the ratios compare runs made side by side in one process.
 
-Two tables are printed, each figure the median over the repeats with the minimum and maximum:
+Two tables are printed, each figure the median over the rounds with the minimum and maximum:
 
 * 4-level paging with 4 KiB, 2 MiB and 1 GiB leaves: microseconds per walk of the
   :func:`reference_walk` below, of ``walk_unchecked`` (the MMU's path) and of ``walk`` (the
-  public one, which checks its arguments first), and their ratios to the reference;
+  public one, which checks its arguments first), and their per-round ratios to the reference;
 * every paging mode: microseconds per walk of ``walk``.
+
+Then the goal line of issue 16: the MMU's 4-level walk (``walk_unchecked``, 4 KiB leaves, four
+entries read) within 1.5x of the reference, the median of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from timing import Case as Timed
+from timing import Results, add_arguments, expect, goal_line, header, measure, rounds_of, table
 
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.walk import CpuState, WalkResult, cpu_for_mode, load_cr3, walk, walk_unchecked
@@ -160,10 +161,10 @@ def reference_views(memory: GuestMemory, cpu: CpuState, gvas: list[int]) -> dict
     for gva in gvas:
         result = walk(memory, cpu, gva, set_ad=False)
         assert isinstance(result, WalkResult), result
-        for table in result.table_gpas():
-            words = memory.table_words(table >> 12)
+        for gpa in result.table_gpas():
+            words = memory.table_words(gpa >> 12)
             assert words is not None
-            views[table >> 12] = words
+            views[gpa >> 12] = words
     return views
 
 
@@ -171,131 +172,137 @@ def reference_views(memory: GuestMemory, cpu: CpuState, gvas: list[int]) -> dict
 # Timing
 # --------------------------------------------------------------------------------------------
 
-
-def median_range(values: list[float]) -> tuple[float, float, float]:
-    """(median, min, max) of ``values``."""
-    return statistics.median(values), min(values), max(values)
+GOAL = 1.5  # walk_unchecked / reference, 4-level, 4 KiB leaves (issue 16)
+ADDRESSES = 64  # mapped addresses per case, walked round-robin
 
 
-def fmt(stat: tuple[float, float, float], digits: int = 2) -> str:
-    """``median (min-max)`` with ``digits`` decimals."""
-    med, lo, hi = stat
-    return f"{med:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
-
-
-def interleaved(
-    contestants: dict[str, Callable[[], None]], repeats: int, per_call: int
-) -> dict[str, list[float]]:
-    """Microseconds per operation of each contestant in each repeat, run in rotating order."""
-    names = list(contestants)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            contestants[name]()
-            times[name].append((time.perf_counter() - start) * 1e6 / per_call)
-    return times
-
-
-def bench_reference(case: Case, walks: int, repeats: int) -> dict[str, list[float]]:
-    """Reference, walk_unchecked and walk on one 4-level case, interleaved."""
-    mem, cpu, gvas = build(case, 64)
-    for gva in gvas:  # warm: set A bits, build the context and the table-view cache
-        result = walk(mem, cpu, gva)
-        assert isinstance(result, WalkResult) and result.level == case.leaf_level, result
-    views = reference_views(mem, cpu, gvas)
+def warmed(case: Case) -> tuple[GuestMemory, CpuState, list[int]]:
+    """The case's tables, every address walked once (A bits set, caches filled)."""
+    mem, cpu, gvas = build(case, ADDRESSES)
     for gva in gvas:
+        result = walk(mem, cpu, gva)
+        if not isinstance(result, WalkResult) or result.level != case.leaf_level:
+            raise SystemExit(f"{case.name} {case.page}: the warm-up walk gave {result!r}")
+    return mem, cpu, gvas
+
+
+def bench_reference(case: Case, walks: int, rounds: int, clock: str = "cpu") -> Results:
+    """Reference, walk_unchecked and walk on one 4-level case, interleaved."""
+    mem, cpu, gvas = warmed(case)
+    views = reference_views(mem, cpu, gvas)
+    for gva in gvas:  # the reference answers as walk does, or the comparison is void
         want = walk(mem, cpu, gva)
-        assert isinstance(want, WalkResult) and reference_walk(views, cpu.cr3, gva, False) == (
-            want.gpa
-        )
-    rounds = max(1, walks // len(gvas))
+        got = reference_walk(views, cpu.cr3, gva, False)
+        expect(isinstance(want, WalkResult) and got == want.gpa, f"reference gpa of {gva:#x}")
+    passes = max(1, walks // len(gvas))
     read, cr3 = Access.READ, cpu.cr3
+    last: list[object] = [None]
 
     def run_reference() -> None:
-        for _ in range(rounds):
+        for _ in range(passes):
             for gva in gvas:
-                reference_walk(views, cr3, gva, False)
+                last[0] = reference_walk(views, cr3, gva, False)
 
     def run_unchecked() -> None:
-        for _ in range(rounds):
+        for _ in range(passes):
             for gva in gvas:
-                walk_unchecked(mem, cpu, gva, read)
+                last[0] = walk_unchecked(mem, cpu, gva, read)
 
     def run_walk() -> None:
-        for _ in range(rounds):
+        for _ in range(passes):
             for gva in gvas:
-                walk(mem, cpu, gva, read)
+                last[0] = walk(mem, cpu, gva, read)
 
-    return interleaved(
-        {"reference": run_reference, "walk_unchecked": run_unchecked, "walk": run_walk},
-        repeats,
-        rounds * len(gvas),
-    )
+    def translated() -> None:  # the last walk of the run reached the last address's gpa
+        result = last[0]
+        gpa = result.gpa if isinstance(result, WalkResult) else result
+        expect(gpa == reference_walk(views, cr3, gvas[-1], False), "a translation, no fault")
 
-
-def bench_mode(case: Case, walks: int, repeats: int) -> list[float]:
-    """Microseconds per public walk in one mode, per repeat."""
-    mem, cpu, gvas = build(case, 64)
-    for gva in gvas:
-        result = walk(mem, cpu, gva)
-        assert isinstance(result, WalkResult) and result.level == case.leaf_level, result
-    rounds = max(1, walks // len(gvas))
-    read = Access.READ
-
-    def run() -> None:
-        for _ in range(rounds):
-            for gva in gvas:
-                walk(mem, cpu, gva, read)
-
-    return interleaved({"walk": run}, repeats, rounds * len(gvas))["walk"]
+    ops = passes * len(gvas)
+    contestants = [
+        Timed.plain("reference", run_reference, ops, translated),
+        Timed.plain("walk_unchecked", run_unchecked, ops, translated),
+        Timed.plain("walk", run_walk, ops, translated),
+    ]
+    return measure(contestants, rounds, clock=clock)
 
 
-def ratios(num: list[float], den: list[float]) -> tuple[float, float, float]:
-    """Per-repeat ratios of two interleaved series, as (median, min, max)."""
-    return median_range([a / b for a, b in zip(num, den, strict=True)])
+def bench_modes(walks: int, rounds: int, clock: str = "cpu") -> Results:
+    """Public walks in every mode, interleaved; case names are the row labels."""
+    contestants = []
+    for case in CASES:
+        mem, cpu, gvas = warmed(case)
+        passes = max(1, walks // len(gvas))
 
+        def run(
+            mem: GuestMemory = mem,
+            cpu: CpuState = cpu,
+            gvas: list[int] = gvas,
+            passes: int = passes,
+        ) -> None:
+            for _ in range(passes):
+                for gva in gvas:
+                    walk(mem, cpu, gva, Access.READ)
 
-def pin_to_one_cpu() -> str:
-    """Run on a single CPU where the OS supports affinity; say which."""
-    if hasattr(os, "sched_setaffinity") and hasattr(os, "sched_getaffinity"):
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return f"pinned to CPU {cpu}"
-    return "not pinned (no sched_setaffinity here)"
+        contestants.append(Timed.plain(f"{case.name}, {case.page}", run, passes * len(gvas)))
+    return measure(contestants, rounds, clock=clock)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run both tables and print them as markdown."""
+    """Run both tables and print them as markdown, then the goal line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--walks", type=int, default=20_000, help="walks per repeat and case")
-    parser.add_argument("--repeats", type=int, default=9, help="repeats (median and min-max)")
+    parser.add_argument("--walks", type=int, default=None, help="walks per run (20000; 640 quick)")
+    add_arguments(parser, rounds=9)
     args = parser.parse_args(argv)
-    pinned = pin_to_one_cpu()
-    print(
-        f"Python {platform.python_version()} on {platform.machine()}, {pinned}; "
-        f"{args.repeats} repeats x {args.walks} read walks over 64 warmed addresses; "
-        "median (min-max)\n"
-    )
-    print(
-        "| 4-level, leaf | reference µs | walk_unchecked µs | walk µs "
-        "| walk_unchecked / reference | walk / reference |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    rounds = rounds_of(args, 9)
+    walks = args.walks or (640 if args.quick else 20_000)
+    print(header(rounds, args.clock, f"{walks} read walks over {ADDRESSES} warmed addresses"))
+    print()
+    rows = []
+    headline = None
     for case in LEVEL4_CASES:
-        t = bench_reference(case, args.walks, args.repeats)
-        ref, fast, public = t["reference"], t["walk_unchecked"], t["walk"]
-        print(
-            f"| {case.page} | {fmt(median_range(ref))} | {fmt(median_range(fast))} "
-            f"| {fmt(median_range(public))} | {fmt(ratios(fast, ref))} "
-            f"| {fmt(ratios(public, ref))} |"
+        res = bench_reference(case, walks, rounds, args.clock)
+        us = {name: res.spread(name).scaled(1e6).format() for name in res.samples}
+        fast, public = res.ratio("walk_unchecked", "reference"), res.ratio("walk", "reference")
+        rows.append(
+            (
+                case.page,
+                us["reference"],
+                us["walk_unchecked"],
+                us["walk"],
+                fast.format(),
+                public.format(),
+            )
         )
-    print("\n| mode | page | entries read | walk µs | walks/s (median) |")
-    print("| --- | --- | ---: | ---: | ---: |")
+        if case.leaf_level == 1:
+            headline = fast
+    print(
+        table(
+            (
+                "4-level, leaf",
+                "reference µs",
+                "walk_unchecked µs",
+                "walk µs",
+                "walk_unchecked / reference",
+                "walk / reference",
+            ),
+            rows,
+        )
+    )
+    print()
+    modes = bench_modes(walks, rounds, args.clock)
+    rows = []
     for case in CASES:
-        stat = median_range(bench_mode(case, args.walks, args.repeats))
+        stat = modes.spread(f"{case.name}, {case.page}").scaled(1e6)
         levels_read = LEVELS[case.mode] - max(case.leaf_level - 1, 0)
-        print(f"| {case.name} | {case.page} | {levels_read} | {fmt(stat)} | {1e6 / stat[0]:,.0f} |")
+        rows.append((case.name, case.page, levels_read, stat.format(), f"{1e6 / stat.median:,.0f}"))
+    print(table(("mode", "page", "entries read", "walk µs", "walks/s (median)"), rows, right=2))
+    print()
+    assert headline is not None
+    detail = f"per-round ratio min-max {headline.low:.2f}-{headline.high:.2f}"
+    print(
+        goal_line("walk_unchecked / reference, 4-level 4 KiB", headline.median, GOAL, "x", detail)
+    )
     return 0
 
 

@@ -16,6 +16,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from kvmmu.errors import ModeError
+from kvmmu.reference import scenario as scenario_spec
+from kvmmu.teaching.batch import BatchSummary, identity_shadow_summary
 from kvmmu.teaching.draw import DPI, FAULT, MIB_F, SHADOW, TABLE, bar_axes, legend, size_text
 from kvmmu.teaching.experiments import GIB, batch_summary, expected_pages
 from kvmmu.teaching.lessons.l04_lazy_gfns import SavingProblem, check_saving, saving_problem
@@ -79,6 +81,16 @@ def savings_figure(frame: pd.DataFrame) -> Figure:
 # ------------------------------------------------------------------------------------------------
 
 
+def _summary(scenario: str, size: int) -> BatchSummary:
+    """The widget's counts: the batch path with TDP; with shadow paging, the identity guest's
+    counts from its layout, for a slider at 64 GiB would otherwise write and read 32K guest
+    tables on every move."""
+    spec = scenario_spec(scenario)
+    if spec.tdp:
+        return batch_summary(scenario, size)
+    return identity_shadow_summary(size, spec.guest_page_size, spec.host_huge_pages)
+
+
 def savings_view(
     size_gib: int = 4, mode: str = "TDP", page_size: str = "4 KiB"
 ) -> tuple[str, pd.DataFrame, Figure]:
@@ -86,8 +98,10 @@ def savings_view(
 
     ``mode`` is ``"TDP"`` or ``"shadow"``, ``page_size`` ``"4 KiB"`` or ``"2 MiB"`` (the host's
     pages with TDP, the guest's with shadow paging). Counts come from the batch path
-    (:func:`kvmmu.teaching.experiments.batch_summary`); the closed form is checked beside them. No
-    kernel counterpart.
+    (:func:`kvmmu.teaching.experiments.batch_summary`) with TDP, and with shadow paging from the
+    identity guest's layout (:func:`kvmmu.teaching.batch.identity_shadow_summary`, which the
+    tests prove equal to the batch path); the closed form is checked beside them. No kernel
+    counterpart.
     """
     key = (mode, page_size)
     if key not in _SCENARIO_OF:
@@ -97,7 +111,7 @@ def savings_view(
     if isinstance(size_gib, bool) or not isinstance(size_gib, int) or not 1 <= size_gib <= 256:
         raise ModeError(f"size_gib must be an int in 1..256, got {size_gib!r}")
     scenario = _SCENARIO_OF[key]
-    summary = batch_summary(scenario, size_gib * GIB)
+    summary = _summary(scenario, size_gib * GIB)
     raw = summary.memory()
     table = pd.DataFrame(
         {

@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import ipywidgets as widgets
-import matplotlib as mpl
 import numpy as np
 import pandas as pd
-import PIL.Image
 from IPython.display import Image, display
-from matplotlib.backend_bases import FigureCanvasBase
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from kvmmu.errors import KvmmuError
+
+if TYPE_CHECKING:  # matplotlib is imported by the first figure drawn, not by this module
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
 __all__ = ["WIDGET_MEMO", "figure_png", "panel", "render_into", "show", "show_figure", "wire"]
 
@@ -59,6 +59,11 @@ def figure_png(fig: Figure) -> bytes:
     shown (the lessons' figures have none: their tests compare them with the tight save).
     No kernel counterpart.
     """
+    import matplotlib as mpl
+    import PIL.Image
+    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     own = fig.canvas
     if type(own) is not FigureCanvasBase or fig.get_layout_engine() is not None:
         return _tight_png(fig)
@@ -110,10 +115,16 @@ def show(fig: Figure) -> None:
     display({"image/png": png}, raw=True)  # type: ignore[no-untyped-call]
 
 
+def _is_figure(value: object) -> TypeGuard[Figure]:
+    """Whether ``value`` is a matplotlib Figure, without importing matplotlib to find out."""
+    figure = sys.modules.get("matplotlib.figure")
+    return figure is not None and isinstance(value, figure.Figure)
+
+
 def _append(out: Any, value: object) -> None:
     if isinstance(value, str):
         out.append_stdout(value + "\n")
-    elif isinstance(value, Figure):
+    elif _is_figure(value):
         out.append_display_data(Image(data=figure_png(value)))  # type: ignore[no-untyped-call]
     elif isinstance(value, tuple):
         for item in value:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from kvmmu.errors import AddressError, KvmmuError, ModeError
 from kvmmu.hw.capture import Capture, ptdump
@@ -39,10 +38,14 @@ from kvmmu.teaching.draw import (
     acc_text,
     arrow,
     box,
+    new_figure,
     style,
 )
 from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail, ok, parse_int, seeded_rng
 from kvmmu.teaching.ui import wire
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ENTRY_ADDR",
@@ -208,7 +211,7 @@ def walk_tree_figure(
     spec = cpu.mode.spec
     if spec.root_level == 0:
         raise ModeError("with paging off there is no walk to draw; pick a paging mode")
-    fig = Figure(figsize=FIGSIZE_WIDE, dpi=DPI)
+    fig = new_figure(FIGSIZE_WIDE, dpi=DPI)
     style(fig)
     ax = fig.add_subplot()
     ax.set_axis_off()

@@ -9,19 +9,31 @@ themselves are :mod:`kvmmu.teaching.experiments`; the memory is ``kvm_mmu_alloc_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import pandas as pd
-from matplotlib.figure import Figure
 
 from kvmmu.errors import ModeError
 from kvmmu.reference import scenario as scenario_spec
 from kvmmu.teaching.batch import BatchSummary, identity_shadow_summary
-from kvmmu.teaching.draw import DPI, FAULT, MIB_F, SHADOW, TABLE, bar_axes, legend, size_text
+from kvmmu.teaching.draw import (
+    DPI,
+    FAULT,
+    MIB_F,
+    SHADOW,
+    TABLE,
+    bar_axes,
+    legend,
+    new_figure,
+    size_text,
+)
 from kvmmu.teaching.experiments import GIB, batch_summary, expected_pages
 from kvmmu.teaching.lessons.l04_lazy_gfns import SavingProblem, check_saving, saving_problem
 from kvmmu.teaching.ui import WIDGET_MEMO, wire
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ERA_COLOURS",
@@ -50,7 +62,7 @@ _SCENARIO_OF = {
 def savings_figure(frame: pd.DataFrame) -> Figure:
     """Kernel bytes of shadow pages by era against guest size, from
     :func:`kvmmu.teaching.experiments.savings_by_size`; log-log. No kernel counterpart."""
-    fig = Figure(figsize=(7.0, 3.6), dpi=DPI)
+    fig = new_figure((7.0, 3.6), dpi=DPI)
     ax = bar_axes(fig)
     sizes = frame.index.to_numpy(dtype=float)
     # "today" equals "2010 seed" wherever nothing newer saves more: draw it dashed over a wider
@@ -127,7 +139,7 @@ def savings_view(
         f"{scenario}: {summary.n_direct} direct and {summary.n_indirect} indirect shadow pages "
         f"(closed form: {n_direct + n_indirect}, {'agrees' if agree else 'DISAGREES'})"
     )
-    fig = Figure(figsize=(7.0, 2.2), dpi=DPI)
+    fig = new_figure((7.0, 2.2), dpi=DPI)
     ax = bar_axes(fig)
     eras = list(table.index)
     ax.barh(

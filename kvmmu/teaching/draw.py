@@ -10,19 +10,18 @@ these are teaching views of ``mmu_internal.h`` and ``mmutrace.h`` state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.patches import FancyBboxPatch
 
 from kvmmu.hw.x86 import Acc
 from kvmmu.kvm.page import MmuPage
 from kvmmu.kvm.vcpu import Vm
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # matplotlib is imported by the first figure, not by ``import kvmmu...``
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "DIRECT",
@@ -41,6 +40,7 @@ __all__ = [
     "bar_axes",
     "box",
     "legend",
+    "new_figure",
     "role_frame",
     "size_text",
     "style",
@@ -85,6 +85,16 @@ def size_text(nbytes: int) -> str:
     return f"{n / (1 << 30):.2f} GiB"
 
 
+def new_figure(figsize: tuple[float, float], dpi: float = DPI, **kwargs: Any) -> Figure:
+    """A matplotlib Figure (not pyplot's: nothing is kept or shown by itself), imported here on
+    first use, so that a module that only generates or checks exercises (the lab's) does not
+    pay for matplotlib. ``kwargs`` go to ``Figure`` (``layout=...``). No kernel counterpart.
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=dpi, **kwargs)
+
+
 def style(fig: Figure) -> None:
     """A transparent figure background, for light and dark notebooks; no kernel counterpart."""
     fig.patch.set_alpha(0.0)
@@ -92,6 +102,8 @@ def style(fig: Figure) -> None:
 
 def box(ax: Axes, x: float, y: float, w: float, h: float, text: str, colour: str) -> None:
     """A rounded box centred at ``(x, y)`` with white monospace text; no kernel counterpart."""
+    from matplotlib.patches import FancyBboxPatch
+
     ax.add_patch(
         FancyBboxPatch(
             (x - w / 2, y - h / 2),

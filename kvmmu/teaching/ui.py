@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import ipywidgets as widgets
-import matplotlib as mpl
+import numpy as np
 import pandas as pd
 from IPython.display import Image, display
-from matplotlib.backend_bases import FigureCanvasBase
-from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
-from matplotlib.figure import Figure
 
 from kvmmu.errors import KvmmuError
+
+if TYPE_CHECKING:  # matplotlib is imported by the first figure drawn, not by this module
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
 __all__ = ["WIDGET_MEMO", "figure_png", "panel", "render_into", "show", "show_figure", "wire"]
 
@@ -33,32 +35,39 @@ WIDGET_MEMO = 64
 """How many control settings a lesson widget remembers the output of (``wire(memo=...)``)."""
 
 
-_MEASURE: dict[float, RendererAgg] = {}  # dpi -> a renderer that only measures text
 _CANVASES: OrderedDict[tuple[float, float, float], FigureCanvasAgg] = OrderedDict()
-_CANVAS_LIMIT = 16  # canvases kept, by output size: the figures a notebook's widgets redraw
+_CANVAS_LIMIT = 16  # canvases kept, by figure size: the figures a notebook's widgets redraw
+FIGURE_MARGIN = 1.0
+"""Inches drawn around a figure by :func:`figure_png`, for the labels that stick out of it."""
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of the PNGs :func:`figure_png` writes: a few percent larger than level 6, and a
+quarter of the encoding time, which a widget pays on every move."""
 
 
 def figure_png(fig: Figure) -> bytes:
-    """A Figure as PNG bytes (transparent background, the figure's own dpi, cropped tight).
+    """A Figure as PNG bytes: transparent background, the figure's own dpi, cropped tight.
 
-    The bytes are those of ``fig.savefig(..., format="png", transparent=True,
-    bbox_inches="tight")``, for less work: matplotlib measures every text once per renderer,
-    and a tight save makes two fresh renderers (one to find the box, one to draw). Here the box
-    is measured with one renderer kept per dpi, and the figure is drawn on an Agg canvas kept
-    per output size, so a widget redrawing the same labels measures none of them again. A
-    figure with a canvas of its own (pyplot's) or a layout engine (whose layout must run
-    before the box is measured) is saved the plain way. No kernel counterpart.
+    What ``fig.savefig(..., format="png", transparent=True, bbox_inches="tight")`` shows, for
+    less work: a tight save measures every artist with one renderer to find the box, then
+    draws with another. Here the figure is drawn once, with a margin of ``FIGURE_MARGIN``
+    inches around it for what sticks out (a title, tick labels), on an Agg canvas kept per
+    figure size, so a widget redrawing the same labels measures none of them again; the box
+    is then that of the pixels drawn, widened by ``savefig.pad_inches`` as a tight save pads
+    its box (a pixel or two tighter: a tight box bounds each text's line, not its ink). A
+    drawing that reaches the margin's edge, or a figure with a canvas of its own (pyplot's)
+    or a layout engine, is saved the plain way; an artist wholly beyond the margin is not
+    shown (the lessons' figures have none: their tests compare them with the tight save).
+    No kernel counterpart.
     """
-    buffer = io.BytesIO()
+    import matplotlib as mpl
+    import PIL.Image
+    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     own = fig.canvas
     if type(own) is not FigureCanvasBase or fig.get_layout_engine() is not None:
-        fig.savefig(buffer, format="png", transparent=True, bbox_inches="tight")
-        return buffer.getvalue()
-    measure = _MEASURE.get(fig.dpi)
-    if measure is None:
-        measure = _MEASURE[fig.dpi] = RendererAgg(1, 1, fig.dpi)  # type: ignore[no-untyped-call]
-    box = fig.get_tightbbox(measure).padded(mpl.rcParams["savefig.pad_inches"])
-    key = (box.width, box.height, fig.dpi)
+        return _tight_png(fig)
+    key = (fig.bbox.width, fig.bbox.height, fig.dpi)
     canvas = _CANVASES.pop(key, None)
     if canvas is None:
         canvas = FigureCanvasAgg(fig)
@@ -69,9 +78,30 @@ def figure_png(fig: Figure) -> bytes:
     while len(_CANVASES) > _CANVAS_LIMIT:
         _CANVASES.popitem(last=False)
     try:
-        fig.savefig(buffer, format="png", transparent=True, bbox_inches=box)
+        box = fig.bbox_inches.padded(FIGURE_MARGIN)
+        # the pixels are read from the renderer the save drew on; the copy it writes is dropped
+        fig.savefig(io.BytesIO(), format="rgba", transparent=True, bbox_inches=box)
+        rgba = np.asarray(canvas.renderer.buffer_rgba())
     finally:
         fig.set_canvas(own)
+    drawn = rgba[:, :, 3] != 0
+    rows, cols = np.flatnonzero(drawn.any(axis=1)), np.flatnonzero(drawn.any(axis=0))
+    height, width = drawn.shape
+    if not len(rows) or min(rows[0], cols[0]) == 0 or (rows[-1] + 1, cols[-1] + 1) == drawn.shape:
+        return _tight_png(fig)  # nothing drawn, or drawn up to an edge: maybe beyond it
+    pad = round(mpl.rcParams["savefig.pad_inches"] * fig.dpi)
+    top, bottom = max(rows[0] - pad, 0), min(rows[-1] + 1 + pad, height)
+    left, right = max(cols[0] - pad, 0), min(cols[-1] + 1 + pad, width)
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(np.ascontiguousarray(rgba[top:bottom, left:right])).save(
+        buffer, format="png", compress_level=PNG_COMPRESS_LEVEL, dpi=(fig.dpi, fig.dpi)
+    )
+    return buffer.getvalue()
+
+
+def _tight_png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", transparent=True, bbox_inches="tight")
     return buffer.getvalue()
 
 
@@ -85,10 +115,16 @@ def show(fig: Figure) -> None:
     display({"image/png": png}, raw=True)  # type: ignore[no-untyped-call]
 
 
+def _is_figure(value: object) -> TypeGuard[Figure]:
+    """Whether ``value`` is a matplotlib Figure, without importing matplotlib to find out."""
+    figure = sys.modules.get("matplotlib.figure")
+    return figure is not None and isinstance(value, figure.Figure)
+
+
 def _append(out: Any, value: object) -> None:
     if isinstance(value, str):
         out.append_stdout(value + "\n")
-    elif isinstance(value, Figure):
+    elif _is_figure(value):
         out.append_display_data(Image(data=figure_png(value)))  # type: ignore[no-untyped-call]
     elif isinstance(value, tuple):
         for item in value:

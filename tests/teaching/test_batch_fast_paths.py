@@ -96,3 +96,24 @@ def test_summary_mode_refuses_dirty_writable_leaves_over_a_guest_table() -> None
     _vm, vcpu, _ = identity_guest(8 * MIB, dirty=True)
     with pytest.raises(BatchError, match="hold a guest page table"):
         plan_shadow(vcpu, detail=False)
+
+
+@pytest.mark.parametrize("page_size", [4096, 2 * MIB])
+@pytest.mark.parametrize("host_huge_pages", [False, True])
+@pytest.mark.parametrize("size", [2 * MIB, 6 * MIB, 1024 * MIB, 1024 * MIB + 2 * MIB])
+def test_identity_layout_counts_equal_the_batch_path(
+    page_size: int, host_huge_pages: bool, size: int
+) -> None:
+    # 2 MiB: one region, which holds the tables; 1 GiB + 2 MiB: a second PD with one entry
+    vm = Vm(size, huge_pages=host_huge_pages, n_max_mmu_pages=1 << 16)
+    planned = plan_shadow(fast_identity_tables(vm, size, page_size), detail=False).summary()
+    assert batch.identity_shadow_summary(size, page_size, host_huge_pages) == planned
+
+
+def test_identity_layout_counts_refuse_what_the_layout_cannot_build() -> None:
+    with pytest.raises(BatchError, match="multiple of 2 MiB"):
+        batch.identity_shadow_summary(3 * MIB, 4096, True)
+    with pytest.raises(BatchError, match="page_size"):
+        batch.identity_shadow_summary(4 * MIB, 8192, True)
+    with pytest.raises(BatchError, match="host_huge_pages"):
+        batch.identity_shadow_summary(4 * MIB, 4096, "yes")  # type: ignore[arg-type]

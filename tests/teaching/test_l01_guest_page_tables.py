@@ -4,6 +4,8 @@ fix exercises."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from matplotlib.figure import Figure
 from widget_output import controls, shown
@@ -12,6 +14,7 @@ from kvmmu.errors import AddressError, KvmmuError, ModeError
 from kvmmu.hw.capture import load_capture, ptdump
 from kvmmu.hw.walk import PageFault, WalkResult
 from kvmmu.hw.x86 import Access, Pte
+from kvmmu.teaching import ui
 from kvmmu.teaching.lessons import l01_guest_page_tables as lesson
 
 
@@ -122,6 +125,27 @@ def test_walk_widget_can_draw_the_chain(guest) -> None:  # type: ignore[no-untyp
     kinds = [item["output_type"] for item in widget.children[-1].outputs]
     assert kinds == ["stream", "display_data"]
     assert "image/png" in widget.children[-1].outputs[1]["data"]
+
+
+def test_drawn_walk_widget_redraws_what_the_guest_changed_and_only_that(guest) -> None:  # type: ignore[no-untyped-def]
+    memory, pt = guest
+    cpu = pt.cpu()
+    widget = lesson.make_walk_widget(memory, cpu, "0x400123", "read", 3, draw=True)
+    address = controls(widget)[0]
+
+    def picture() -> str:
+        return str(widget.children[-1].outputs[1]["data"]["image/png"])
+
+    first = picture()
+    address.value = "0x7000"  # not mapped: a fault, another picture
+    assert picture() != first
+    address.value = "0x400123"
+    assert picture() == first  # the same walk, the same picture
+    pt.map(0x400000, 0x200000, user=True, writable=False)  # the guest re-points the page
+    address.value = "0x7000"
+    address.value = "0x400123"
+    redrawn = ui.figure_png(lesson.walk_tree_figure(memory, cpu, "0x400123", "read", 3))
+    assert picture() != first and picture() == base64.b64encode(redrawn).decode()
 
 
 def test_address_space_layout_names_the_linux_regions_of_a_real_capture() -> None:

@@ -3,11 +3,18 @@ pages, the pages of a setup and its widget, a real address space shadowed, the r
 
 from __future__ import annotations
 
+import itertools
+
+import pandas as pd
 import pytest
 from widget_output import controls, shown
 
 from kvmmu.errors import KvmmuError, ModeError
 from kvmmu.hw.capture import load_capture
+from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.x86 import Access, PagingMode
+from kvmmu.kvm.vcpu import Vm
+from kvmmu.teaching import draw
 from kvmmu.teaching.lessons import l03_mmu_page_role as lesson
 
 
@@ -131,3 +138,29 @@ def test_role_direct_page_below_a_guest_large_page() -> None:
     found = [lesson.role_problem(s) for s in range(40)]
     assert any(p._role.direct and p._role.level == 1 for p in found)
     assert any(p._role.has_4_byte_gpte for p in found)
+
+
+def _setup_written_in_place(
+    mode: PagingMode, cr0_wp: bool, tdp: bool, large: bool, huge: bool
+) -> pd.DataFrame:
+    """The role setup with the guest's tables written straight into the VM's own memory."""
+    vm = Vm(16 << 20, tdp=tdp, huge_pages=huge)
+    if mode is PagingMode.NONE:
+        vcpu = vm.create_vcpu()
+    else:
+        pt = GuestPageTables(vm.memory, mode, wp=cr0_wp)
+        size = pt.page_sizes[1] if large else pt.page_sizes[0]
+        pt.map(0x400000, 0x400000, size=size, length=4 << 20, user=True)
+        vcpu = vm.create_vcpu(pt.cpu(cpl=3))
+    for gva, kind, cpl in ((0x400000, Access.READ, 3), (0x600000, Access.READ, 3)):
+        assert isinstance(vcpu.access(gva, kind, cpl=cpl), int)
+    assert isinstance(vcpu.access(0x400000, Access.WRITE, cpl=0), int)
+    return draw.role_frame(vm)
+
+
+@pytest.mark.parametrize("mode", list(PagingMode))
+def test_setups_with_copied_guest_tables_equal_tables_written_in_place(mode: PagingMode) -> None:
+    # the guest's tables are written once per guest setup and copied into each host setup
+    for flags in itertools.product((False, True), repeat=4):
+        got = lesson.setup_shadow_pages(mode, *flags)
+        assert got.equals(_setup_written_in_place(mode, *flags)), (mode, flags)

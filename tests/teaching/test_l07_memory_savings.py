@@ -43,3 +43,12 @@ def test_small_savings_print_in_kib_and_today_is_drawn_dashed() -> None:
     lines = {line.get_label(): line for line in lesson.savings_figure(sizes).axes[0].get_lines()}
     today = next(line for label, line in lines.items() if label.startswith("today"))
     assert today.get_linestyle() == "--" and lines["2010 seed"].get_linestyle() == "-"
+
+
+@pytest.mark.parametrize("page_size", ["4 KiB", "2 MiB"])
+def test_shadow_guests_are_priced_from_the_batch_path_counts(page_size: str) -> None:
+    scenario = {"4 KiB": "shadow-4k", "2 MiB": "shadow-2m"}[page_size]
+    summary = X.batch_summary(scenario, 2 << 30)
+    text, table, _ = lesson.savings_view(2, "shadow", page_size)
+    assert f"{summary.n_direct} direct and {summary.n_indirect} indirect" in text
+    assert list(table["shadow pages"]) == list(summary.memory()["pages"])

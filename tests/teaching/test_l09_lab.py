@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from kvmmu.errors import KvmmuError
@@ -46,3 +49,10 @@ def test_hint_uses_the_checker_of_the_named_exercise() -> None:
     assert str(lab.hint("walk", student, {"no": 1})).startswith("not yet: answer not understood")
     with pytest.raises(KvmmuError, match="unknown exercise"):
         lab.hint("walks", student, 0)
+
+
+def test_the_lab_module_loads_without_matplotlib() -> None:
+    # the lab generates and checks exercises and draws nothing: matplotlib waits for a figure
+    code = "import sys, kvmmu.teaching.lessons.l09_lab; print('matplotlib' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

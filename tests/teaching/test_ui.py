@@ -7,7 +7,10 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+import matplotlib as mpl
+import numpy as np
 import pandas as pd
+import PIL.Image
 from matplotlib.figure import Figure
 from widget_output import controls
 
@@ -145,14 +148,45 @@ def _lesson_figures(guest) -> dict[str, Callable[[], Figure]]:  # type: ignore[n
     }
 
 
-def test_figure_png_is_the_tight_save_byte_for_byte_on_every_redraw(guest) -> None:  # type: ignore[no-untyped-def]
+def _ink(png: bytes) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """The transparent margins (top, bottom, left, right) of a PNG and its drawn pixels."""
+    rgba = np.asarray(PIL.Image.open(io.BytesIO(png)).convert("RGBA"))
+    drawn = rgba[:, :, 3] > 0
+    rows, cols = np.flatnonzero(drawn.any(axis=1)), np.flatnonzero(drawn.any(axis=0))
+    height, width = drawn.shape
+    margins = (rows[0], height - 1 - rows[-1], cols[0], width - 1 - cols[-1])
+    return tuple(int(m) for m in margins), rgba[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # type: ignore[return-value]
+
+
+def test_figure_png_shows_what_the_tight_save_shows_and_the_same_bytes_on_every_redraw(
+    guest,
+) -> None:  # type: ignore[no-untyped-def]
+    pad = round(mpl.rcParams["savefig.pad_inches"] * 100)  # the lessons draw at 100 dpi
     for name, make in _lesson_figures(guest).items():
         fig = make()
         own = fig.canvas
         png = ui.figure_png(fig)
-        assert png == _tight_png(make()), name
+        tight = _tight_png(make())
         assert fig.canvas is own, f"{name}: the figure's own canvas is given back"
         assert ui.figure_png(make()) == png, f"{name}: redrawn on the kept canvas"
+        if make().get_layout_engine() is not None:
+            assert png == tight, f"{name}: a laid-out figure is the tight save itself"
+            continue
+        margins, ink = _ink(png)
+        _, tight_ink = _ink(tight)
+        assert margins == (pad, pad, pad, pad), f"{name}: the ink, padded as a tight save pads"
+        rows, cols = ink.shape[0] - tight_ink.shape[0], ink.shape[1] - tight_ink.shape[1]
+        assert abs(rows) <= 1 and abs(cols) <= 1, f"{name}: the tight save's ink, to a pixel"
+        solid, tight_solid = (np.count_nonzero(i[:, :, 3] > 128) for i in (ink, tight_ink))
+        assert abs(solid - tight_solid) <= 0.03 * tight_solid, f"{name}: nothing left out"
+
+
+def test_figure_png_falls_back_to_the_tight_save_for_what_sticks_out_far() -> None:
+    fig = Figure(figsize=(2.0, 1.0), dpi=100)
+    fig.add_subplot().plot([0, 1], [0, 1])
+    # from 1.5 to about 0.5 inches left of the figure: across the edge of the drawn margin
+    fig.text(-0.75, 0.5, "far to the left", transform=fig.transFigure)
+    assert ui.figure_png(fig) == _tight_png(fig)
 
 
 def test_wire_with_memo_shows_a_setting_again_without_producing_it() -> None:

@@ -12,14 +12,15 @@ code it shows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+from IPython.display import Image
 
 from kvmmu.errors import AddressError, KvmmuError, ModeError
 from kvmmu.hw.capture import Capture, ptdump
@@ -39,10 +40,14 @@ from kvmmu.teaching.draw import (
     acc_text,
     arrow,
     box,
+    new_figure,
     style,
 )
 from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail, ok, parse_int, seeded_rng
-from kvmmu.teaching.ui import wire
+from kvmmu.teaching.ui import WIDGET_MEMO, figure_png, wire
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ENTRY_ADDR",
@@ -208,7 +213,7 @@ def walk_tree_figure(
     spec = cpu.mode.spec
     if spec.root_level == 0:
         raise ModeError("with paging off there is no walk to draw; pick a paging mode")
-    fig = Figure(figsize=FIGSIZE_WIDE, dpi=DPI)
+    fig = new_figure(FIGSIZE_WIDE, dpi=DPI)
     style(fig)
     ax = fig.add_subplot()
     ax.set_axis_off()
@@ -387,13 +392,45 @@ def make_walk_widget(
     kind = widgets.Dropdown(options=["read", "write", "fetch"], value=access, description="access")
     level = widgets.Dropdown(options=[0, 3], value=cpl, description="CPL")
 
+    drawn: OrderedDict[Hashable, Image] = OrderedDict()  # walk -> its picture, as a PNG
+
     def produce() -> object:
         trace = walk_text(memory, cpu, text.value, kind.value, level.value)
         if not draw:
             return trace
-        return trace, walk_tree_figure(memory, cpu, text.value, kind.value, level.value)
+        # the memory may change between two moves, so the picture is remembered by what the
+        # walk read, not by the controls' values
+        walked = _walk_for(memory, cpu, text.value, kind.value, level.value)
+        key = _walk_key(cpu, level.value, *walked)
+        picture = drawn.pop(key, None)
+        if picture is None:
+            figure = walk_tree_figure(memory, cpu, text.value, kind.value, level.value)
+            picture = Image(data=figure_png(figure))  # type: ignore[no-untyped-call]
+        drawn[key] = picture
+        while len(drawn) > WIDGET_MEMO:
+            drawn.popitem(last=False)
+        return trace, picture
 
     return wire([text, kind, level], produce)
+
+
+def _walk_key(
+    cpu: CpuState,
+    cpl: int,
+    gva: int,
+    kind: Access,
+    result: WalkResult | PageFault | GeneralProtection,
+) -> Hashable:
+    """Everything :func:`walk_tree_figure` draws: the access, CR3, and each level the walk read."""
+    if isinstance(result, GeneralProtection):
+        return (cpu.mode, cpl, gva, kind, result.reason)
+    steps = result.trace if isinstance(result, WalkResult) else result.steps
+    read = tuple((s.level, s.index, s.entry_gpa, s.entry) for s in steps)
+    if isinstance(result, WalkResult):
+        outcome: tuple[int, ...] = (result.page_size, result.gpa, int(result.access))
+    else:
+        outcome = (int(result.error_code),)
+    return (cpu.mode, cpu.cr3, cpl, gva, kind, read, outcome)
 
 
 # ------------------------------------------------------------------------------------------------

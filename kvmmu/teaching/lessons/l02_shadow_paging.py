@@ -12,11 +12,10 @@ pages with their roles and a recorded trace, are :func:`kvmmu.teaching.draw.role
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import pandas as pd
-from matplotlib.figure import Figure
 
 from kvmmu.errors import KvmmuError, ModeError
 from kvmmu.hw.guest import GuestPageTables
@@ -33,11 +32,15 @@ from kvmmu.teaching.draw import (
     TABLE_NAMES,
     arrow,
     box,
+    new_figure,
     role_frame,
     style,
 )
 from kvmmu.teaching.problems import Check, Problem, fail, ok, parse_int, seeded_rng
 from kvmmu.teaching.ui import panel, render_into
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "DEMO_PROGRAM",
@@ -162,7 +165,7 @@ def shadow_tables_figure(vm: Vm, vcpu: Vcpu) -> Figure:
     guest = _guest_tables(vm.memory, vcpu.cpu)
     pages = [sp for sp in vm.mmu.active if not sp.role.invalid]
     top = max([lv for lv, _, _ in guest] + [sp.level for sp in pages] + [1])
-    fig = Figure(figsize=(11.0, 1.3 * top + 0.8), dpi=DPI)
+    fig = new_figure((11.0, 1.3 * top + 0.8), dpi=DPI)
     style(fig)
     ax = fig.add_subplot()
     ax.set_axis_off()

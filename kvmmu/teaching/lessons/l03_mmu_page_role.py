@@ -21,6 +21,8 @@ import pandas as pd
 from kvmmu.errors import KvmmuError, ModeError
 from kvmmu.hw.capture import Capture, ptdump
 from kvmmu.hw.guest import GuestPageTables
+from kvmmu.hw.memory import GuestMemory
+from kvmmu.hw.walk import CpuState
 from kvmmu.hw.x86 import Acc, Access, PagingMode, Pte
 from kvmmu.kvm.mmu import shadow_path
 from kvmmu.kvm.role import ROLE_LAYOUT, MmuPageRole
@@ -150,6 +152,26 @@ def _mode(mode: str | PagingMode) -> PagingMode:
     raise ModeError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
 
 
+_SETUP_MEMORY = 16 << 20  # the setup guest's memory
+
+
+@pure(maxsize=32)
+def _setup_guest_tables(
+    mode: PagingMode, cr0_wp: bool, large_guest_pages: bool
+) -> tuple[dict[int, bytes], CpuState]:
+    """The setup guest's page tables, as the frames that hold them (by gfn) and its registers.
+
+    The guest side of a setup does not depend on the host's (TDP, huge pages), so the role
+    widget's five setups for one mode write the same 4 MiB map: it is written once, in a
+    memory of the setup's size (the same table frames), and copied into each setup's VM.
+    """
+    memory = GuestMemory(_SETUP_MEMORY)
+    pt = GuestPageTables(memory, mode, wp=cr0_wp)
+    size = pt.page_sizes[1] if large_guest_pages else pt.page_sizes[0]
+    pt.map(0x400000, 0x400000, size=size, length=4 << 20, user=True)
+    return {gfn: memory.page(gfn).tobytes() for gfn in pt.tables}, pt.cpu(cpl=3)
+
+
 @pure()
 def setup_shadow_pages(
     mode: str | PagingMode = PagingMode.LEVEL4,
@@ -168,18 +190,15 @@ def setup_shadow_pages(
     widget asks for every setup one toggle away from the shown one.
     """
     m = _mode(mode)
-    vm = Vm(16 << 20, tdp=tdp, huge_pages=host_huge_pages)
+    vm = Vm(_SETUP_MEMORY, tdp=tdp, huge_pages=host_huge_pages)
     if m is PagingMode.NONE:
         vcpu = vm.create_vcpu()
         base = 0x400000
     else:
-        pt = GuestPageTables(vm.memory, m, wp=cr0_wp)
-        if large_guest_pages:
-            size = pt.page_sizes[1]
-            pt.map(0x400000, 0x400000, size=size, length=4 << 20, user=True)
-        else:
-            pt.map(0x400000, 0x400000, length=4 << 20, user=True)
-        vcpu = vm.create_vcpu(pt.cpu(cpl=3))
+        frames, cpu = _setup_guest_tables(m, cr0_wp, large_guest_pages)
+        for gfn, words in frames.items():
+            vm.memory.page(gfn)[:] = np.frombuffer(words, dtype=np.uint64)
+        vcpu = vm.create_vcpu(cpu)
         base = 0x400000
     for gva, kind, cpl in (
         (base, Access.READ, 3),

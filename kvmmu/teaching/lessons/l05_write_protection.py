@@ -12,20 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import pandas as pd
-from matplotlib.figure import Figure
 
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.x86 import PAGE_SHIFT, Access, PagingMode, Pte
 from kvmmu.kvm.vcpu import Vcpu, Vm
-from kvmmu.teaching.draw import DPI, SHADOW, TABLE, bar_axes
+from kvmmu.teaching.draw import DPI, SHADOW, TABLE, bar_axes, new_figure
 from kvmmu.teaching.lessons.l01_guest_page_tables import ENTRY_ADDR
 from kvmmu.teaching.memo import pure
 from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail, ok, parse_int, seeded_rng
 from kvmmu.teaching.ui import WIDGET_MEMO, wire
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ALT_GPA",
@@ -226,7 +228,7 @@ def table_write_view(
     """
     counters = table_write_workload(pte_rate, pde_rate, unsync=unsync)
     frame = counters.to_frame("count")
-    fig = Figure(figsize=(9.0, 3.0), dpi=DPI)
+    fig = new_figure((9.0, 3.0), dpi=DPI)
     ax = bar_axes(fig)
     colours = [SHADOW if name.startswith("pf_") else TABLE for name in counters.index]
     ax.barh(list(counters.index)[::-1], list(counters.values)[::-1], color=colours[::-1])

@@ -9,17 +9,31 @@ themselves are :mod:`kvmmu.teaching.experiments`; the memory is ``kvm_mmu_alloc_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import pandas as pd
-from matplotlib.figure import Figure
 
 from kvmmu.errors import ModeError
-from kvmmu.teaching.draw import DPI, FAULT, MIB_F, SHADOW, TABLE, bar_axes, legend, size_text
+from kvmmu.reference import scenario as scenario_spec
+from kvmmu.teaching.batch import BatchSummary, identity_shadow_summary
+from kvmmu.teaching.draw import (
+    DPI,
+    FAULT,
+    MIB_F,
+    SHADOW,
+    TABLE,
+    bar_axes,
+    legend,
+    new_figure,
+    size_text,
+)
 from kvmmu.teaching.experiments import GIB, batch_summary, expected_pages
 from kvmmu.teaching.lessons.l04_lazy_gfns import SavingProblem, check_saving, saving_problem
 from kvmmu.teaching.ui import WIDGET_MEMO, wire
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ERA_COLOURS",
@@ -48,7 +62,7 @@ _SCENARIO_OF = {
 def savings_figure(frame: pd.DataFrame) -> Figure:
     """Kernel bytes of shadow pages by era against guest size, from
     :func:`kvmmu.teaching.experiments.savings_by_size`; log-log. No kernel counterpart."""
-    fig = Figure(figsize=(7.0, 3.6), dpi=DPI)
+    fig = new_figure((7.0, 3.6), dpi=DPI)
     ax = bar_axes(fig)
     sizes = frame.index.to_numpy(dtype=float)
     # "today" equals "2010 seed" wherever nothing newer saves more: draw it dashed over a wider
@@ -79,6 +93,16 @@ def savings_figure(frame: pd.DataFrame) -> Figure:
 # ------------------------------------------------------------------------------------------------
 
 
+def _summary(scenario: str, size: int) -> BatchSummary:
+    """The widget's counts: the batch path with TDP; with shadow paging, the identity guest's
+    counts from its layout, for a slider at 64 GiB would otherwise write and read 32K guest
+    tables on every move."""
+    spec = scenario_spec(scenario)
+    if spec.tdp:
+        return batch_summary(scenario, size)
+    return identity_shadow_summary(size, spec.guest_page_size, spec.host_huge_pages)
+
+
 def savings_view(
     size_gib: int = 4, mode: str = "TDP", page_size: str = "4 KiB"
 ) -> tuple[str, pd.DataFrame, Figure]:
@@ -86,8 +110,10 @@ def savings_view(
 
     ``mode`` is ``"TDP"`` or ``"shadow"``, ``page_size`` ``"4 KiB"`` or ``"2 MiB"`` (the host's
     pages with TDP, the guest's with shadow paging). Counts come from the batch path
-    (:func:`kvmmu.teaching.experiments.batch_summary`); the closed form is checked beside them. No
-    kernel counterpart.
+    (:func:`kvmmu.teaching.experiments.batch_summary`) with TDP, and with shadow paging from the
+    identity guest's layout (:func:`kvmmu.teaching.batch.identity_shadow_summary`, which the
+    tests prove equal to the batch path); the closed form is checked beside them. No kernel
+    counterpart.
     """
     key = (mode, page_size)
     if key not in _SCENARIO_OF:
@@ -97,7 +123,7 @@ def savings_view(
     if isinstance(size_gib, bool) or not isinstance(size_gib, int) or not 1 <= size_gib <= 256:
         raise ModeError(f"size_gib must be an int in 1..256, got {size_gib!r}")
     scenario = _SCENARIO_OF[key]
-    summary = batch_summary(scenario, size_gib * GIB)
+    summary = _summary(scenario, size_gib * GIB)
     raw = summary.memory()
     table = pd.DataFrame(
         {
@@ -113,7 +139,7 @@ def savings_view(
         f"{scenario}: {summary.n_direct} direct and {summary.n_indirect} indirect shadow pages "
         f"(closed form: {n_direct + n_indirect}, {'agrees' if agree else 'DISAGREES'})"
     )
-    fig = Figure(figsize=(7.0, 2.2), dpi=DPI)
+    fig = new_figure((7.0, 2.2), dpi=DPI)
     ax = bar_axes(fig)
     eras = list(table.index)
     ax.barh(

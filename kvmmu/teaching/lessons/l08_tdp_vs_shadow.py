@@ -10,16 +10,18 @@ experiments from :mod:`kvmmu.teaching.experiments`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import pandas as pd
-from matplotlib.figure import Figure
 
 from kvmmu.kvm.tdp import shadow_refs, two_dimensional_refs
-from kvmmu.teaching.draw import DPI, FAULT, SHADOW, TABLE, bar_axes, legend
+from kvmmu.teaching.draw import DPI, FAULT, SHADOW, TABLE, bar_axes, legend, new_figure
 from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail, ok, seeded_rng
 from kvmmu.teaching.ui import WIDGET_MEMO, wire
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "EXIT_CYCLES",
@@ -44,7 +46,7 @@ __all__ = [
 def walk_cost_figure(table: pd.DataFrame) -> Figure:
     """Memory references per TLB miss, from :func:`kvmmu.teaching.experiments.walk_costs`: formula
     bars with the measured value marked. No kernel counterpart."""
-    fig = Figure(figsize=(7.0, 2.8), dpi=DPI)
+    fig = new_figure((7.0, 2.8), dpi=DPI)
     ax = bar_axes(fig)
     labels = [
         f"{p} {g}-level on {h}" if p == "TDP" else f"{p} {g}-level" for p, g, h in table.index
@@ -70,7 +72,7 @@ def pte_exit_figure(frame: pd.DataFrame) -> Figure:
     """Exits per 1000 operations by cause, one stacked bar per paging setup and PTE-write rate,
     from :func:`kvmmu.teaching.experiments.pte_write_exits`; one absolute scale for all bars, so
     TDP's (other) exits show at their real size. No kernel counterpart."""
-    fig = Figure(figsize=(7.0, 4.2), dpi=DPI, layout="constrained")
+    fig = new_figure((7.0, 4.2), dpi=DPI, layout="constrained")
     ax = bar_axes(fig)
     rows = list(frame.index)[::-1]
     labels = [f"{paging} · {rate:.0%}" for rate, paging in rows]
@@ -155,7 +157,7 @@ def mode_view(
         f"{EXIT_CYCLES} cycles per exit (shadow only: page-table stores, CR3 loads)\n"
         f"cheaper: {winner}"
     )
-    fig = Figure(figsize=(8.0, 2.4), dpi=DPI)
+    fig = new_figure((8.0, 2.4), dpi=DPI)
     ax = bar_axes(fig)
     modes = list(costs.index)
     walks = costs["walk cycles"].to_numpy() / 1e3

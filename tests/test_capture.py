@@ -160,6 +160,27 @@ def test_a_garbled_monitor_line_is_an_error_not_a_skip() -> None:
         parse_info_tlb("0000000000400000: 000000000330e000 X---A--U-\nnonsense\n")
     with pytest.raises(CaptureError, match="line 1"):
         parse_info_mem("0000000000400000-00000000004f0000 ur-\n")
+    good = "0000000000400000: 000000000330e000 X---A--U-"
+    with pytest.raises(CaptureError, match="line 4"):  # blank lines count, as in an editor
+        parse_info_tlb(f"{good}\n\n  {good}  \n{good} trailing\n{good}\n")
+    with pytest.raises(CaptureError, match="line 1"):  # two lines run together
+        parse_info_tlb(good + good)
+
+
+def test_monitor_lines_parse_to_exact_values() -> None:
+    tlb = parse_info_tlb(
+        "ffffffff81000000: 0000000001000000 --PDA---W\n"
+        "\n 00007ffc0000f000: 00000000ffff0000 X-------- \n"
+    )
+    assert list(tlb.gva) == [0xFFFF_FFFF_8100_0000, 0x7FFC_0000_F000]
+    assert list(tlb.gpa) == [0x100_0000, 0xFFFF_0000]
+    assert list(tlb["flags"]) == ["--PDA---W", "X--------"]
+    assert list(tlb.ps) == [True, False] and list(tlb.xd) == [False, True]
+    assert list(tlb.writable) == [True, False] and list(tlb.dirty) == [True, False]
+    mem = parse_info_mem("ffffffffff600000-0000000000000000 0000000000a00000 ur-\n")
+    assert list(mem.start) == [0xFFFF_FFFF_FF60_0000] and list(mem.end) == [0]
+    assert list(mem["size"]) == [0xA0_0000] and list(mem.rights) == ["ur-"]
+    assert list(mem.user) == [True] and list(mem.writable) == [False]
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import pandas as pd
 from kvmmu.errors import KvmmuError, check_count, check_instance, check_int
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.walk import CpuState
-from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Cr4, Pte, canonicalize, describe_flags
+from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Cr4, Pte, describe_flags
 from kvmmu.reference import DATA_DIR as PACKAGE_DATA
 
 # Where the captures live: package data, so an installed wheel has them too.
@@ -58,6 +58,8 @@ TLB_FLAGS = ("xd", "global", "ps", "dirty", "accessed", "pcd", "pwt", "user", "w
 
 _TLB_LINE = re.compile(r"([0-9a-f]{16}): ([0-9a-f]{16}) ([-X][-G][-P][-D][-A][-C][-T][-U][-W])")
 _MEM_LINE = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16}) ([0-9a-f]{16}) ([-u])r([-w])")
+_TLB_LINES = re.compile(f"^{_TLB_LINE.pattern}$", re.MULTILINE)
+_MEM_LINES = re.compile(f"^{_MEM_LINE.pattern}$", re.MULTILINE)
 
 
 class CaptureError(KvmmuError, ValueError):
@@ -224,28 +226,40 @@ def parse_info_tlb(text: str) -> pd.DataFrame:
     ``writable``). Addresses are ``uint64``.
     """
     check_instance("text", text, str, "the text of info tlb (a str)", CaptureError)
-    gvas: list[int] = []
-    gpas: list[int] = []
-    flags: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        match = _TLB_LINE.fullmatch(line.strip())
-        if match is None:
-            raise CaptureError(f"info tlb line {number} does not parse: {line!r}")
-        gvas.append(int(match.group(1), 16))
-        gpas.append(int(match.group(2), 16))
-        flags.append(match.group(3))
+    rows = _parse_lines(text, _TLB_LINES, "info tlb")
+    flags = [row[2] for row in rows]
     frame = pd.DataFrame(
         {
-            "gva": np.array(gvas, dtype=np.uint64),
-            "gpa": np.array(gpas, dtype=np.uint64),
+            "gva": _hex_words([row[0] for row in rows]),
+            "gpa": _hex_words([row[1] for row in rows]),
             "flags": pd.Series(flags, dtype=object),
         }
     )
+    chars = np.frombuffer("".join(flags).encode(), dtype="S1").reshape(-1, len(TLB_FLAGS))
     for position, column in enumerate(TLB_FLAGS):
-        frame[column] = [f[position] != "-" for f in flags]
+        frame[column] = chars[:, position] != b"-"
     return frame
+
+
+def _parse_lines(text: str, pattern: re.Pattern[str], what: str) -> list[tuple[str, ...]]:
+    """The groups of every non-blank line of ``text``, each of which must match ``pattern``.
+
+    One regular-expression pass over the whole text; only when some line does not match is it
+    read again line by line, to name the first bad one.
+    """
+    lines = [line for line in (raw.strip() for raw in text.splitlines()) if line]
+    rows: list[tuple[str, ...]] = pattern.findall("\n".join(lines))
+    if len(rows) != len(lines):
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip() and pattern.fullmatch(line.strip()) is None:
+                raise CaptureError(f"{what} line {number} does not parse: {line!r}")
+    return rows
+
+
+def _hex_words(digits: list[str]) -> np.ndarray:
+    """Sixteen-digit hex strings as ``uint64`` values, decoded in one call."""
+    words = np.frombuffer(bytes.fromhex("".join(digits)), dtype=">u8")
+    return words.astype(np.uint64)
 
 
 def parse_info_mem(text: str) -> pd.DataFrame:
@@ -257,25 +271,19 @@ def parse_info_mem(text: str) -> pd.DataFrame:
     level), and ``rights``, QEMU's three characters.
     """
     check_instance("text", text, str, "the text of info mem (a str)", CaptureError)
-    rows: list[tuple[int, int, bool, bool, str]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        match = _MEM_LINE.fullmatch(line.strip())
-        if match is None:
-            raise CaptureError(f"info mem line {number} does not parse: {line!r}")
-        start = int(match.group(1), 16)
-        size = int(match.group(3), 16)
-        user, writable = match.group(4) == "u", match.group(5) == "w"
-        rows.append((start, start + size, user, writable, line.strip()[-3:]))
+    rows = _parse_lines(text, _MEM_LINES, "info mem")
+    start = _hex_words([row[0] for row in rows])
+    size = _hex_words([row[2] for row in rows])
+    user = np.array([row[3] == "u" for row in rows], dtype=bool)
+    writable = np.array([row[4] == "w" for row in rows], dtype=bool)
     return pd.DataFrame(
         {
-            "start": np.array([r[0] for r in rows], dtype=np.uint64),
-            "end": np.array([r[1] & (2**64 - 1) for r in rows], dtype=np.uint64),
-            "size": np.array([r[1] - r[0] for r in rows], dtype=np.uint64),
-            "user": [r[2] for r in rows],
-            "writable": [r[3] for r in rows],
-            "rights": pd.Series([r[4] for r in rows], dtype=object),
+            "start": start,
+            "end": start + size,  # wraps at 2**64 as the exclusive end of the top run does
+            "size": size,
+            "user": user,
+            "writable": writable,
+            "rights": pd.Series([f"{row[3]}r{row[4]}" for row in rows], dtype=object),
         }
     )
 
@@ -345,6 +353,7 @@ def ptdump(memory: GuestMemory, cpu: CpuState, *, limit: int = PTDUMP_LIMIT) -> 
     check_count("limit", limit, error=CaptureError)
     levels = 5 if cpu.cr4 & Cr4.LA57 else 4
     va_bits = 57 if levels == 5 else 48
+    sign, high = 1 << (va_bits - 1), ((1 << 64) - 1) ^ ((1 << va_bits) - 1)  # canonicalize()
     address_mask = ((1 << cpu.maxphyaddr) - 1) & ~(PAGE_SIZE - 1)
     rows: list[tuple[int, int, int]] = []
     cache: dict[tuple[int, int], list[tuple[int, int, bool]]] = {}
@@ -389,7 +398,7 @@ def ptdump(memory: GuestMemory, cpu: CpuState, *, limit: int = PTDUMP_LIMIT) -> 
                 return
             gva = base | (index << shift)
             if leaf:
-                rows.append((canonicalize(gva, va_bits), level, entry))
+                rows.append((gva | high if gva & sign else gva, level, entry))
             else:
                 visit(entry & address_mask, level - 1, gva)
 

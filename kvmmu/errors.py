@@ -5,7 +5,11 @@ A fault the *guest* would see (a page fault, a #GP) is never an exception here: 
 each message says what to fix.
 """
 
+import math
+import os
+from collections.abc import Sequence
 from enum import IntFlag
+from pathlib import Path
 from typing import TypeVar
 
 _T = TypeVar("_T")
@@ -73,30 +77,136 @@ def check_count(
     value: object,
     *,
     minimum: int = 0,
+    maximum: int | None = None,
     bits: int = 64,
     error: type[KvmmuError] = AddressError,
 ) -> int:
-    """Return ``value`` if it is an int with ``minimum <= value < 2**bits`` (not a bool).
+    """Return ``value`` if it is an int with ``minimum <= value < 2**bits`` (not a bool),
+    and ``value <= maximum`` when a maximum is given.
 
-    For sizes, counts and budgets: 100.5, NaN, ``"100"`` and ``True`` are refused.
-    No kernel counterpart.
+    For sizes, counts and budgets: 100.5, NaN, ``"100"`` and ``True`` are refused, and a
+    ``maximum`` keeps ``rounds=2**200`` from running for ever. No kernel counterpart.
     """
     if isinstance(value, bool) or not isinstance(value, int):
         raise error(f"{name} must be an int, got {_shown(value)}")
+    if maximum is not None and minimum <= value and value > maximum:
+        raise error(f"{name}={_short(value)} is above the limit: pass {minimum}..{maximum}")
     if value < minimum or value >> bits:
         wanted = "a non-negative int" if minimum == 0 else f"an int of at least {minimum}"
-        raise error(f"{name}={value} is out of range: pass {wanted} below 2**{bits}")
+        raise error(f"{name}={_short(value)} is out of range: pass {wanted} below 2**{bits}")
     return value
 
 
+def _short(value: int) -> str:
+    """An int for a message: in full unless it is huge (``2**200`` is not printed whole)."""
+    return (
+        str(value)
+        if abs(value) < 1 << 64
+        else f"{'-' if value < 0 else ''}2**{value.bit_length() - 1}+"
+    )
+
+
 def check_optional_count(
-    name: str, value: object, *, minimum: int = 0, error: type[KvmmuError] = AddressError
+    name: str,
+    value: object,
+    *,
+    minimum: int = 0,
+    maximum: int | None = None,
+    error: type[KvmmuError] = AddressError,
 ) -> int | None:
     """:func:`check_count`, with None allowed (meaning "the default").
 
     No kernel counterpart.
     """
-    return None if value is None else check_count(name, value, minimum=minimum, error=error)
+    if value is None:
+        return None
+    return check_count(name, value, minimum=minimum, maximum=maximum, error=error)
+
+
+def check_real(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    error: type[KvmmuError] = ArgumentError,
+) -> float:
+    """Return ``value`` as a float if it is a finite real number within the bounds given.
+
+    An int, a float or a numpy number; a bool, NaN, an infinity and text are refused, so a
+    cost or a rate cannot silently turn a comparison into False. No kernel counterpart.
+    """
+    if isinstance(value, bool) or (not isinstance(value, int | float) and not _numpy_real(value)):
+        raise error(f"{name} must be a number, got {_shown(value)}")
+    if isinstance(value, int) and abs(value) >> 1023:
+        raise error(f"{name}={_short(value)} is too large to be a finite number")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise error(f"{name} must be a finite number, got {number}")
+    low = -math.inf if minimum is None else minimum
+    high = math.inf if maximum is None else maximum
+    if not low <= number <= high:
+        raise error(f"{name}={number:g} is out of range: pass {_range_text(minimum, maximum)}")
+    return number
+
+
+def _numpy_real(value: object) -> bool:
+    """A numpy integer or float scalar, without importing numpy here."""
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    return kind in ("i", "u", "f") and getattr(value, "ndim", None) == 0
+
+
+def _range_text(minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"a number from {minimum:g} to {maximum:g}"
+    if minimum is not None:
+        return f"a number of at least {minimum:g}"
+    return f"a number of at most {maximum:g}"
+
+
+def check_choice(
+    name: str, value: object, choices: Sequence[_T], error: type[KvmmuError] = ArgumentError
+) -> _T:
+    """Return the member of ``choices`` that ``value`` is; otherwise raise listing them all.
+
+    Compared by type and value, so ``1`` is not ``True`` and an unhashable value is refused
+    like any other (no lookup in a dict or a cache first). No kernel counterpart.
+    """
+    for choice in choices:
+        if type(value) is type(choice) and value == choice:
+            return choice
+    accepted = ", ".join(
+        repr(getattr(c, "value", c)) if not isinstance(c, str) else repr(c) for c in choices
+    )
+    raise error(f"{name} must be one of {accepted}; got {_shown(value)}")
+
+
+def check_str(
+    name: str, value: object, *, nonempty: bool = False, error: type[KvmmuError] = ArgumentError
+) -> str:
+    """Return ``value`` if it is a ``str`` (not bytes), non-blank when ``nonempty``.
+
+    No kernel counterpart.
+    """
+    if not isinstance(value, str):
+        raise error(f"{name} must be a string, got {_shown(value)}")
+    if nonempty and not value.strip():
+        raise error(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def check_path(name: str, value: object, error: type[KvmmuError] = ArgumentError) -> Path:
+    """Return ``value`` as a :class:`~pathlib.Path` if it is a non-empty ``str`` or a path.
+
+    Bytes, numbers and None are refused, so a command names the argument it could not use.
+    No kernel counterpart.
+    """
+    text = os.fspath(value) if isinstance(value, str | os.PathLike) else None
+    if not isinstance(text, str) or not text.strip() or "\x00" in text:
+        raise error(
+            f"{name} must be a file or folder path (a str or pathlib.Path), got {_shown(value)}"
+        )
+    return Path(text)
 
 
 def check_instance(

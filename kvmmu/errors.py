@@ -195,6 +195,21 @@ def check_str(
     return value
 
 
+def check_strings(
+    name: str, value: object, error: type[KvmmuError] = ArgumentError, *, limit: int = 10_000
+) -> list[str]:
+    """Return ``value`` as a list if it is a list or tuple of at most ``limit`` strings.
+
+    One string is refused: its letters would be taken for the items (``argv="--help"``,
+    ``actions="edit"``). No kernel counterpart.
+    """
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise error(f"{name} must be a list of strings such as ['a', 'b'], got {_shown(value)}")
+    if len(value) > limit:
+        raise error(f"{name} has {len(value)} items, above the limit of {limit}")
+    return list(value)
+
+
 def check_path(name: str, value: object, error: type[KvmmuError] = ArgumentError) -> Path:
     """Return ``value`` as a :class:`~pathlib.Path` if it is a non-empty ``str`` or a path.
 
@@ -210,7 +225,11 @@ def check_path(name: str, value: object, error: type[KvmmuError] = ArgumentError
 
 
 def check_instance(
-    name: str, value: object, cls: type[_T], hint: str, error: type[KvmmuError] = ArgumentError
+    name: str,
+    value: object,
+    cls: type[_T] | tuple[type[_T], ...],
+    hint: str,
+    error: type[KvmmuError] = ArgumentError,
 ) -> _T:
     """Return ``value`` if it is a ``cls``; otherwise raise naming ``hint``, what to pass.
 
@@ -250,4 +269,5 @@ def check_callable(name: str, value: object, *, optional: bool = True) -> None:
     if value is None and optional:
         return
     if not callable(value):
-        raise ArgumentError(f"{name} must be a function or None, got {_shown(value)}")
+        wanted = "a function or None" if optional else "a function"
+        raise ArgumentError(f"{name} must be {wanted}, got {_shown(value)}")

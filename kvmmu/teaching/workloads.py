@@ -44,8 +44,10 @@ USER_BASE = 0x40_0000  # where a small Linux program's text starts
 MIB = 1 << 20
 GIB = 1 << 30
 FAULT_PATH_LIMIT = GIB
-"""The largest guest the fault-path workloads build and touch page by page (a million 4 KiB
-pages take minutes); larger guests are the batch path's (:func:`fast_identity_tables`)."""
+"""The largest guest the fault-path workloads touch page by page (a million 4 KiB pages take
+minutes); larger guests are the batch path's (:func:`fast_identity_tables`)."""
+MAP_LIMIT = FAULT_PATH_LIMIT // PAGE_SIZE
+"""The most guest pages :func:`identity_guest` maps one by one (1 GiB of 4 KiB pages)."""
 BATCH_LIMIT = 256 * GIB
 """The largest guest :func:`fast_identity_tables` writes tables for (the experiments' limit)."""
 COUNT_LIMIT = 100_000
@@ -208,7 +210,7 @@ def identity_guest(
     tables often do), so the guest maps them too. ``huge_pages`` says whether the host backs
     memory with huge pages (so sptes may be large); ``dirty`` presets the guest's D bits.
     """
-    _check_size("size", size, FAULT_PATH_LIMIT)
+    _check_size("size", size, BATCH_LIMIT)
     _check_mode(mode)
     for name, flag in (
         ("tdp", tdp),
@@ -220,6 +222,11 @@ def identity_guest(
         check_bool(name, flag, WorkloadError)
     if mode is not PagingMode.NONE:
         _check_page_size(page_size, mode)
+        if size // page_size > MAP_LIMIT:
+            raise WorkloadError(
+                f"size={size:#x} maps {size // page_size} pages of {page_size:#x} bytes, above "
+                f"the limit of {MAP_LIMIT}; use larger pages or fast_identity_tables"
+            )
     check_optional_count("n_max_mmu_pages", n_max_mmu_pages, minimum=1, error=WorkloadError)
     if mode.spec.va_bits == 32 and size > 1 << 32:
         raise WorkloadError(f"a {mode.value} guest reaches 4 GiB at most; size={size:#x}")
@@ -262,6 +269,7 @@ def full_touch(
     large page (real hardware caches the smaller of the two sizes).
     """
     check_instance("kind", kind, Access, "an Access (Access.READ, WRITE or FETCH)", WorkloadError)
+    _check_size("size", size, FAULT_PATH_LIMIT)  # touched page by page
     vm, vcpu, pt = identity_guest(size, mode, tdp=tdp, page_size=page_size, huge_pages=huge_pages)
     flush = tdp and page_size > PAGE_SIZE
     for gpa in range(0, size, PAGE_SIZE):

@@ -89,8 +89,9 @@ def check_count(
     """
     if isinstance(value, bool) or not isinstance(value, int):
         raise error(f"{name} must be an int, got {_shown(value)}")
-    if maximum is not None and minimum <= value and value > maximum:
-        raise error(f"{name}={_short(value)} is above the limit: pass {minimum}..{maximum}")
+    if maximum is not None and not minimum <= value <= maximum:
+        where = "above the limit" if value > maximum else "out of range"
+        raise error(f"{name}={_short(value)} is {where}: pass {minimum}..{maximum}")
     if value < minimum or value >> bits:
         wanted = "a non-negative int" if minimum == 0 else f"an int of at least {minimum}"
         raise error(f"{name}={_short(value)} is out of range: pass {wanted} below 2**{bits}")
@@ -159,6 +160,8 @@ def _numpy_real(value: object) -> bool:
 def _range_text(minimum: float | None, maximum: float | None) -> str:
     if minimum is not None and maximum is not None:
         return f"a number from {minimum:g} to {maximum:g}"
+    if minimum == 0:
+        return "a non-negative number"
     if minimum is not None:
         return f"a number of at least {minimum:g}"
     return f"a number of at most {maximum:g}"
@@ -225,11 +228,7 @@ def check_path(name: str, value: object, error: type[KvmmuError] = ArgumentError
 
 
 def check_instance(
-    name: str,
-    value: object,
-    cls: type[_T] | tuple[type[_T], ...],
-    hint: str,
-    error: type[KvmmuError] = ArgumentError,
+    name: str, value: object, cls: type[_T], hint: str, error: type[KvmmuError] = ArgumentError
 ) -> _T:
     """Return ``value`` if it is a ``cls``; otherwise raise naming ``hint``, what to pass.
 

@@ -63,8 +63,9 @@ class BatchError(KvmmuError):
 
 def _check_mmu_source(value: object) -> Mmu:
     """The MMU of a Vcpu or a Vm, or an Mmu itself (``vcpu_or_mmu``)."""
-    source = check_instance("vcpu_or_mmu", value, (Vcpu, Vm, Mmu), "a Vcpu, a Vm or an Mmu")
-    return source if isinstance(source, Mmu) else source.mmu
+    if isinstance(value, Vcpu | Vm):
+        return value.mmu
+    return check_instance("vcpu_or_mmu", value, Mmu, "a Vcpu, a Vm or an Mmu")
 
 
 def _check_vcpu(vcpu: object) -> Vcpu:

@@ -10,6 +10,7 @@ these are teaching views of ``mmu_internal.h`` and ``mmutrace.h`` state.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Literal
 
@@ -91,7 +92,7 @@ def _check_whole(name: str, value: object) -> int:
     number = check_real(name, value)
     if not number.is_integer():
         raise ArgumentError(f"{name} must be a whole number, got {number}")
-    return int(value)  # type: ignore[call-overload]
+    return operator.index(value) if hasattr(value, "__index__") else int(number)
 
 
 def acc_text(acc: int) -> str:

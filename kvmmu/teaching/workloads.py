@@ -130,9 +130,9 @@ def fast_identity_tables(vm: Vm, size: int, page_size: int) -> Vcpu:
     check_instance("vm", vm, Vm, "a Vm", WorkloadError)
     _check_size("size", size, BATCH_LIMIT)
     check_choice("page_size", page_size, (PAGE_SIZE, 2 * MIB), WorkloadError)
-    top = max((slot.end_gfn for slot in vm.memory.slots), default=0) << PAGE_SHIFT
-    if size > top:
-        raise WorkloadError(f"size={size:#x} is larger than the Vm's memory ({top:#x})")
+    end = max((slot.end_gfn for slot in vm.memory.slots), default=0) << PAGE_SHIFT
+    if size > end:
+        raise WorkloadError(f"size={size:#x} is larger than the Vm's memory ({end:#x})")
     if size % (2 << 20):
         raise WorkloadError(f"size={size:#x} must be a multiple of 2 MiB")
     table_bits = int(Pte.PRESENT | Pte.WRITABLE | Pte.USER)

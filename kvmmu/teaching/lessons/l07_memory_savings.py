@@ -15,8 +15,18 @@ import ipywidgets as widgets
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kvmmu.errors import ModeError
-from kvmmu.teaching.draw import DPI, FAULT, MIB_F, SHADOW, TABLE, bar_axes, legend, size_text
+from kvmmu.errors import ModeError, check_choice, check_count
+from kvmmu.teaching.draw import (
+    DPI,
+    FAULT,
+    MIB_F,
+    SHADOW,
+    TABLE,
+    bar_axes,
+    check_frame,
+    legend,
+    size_text,
+)
 from kvmmu.teaching.experiments import GIB, batch_summary, expected_pages
 from kvmmu.teaching.lessons.l04_lazy_gfns import SavingProblem, check_saving, saving_problem
 from kvmmu.teaching.ui import WIDGET_MEMO, wire
@@ -48,6 +58,7 @@ _SCENARIO_OF = {
 def savings_figure(frame: pd.DataFrame) -> Figure:
     """Kernel bytes of shadow pages by era against guest size, from
     :func:`kvmmu.teaching.experiments.savings_by_size`; log-log. No kernel counterpart."""
+    check_frame("frame", frame, [f"{era} bytes" for era in ERA_COLOURS])
     fig = Figure(figsize=(7.0, 3.6), dpi=DPI)
     ax = bar_axes(fig)
     sizes = frame.index.to_numpy(dtype=float)
@@ -79,6 +90,18 @@ def savings_figure(frame: pd.DataFrame) -> Figure:
 # ------------------------------------------------------------------------------------------------
 
 
+MODES = ("TDP", "shadow")
+PAGE_SIZES = ("4 KiB", "2 MiB")
+SIZE_LIMIT_GIB = 256  # the experiments' largest guest
+WIDGET_SIZE_LIMIT_GIB = 64  # the widget's slider
+
+
+def _check_view(size_gib: object, mode: object, page_size: object, limit: int) -> None:
+    check_count("size_gib", size_gib, minimum=1, maximum=limit, error=ModeError)
+    check_choice("mode", mode, MODES, ModeError)
+    check_choice("page_size", page_size, PAGE_SIZES, ModeError)
+
+
 def savings_view(
     size_gib: int = 4, mode: str = "TDP", page_size: str = "4 KiB"
 ) -> tuple[str, pd.DataFrame, Figure]:
@@ -89,14 +112,8 @@ def savings_view(
     (:func:`kvmmu.teaching.experiments.batch_summary`); the closed form is checked beside them. No
     kernel counterpart.
     """
-    key = (mode, page_size)
-    if key not in _SCENARIO_OF:
-        raise ModeError(
-            f"mode must be 'TDP' or 'shadow' and page size '4 KiB' or '2 MiB', got {key}"
-        )
-    if isinstance(size_gib, bool) or not isinstance(size_gib, int) or not 1 <= size_gib <= 256:
-        raise ModeError(f"size_gib must be an int in 1..256, got {size_gib!r}")
-    scenario = _SCENARIO_OF[key]
+    _check_view(size_gib, mode, page_size, SIZE_LIMIT_GIB)
+    scenario = _SCENARIO_OF[(mode, page_size)]
     summary = batch_summary(scenario, size_gib * GIB)
     raw = summary.memory()
     table = pd.DataFrame(
@@ -133,9 +150,10 @@ def make_savings_widget(size_gib: int = 4, mode: str = "TDP", page_size: str = "
     shown again from memory (``wire(memo=...)``).
     No kernel counterpart.
     """
-    size = widgets.IntSlider(value=size_gib, min=1, max=64, description="GiB")
-    paging = widgets.Dropdown(options=["TDP", "shadow"], value=mode, description="mode")
-    pages = widgets.Dropdown(options=["4 KiB", "2 MiB"], value=page_size, description="page size")
+    _check_view(size_gib, mode, page_size, WIDGET_SIZE_LIMIT_GIB)
+    size = widgets.IntSlider(value=size_gib, min=1, max=WIDGET_SIZE_LIMIT_GIB, description="GiB")
+    paging = widgets.Dropdown(options=list(MODES), value=mode, description="mode")
+    pages = widgets.Dropdown(options=list(PAGE_SIZES), value=page_size, description="page size")
     return wire(
         [size, paging, pages],
         lambda: savings_view(size.value, paging.value, pages.value),

@@ -98,5 +98,5 @@ def test_pte_writer_with_unsync_exits_less_on_pte_stores() -> None:
 
 def test_pte_writer_rate_zero_writes_no_pte_and_rejects_bad_rates() -> None:
     assert pte_writer(0.0, ops=20).pte_writes == 0
-    with pytest.raises(WorkloadError, match="rate=1.5"):
+    with pytest.raises(WorkloadError, match=r"rate=1\.5"):
         pte_writer(1.5)

@@ -48,6 +48,7 @@ __all__ = [
     "acc_text",
     "arrow",
     "bar_axes",
+    "check_frame",
     "box",
     "legend",
     "role_frame",

@@ -18,12 +18,16 @@ import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+from kvmmu.errors import ArgumentError, check_callable, check_count
+
 __all__ = ["clear", "pure"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _CLEARS: list[Callable[[], None]] = []
+MAXSIZE_LIMIT = 1 << 16
+"""The most results one cache keeps (each a DataFrame or a few; more would hold memory)."""
 
 
 def pure(
@@ -40,6 +44,8 @@ def pure(
     Only for functions whose arguments are values: an object hashed by identity (a ``Vm``)
     could change between two calls and the cache would not know. No kernel counterpart.
     """
+    check_count("maxsize", maxsize, maximum=MAXSIZE_LIMIT, error=ArgumentError)
+    check_callable("check", check)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         lru = functools.lru_cache(maxsize=maxsize, typed=True)(func)

@@ -8,7 +8,7 @@ each message says what to fix.
 import math
 import os
 from collections.abc import Sequence
-from enum import IntFlag
+from enum import Enum, IntFlag
 from pathlib import Path
 from typing import TypeVar
 
@@ -172,29 +172,25 @@ def check_choice(
 ) -> _T:
     """Return the member of ``choices`` that ``value`` is; otherwise raise listing them all.
 
-    Compared by type and value, so ``1`` is not ``True`` and an unhashable value is refused
+    Compared by type and value, so ``True`` is not ``1`` and an unhashable value is refused
     like any other (no lookup in a dict or a cache first). No kernel counterpart.
     """
     for choice in choices:
-        if type(value) is type(choice) and value == choice:
+        same_kind = isinstance(value, type(choice)) and isinstance(value, bool) == isinstance(
+            choice, bool
+        )
+        if same_kind and value == choice:
             return choice
     accepted = ", ".join(
-        repr(getattr(c, "value", c)) if not isinstance(c, str) else repr(c) for c in choices
+        f"{type(c).__name__}.{c.name}" if isinstance(c, Enum) else repr(c) for c in choices
     )
     raise error(f"{name} must be one of {accepted}; got {_shown(value)}")
 
 
-def check_str(
-    name: str, value: object, *, nonempty: bool = False, error: type[KvmmuError] = ArgumentError
-) -> str:
-    """Return ``value`` if it is a ``str`` (not bytes), non-blank when ``nonempty``.
-
-    No kernel counterpart.
-    """
+def check_str(name: str, value: object, *, error: type[KvmmuError] = ArgumentError) -> str:
+    """Return ``value`` if it is a ``str`` (not bytes, not a number); no kernel counterpart."""
     if not isinstance(value, str):
         raise error(f"{name} must be a string, got {_shown(value)}")
-    if nonempty and not value.strip():
-        raise error(f"{name} must be a non-empty string, got {value!r}")
     return value
 
 

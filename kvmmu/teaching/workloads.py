@@ -227,7 +227,7 @@ def identity_guest(
                 f"size={size:#x} maps {size // page_size} pages of {page_size:#x} bytes, above "
                 f"the limit of {MAP_LIMIT}; use larger pages or fast_identity_tables"
             )
-    check_optional_count("n_max_mmu_pages", n_max_mmu_pages, minimum=1, error=WorkloadError)
+    check_optional_count("n_max_mmu_pages", n_max_mmu_pages, error=WorkloadError)
     if mode.spec.va_bits == 32 and size > 1 << 32:
         raise WorkloadError(f"a {mode.value} guest reaches 4 GiB at most; size={size:#x}")
     if mode is not PagingMode.NONE and size % page_size:

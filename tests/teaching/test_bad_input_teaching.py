@@ -26,6 +26,7 @@ import pytest
 from bad_values import BAD, Entry, cases, expect_typed_error, public_callables
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from widget_output import controls
 
 import kvmmu.teaching
 import kvmmu.teaching.lessons
@@ -855,3 +856,17 @@ def test_the_validators_accept_what_the_notebooks_pass() -> None:
             check_real("x", bad)
     with pytest.raises(ArgumentError, match="1, 2, 3"):
         check_choice("level", True, (1, 2, 3))  # True == 1, but is not a level
+
+
+def test_the_widgets_offer_the_choices_their_checks_accept() -> None:
+    """A widget's controls and its argument checks list the same choices and ranges."""
+    _, kind, level = controls(l01.make_walk_widget(*_guest()))
+    assert (tuple(kind.options), tuple(level.options)) == (l01.WIDGET_ACCESSES, l01.WIDGET_CPLS)
+    assert tuple(controls(l03.make_role_widget())[0].options) == l03.WIDGET_MODES
+    size, paging, pages = controls(l07.make_savings_widget())
+    got = (size.max, tuple(paging.options), tuple(pages.options))
+    assert got == (l07.WIDGET_SIZE_LIMIT_GIB, l07.MODES, l07.PAGE_SIZES)
+    tlb, writes, cr3 = controls(l08.make_mode_widget())
+    assert (tlb.max, writes.max, cr3.max) == l08.MODE_LIMITS
+    pte, pde, _ = controls(l05.make_table_write_widget())
+    assert (pte.max, pde.max) == (100, 20)

@@ -413,8 +413,8 @@ def make_walk_widget(
     check_choice("cpl", cpl, WIDGET_CPLS)
     check_bool("draw", draw)
     text = widgets.Text(value=address, description="address")
-    kind = widgets.Dropdown(options=list(WIDGET_ACCESSES), value=access, description="access")
-    level = widgets.Dropdown(options=list(WIDGET_CPLS), value=cpl, description="CPL")
+    kind = widgets.Dropdown(options=["read", "write", "fetch"], value=access, description="access")
+    level = widgets.Dropdown(options=[0, 3], value=cpl, description="CPL")
 
     def produce() -> object:
         trace = walk_text(memory, cpu, text.value, kind.value, level.value)

@@ -285,7 +285,7 @@ def make_role_widget(
     check_choice("mode", mode, WIDGET_MODES, ModeError)
     _check_setup(PagingMode.LEVEL4, cr0_wp, tdp, large_guest_pages, host_huge_pages)
     modes = widgets.Dropdown(
-        options=list(WIDGET_MODES),
+        options=["paging off", "32-bit", "PAE", "4-level", "5-level"],
         value=mode,
         description="mode",
     )

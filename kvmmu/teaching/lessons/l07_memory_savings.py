@@ -151,9 +151,9 @@ def make_savings_widget(size_gib: int = 4, mode: str = "TDP", page_size: str = "
     No kernel counterpart.
     """
     _check_view(size_gib, mode, page_size, WIDGET_SIZE_LIMIT_GIB)
-    size = widgets.IntSlider(value=size_gib, min=1, max=WIDGET_SIZE_LIMIT_GIB, description="GiB")
-    paging = widgets.Dropdown(options=list(MODES), value=mode, description="mode")
-    pages = widgets.Dropdown(options=list(PAGE_SIZES), value=page_size, description="page size")
+    size = widgets.IntSlider(value=size_gib, min=1, max=64, description="GiB")
+    paging = widgets.Dropdown(options=["TDP", "shadow"], value=mode, description="mode")
+    pages = widgets.Dropdown(options=["4 KiB", "2 MiB"], value=page_size, description="page size")
     return wire(
         [size, paging, pages],
         lambda: savings_view(size.value, paging.value, pages.value),

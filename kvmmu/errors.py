@@ -5,7 +5,11 @@ A fault the *guest* would see (a page fault, a #GP) is never an exception here: 
 each message says what to fix.
 """
 
-from enum import IntFlag
+import math
+import os
+from collections.abc import Sequence
+from enum import Enum, IntFlag
+from pathlib import Path
 from typing import TypeVar
 
 _T = TypeVar("_T")
@@ -73,30 +77,150 @@ def check_count(
     value: object,
     *,
     minimum: int = 0,
+    maximum: int | None = None,
     bits: int = 64,
     error: type[KvmmuError] = AddressError,
 ) -> int:
-    """Return ``value`` if it is an int with ``minimum <= value < 2**bits`` (not a bool).
+    """Return ``value`` if it is an int with ``minimum <= value < 2**bits`` (not a bool),
+    and ``value <= maximum`` when a maximum is given.
 
-    For sizes, counts and budgets: 100.5, NaN, ``"100"`` and ``True`` are refused.
-    No kernel counterpart.
+    For sizes, counts and budgets: 100.5, NaN, ``"100"`` and ``True`` are refused, and a
+    ``maximum`` keeps ``rounds=2**200`` from running for ever. No kernel counterpart.
     """
     if isinstance(value, bool) or not isinstance(value, int):
         raise error(f"{name} must be an int, got {_shown(value)}")
+    if maximum is not None and not minimum <= value <= maximum:
+        where = "above the limit" if value > maximum else "out of range"
+        raise error(f"{name}={_short(value)} is {where}: pass {minimum}..{maximum}")
     if value < minimum or value >> bits:
         wanted = "a non-negative int" if minimum == 0 else f"an int of at least {minimum}"
-        raise error(f"{name}={value} is out of range: pass {wanted} below 2**{bits}")
+        raise error(f"{name}={_short(value)} is out of range: pass {wanted} below 2**{bits}")
     return value
 
 
+def _short(value: int) -> str:
+    """An int for a message: in full unless it is huge (``2**200`` is not printed whole)."""
+    return (
+        str(value)
+        if abs(value) < 1 << 64
+        else f"{'-' if value < 0 else ''}2**{value.bit_length() - 1}+"
+    )
+
+
 def check_optional_count(
-    name: str, value: object, *, minimum: int = 0, error: type[KvmmuError] = AddressError
+    name: str,
+    value: object,
+    *,
+    minimum: int = 0,
+    maximum: int | None = None,
+    error: type[KvmmuError] = AddressError,
 ) -> int | None:
     """:func:`check_count`, with None allowed (meaning "the default").
 
     No kernel counterpart.
     """
-    return None if value is None else check_count(name, value, minimum=minimum, error=error)
+    if value is None:
+        return None
+    return check_count(name, value, minimum=minimum, maximum=maximum, error=error)
+
+
+def check_real(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    error: type[KvmmuError] = ArgumentError,
+) -> float:
+    """Return ``value`` as a float if it is a finite real number within the bounds given.
+
+    An int, a float or a numpy number; a bool, NaN, an infinity and text are refused, so a
+    cost or a rate cannot silently turn a comparison into False. No kernel counterpart.
+    """
+    if isinstance(value, bool) or (not isinstance(value, int | float) and not _numpy_real(value)):
+        raise error(f"{name} must be a number, got {_shown(value)}")
+    if isinstance(value, int) and abs(value) >> 1023:
+        raise error(f"{name}={_short(value)} is too large to be a finite number")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise error(f"{name} must be a finite number, got {number}")
+    low = -math.inf if minimum is None else minimum
+    high = math.inf if maximum is None else maximum
+    if not low <= number <= high:
+        raise error(f"{name}={number:g} is out of range: pass {_range_text(minimum, maximum)}")
+    return number
+
+
+def _numpy_real(value: object) -> bool:
+    """A numpy integer or float scalar, without importing numpy here."""
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    return kind in ("i", "u", "f") and getattr(value, "ndim", None) == 0
+
+
+def _range_text(minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"a number from {minimum:g} to {maximum:g}"
+    if minimum == 0:
+        return "a non-negative number"
+    if minimum is not None:
+        return f"a number of at least {minimum:g}"
+    return f"a number of at most {maximum:g}"
+
+
+def check_choice(
+    name: str, value: object, choices: Sequence[_T], error: type[KvmmuError] = ArgumentError
+) -> _T:
+    """Return the member of ``choices`` that ``value`` is; otherwise raise listing them all.
+
+    Compared by type and value, so ``True`` is not ``1`` and an unhashable value is refused
+    like any other (no lookup in a dict or a cache first). No kernel counterpart.
+    """
+    for choice in choices:
+        same_kind = isinstance(value, type(choice)) and isinstance(value, bool) == isinstance(
+            choice, bool
+        )
+        if same_kind and value == choice:
+            return choice
+    accepted = ", ".join(
+        f"{type(c).__name__}.{c.name}" if isinstance(c, Enum) else repr(c) for c in choices
+    )
+    raise error(f"{name} must be one of {accepted}; got {_shown(value)}")
+
+
+def check_str(name: str, value: object, *, error: type[KvmmuError] = ArgumentError) -> str:
+    """Return ``value`` if it is a ``str`` (not bytes, not a number); no kernel counterpart."""
+    if not isinstance(value, str):
+        raise error(f"{name} must be a string, got {_shown(value)}")
+    return value
+
+
+def check_strings(
+    name: str, value: object, error: type[KvmmuError] = ArgumentError, *, limit: int = 10_000
+) -> list[str]:
+    """Return ``value`` as a list if it is a list or tuple of at most ``limit`` strings.
+
+    One string is refused: its letters would be taken for the items (``argv="--help"``,
+    ``actions="edit"``). No kernel counterpart.
+    """
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise error(f"{name} must be a list of strings such as ['a', 'b'], got {_shown(value)}")
+    if len(value) > limit:
+        raise error(f"{name} has {len(value)} items, above the limit of {limit}")
+    return list(value)
+
+
+def check_path(name: str, value: object, error: type[KvmmuError] = ArgumentError) -> Path:
+    """Return ``value`` as a :class:`~pathlib.Path` if it is a non-empty ``str`` or a path.
+
+    Bytes, numbers and None are refused, so a command names the argument it could not use.
+    No kernel counterpart.
+    """
+    text = os.fspath(value) if isinstance(value, str | os.PathLike) else None
+    if not isinstance(text, str) or not text.strip() or "\x00" in text:
+        raise error(
+            f"{name} must be a file or folder path (a str or pathlib.Path), got {_shown(value)}"
+        )
+    return Path(text)
 
 
 def check_instance(
@@ -140,4 +264,5 @@ def check_callable(name: str, value: object, *, optional: bool = True) -> None:
     if value is None and optional:
         return
     if not callable(value):
-        raise ArgumentError(f"{name} must be a function or None, got {_shown(value)}")
+        wanted = "a function or None" if optional else "a function"
+        raise ArgumentError(f"{name} must be {wanted}, got {_shown(value)}")

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import KvmmuError, check_bool, check_path, check_strings
 
 WELCOME = Path("notebooks") / "00_welcome.ipynb"
 
@@ -41,7 +41,9 @@ def lab_command(argv: Sequence[str], *, root: bool, cwd: Path) -> list[str]:
 
     No kernel counterpart.
     """
-    args = list(argv)
+    args = check_strings("argv", argv, LabError)
+    check_bool("root", root, LabError)
+    cwd = check_path("cwd", cwd, LabError)
     named = [a for a in args if not a.startswith("-") and a.endswith(".ipynb")]
     missing = [a for a in named if not (cwd / a).is_file()]
     if missing:
@@ -61,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     No kernel counterpart.
     """
+    if argv is not None:
+        check_strings("argv", argv, LabError)
     try:
         if importlib.util.find_spec("jupyterlab") is None:
             raise LabError(

@@ -11,10 +11,8 @@ introspects the modules so that no public callable is missing from the table.
 from __future__ import annotations
 
 import importlib
-import inspect
 import io
 import lzma
-import math
 import pkgutil
 import shutil
 from collections.abc import Callable
@@ -23,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from bad_values import Entry, cases, expect_typed_error, public_callables
 
 import kvmmu.hw
 import kvmmu.kvm
-from kvmmu.errors import KvmmuError
 from kvmmu.hw import capture, guest, memory, walk, x86
 from kvmmu.hw.capture import CaptureError, load_capture
 from kvmmu.hw.guest import GuestPageTables
@@ -39,24 +37,6 @@ from kvmmu.kvm.vcpu import Vcpu, Vm
 MiB = 1 << 20
 LEVEL4 = PagingMode.LEVEL4
 ERA = accounting.ERAS[0]
-
-# ----------------------------------------------------------------------------------------------
-# Bad values, by the kind of argument they are given to
-# ----------------------------------------------------------------------------------------------
-
-_COMMON = [None, "x", 1.5, math.nan, math.inf, object(), [1]]
-BAD: dict[str, list[Any]] = {
-    "int": [*_COMMON, -1, True, False, 2**200, "1"],
-    "opt_int": [v for v in _COMMON if v is not None] + [-1, True, 2**200, "1"],
-    "bool": [*_COMMON, "no", "yes", 0, 1],
-    "opt_bool": [v for v in _COMMON if v is not None] + ["no", 0, 1],
-    "obj": [*_COMMON, 1, True],
-    "opt_obj": [v for v in _COMMON if v is not None] + [1, True],
-    "flags": [*_COMMON, "RO", True, -1, 1 << 40],
-    "str": [None, 1, 1.5, True, object(), b"x"],
-    "opt_path": [v for v in _COMMON if v is not None and not isinstance(v, str)] + [1, True],
-    "list": [v for v in _COMMON if not isinstance(v, list)] + [1, True],
-}
 
 
 def _mem() -> GuestMemory:
@@ -91,8 +71,6 @@ def _step() -> walk.WalkResult:
     return result
 
 
-# (callable's qualified name, argument, kind, call with the bad value)
-Entry = tuple[str, str, str, Callable[[Any], object]]
 S4 = x86.PagingMode.LEVEL4.spec
 
 TABLE: list[Entry] = [
@@ -496,29 +474,6 @@ MODULES = {
 }
 
 
-def _public_callables() -> set[str]:
-    """Every public function, class and method defined in the modules of MODULES."""
-    found: set[str] = set()
-    for short, module in MODULES.items():
-        names = getattr(module, "__all__", None) or [
-            n for n in vars(module) if not n.startswith("_")
-        ]
-        for name in names:
-            value = getattr(module, name)
-            if getattr(value, "__module__", None) != module.__name__ or not callable(value):
-                continue
-            if inspect.isclass(value) and issubclass(value, BaseException):
-                continue  # the error classes themselves
-            found.add(f"{short}.{name}")
-            if inspect.isclass(value) and not issubclass(value, (int, str)):
-                for attr, member in vars(value).items():
-                    if attr.startswith("_"):
-                        continue
-                    if inspect.isfunction(member) or isinstance(member, staticmethod):
-                        found.add(f"{short}.{name}.{attr}")
-    return found
-
-
 def _covered(name: str) -> bool:
     tabled = {entry[0].split("[")[0] for entry in TABLE}
     return name in tabled or name in NO_ARGUMENTS or name in RECORDS or name in HOT_PATH
@@ -526,7 +481,7 @@ def _covered(name: str) -> bool:
 
 def test_every_public_callable_is_in_the_table() -> None:
     """A new public function must be added to TABLE (or classified) to pass."""
-    missing = sorted(name for name in _public_callables() if not _covered(name))
+    missing = sorted(name for name in public_callables(MODULES) if not _covered(name))
     assert missing == [], f"add these to TABLE in {Path(__file__).name}: {missing}"
 
 
@@ -537,22 +492,11 @@ def test_every_module_of_the_layers_is_covered_or_named_internal() -> None:
             assert info.name in MODULES or info.name in MMU_INTERNALS, info.name
 
 
-def _cases() -> list[Any]:
-    cases = []
-    for name, arg, kind, call in TABLE:
-        for i, value in enumerate(BAD[kind]):
-            shown = f"{type(value).__name__}{i}"
-            cases.append(pytest.param(arg, call, value, id=f"{name}:{arg}={shown}"))
-    return cases
-
-
-@pytest.mark.parametrize(("arg", "call", "value"), _cases())
+@pytest.mark.parametrize(("arg", "call", "value"), cases(TABLE))
 def test_bad_value_is_a_typed_error_naming_the_argument(
     arg: str, call: Callable[[Any], object], value: object
 ) -> None:
-    with pytest.raises(KvmmuError) as info:
-        call(value)
-    assert arg.rstrip("_") in str(info.value), f"the message should name {arg!r}: {info.value}"
+    expect_typed_error(arg, call, value)
 
 
 # ----------------------------------------------------------------------------------------------

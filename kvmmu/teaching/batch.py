@@ -37,16 +37,17 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import KvmmuError, check_bool, check_choice, check_count, check_instance
 from kvmmu.hw.memory import GuestMemory, Memslot
 from kvmmu.hw.walk import reserved_mask
 from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Acc, Cr4, PagingMode, Pte
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.accounting import memory_from_counts
 from kvmmu.kvm.fault import get_shadow_page
+from kvmmu.kvm.mmu import Mmu
 from kvmmu.kvm.page import MmuPage
 from kvmmu.kvm.role import MmuPageRole
-from kvmmu.kvm.vcpu import Vcpu
+from kvmmu.kvm.vcpu import Vcpu, Vm
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -58,6 +59,17 @@ _ADDR = ((1 << 52) - 1) & ~0xFFF
 
 class BatchError(KvmmuError):
     """A guest or MMU state that the batch path cannot reproduce exactly; the message says why."""
+
+
+def _check_mmu_source(value: object) -> Mmu:
+    """The MMU of a Vcpu or a Vm, or an Mmu itself (``vcpu_or_mmu``)."""
+    if isinstance(value, Vcpu | Vm):
+        return value.mmu
+    return check_instance("vcpu_or_mmu", value, Mmu, "a Vcpu, a Vm or an Mmu")
+
+
+def _check_vcpu(vcpu: object) -> Vcpu:
+    return check_instance("vcpu", vcpu, Vcpu, "a Vcpu (vm.create_vcpu(...))", BatchError)
 
 
 def _span(level: int) -> int:
@@ -204,10 +216,10 @@ class BatchSummary:
 
 def summary_of_mmu(vcpu_or_mmu: object) -> BatchSummary:
     """The same counts, read from a live MMU (after faults or a build). No kernel counterpart."""
-    mmu = getattr(vcpu_or_mmu, "mmu", vcpu_or_mmu)
+    mmu = _check_mmu_source(vcpu_or_mmu)
     pages: dict[tuple[int, bool], int] = {}
     leaves: dict[int, int] = {}
-    for sp in mmu.by_pfn.values():  # type: ignore[attr-defined]
+    for sp in mmu.by_pfn.values():
         key = (sp.level, sp.direct)
         pages[key] = pages.get(key, 0) + 1
         for i in sp.present_indices():
@@ -241,6 +253,7 @@ class Plan:
 
     def kept(self, level: int) -> Bools:
         """Which pages of ``level`` exist in the end (all, unless pruned)."""
+        check_count("level", level, minimum=1, maximum=self.top, error=BatchError)
         count = self.nodes[level].count
         keep = self.keep.get(level)
         if keep is None:
@@ -284,14 +297,11 @@ def identity_shadow_summary(size: int, page_size: int, host_huge_pages: bool) ->
     it equal to the batch path wherever that is cheap; a 64 GiB guest with 4 KiB pages then
     costs nothing instead of 32K tables written and read. No kernel counterpart.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % _HUGE:
-        raise BatchError(f"size must be a positive multiple of 2 MiB, got {size!r}")
-    if size > 512 * _GIB:
-        raise BatchError(f"size={size:#x} needs more than one PDPT; pass at most 512 GiB")
-    if page_size not in (PAGE_SIZE, _HUGE):
-        raise BatchError(f"page_size must be 4 KiB or 2 MiB, got {page_size!r}")
-    if not isinstance(host_huge_pages, bool):
-        raise BatchError(f"host_huge_pages must be True or False, got {host_huge_pages!r}")
+    check_count("size", size, minimum=_HUGE, maximum=512 * _GIB, error=BatchError)
+    if size % _HUGE:
+        raise BatchError(f"size must be a multiple of 2 MiB, got {size:#x}")
+    check_choice("page_size", page_size, (PAGE_SIZE, _HUGE), BatchError)
+    check_bool("host_huge_pages", host_huge_pages, BatchError)
     n_huge = size // _HUGE  # 2 MiB regions, one guest PDE each
     n_pd = -(-size // _GIB)
     pages = {(4, False): 1, (3, False): 1, (2, False): n_pd}
@@ -452,6 +462,7 @@ def plan_disallowed(plan: Plan) -> set[tuple[int, int]]:
 
     No kernel counterpart beyond ``kvm_mmu_gfn_disallow_lpage``, applied to planned pages.
     """
+    check_instance("plan", plan, Plan, "a Plan (plan_direct or plan_shadow)", BatchError)
     out: set[tuple[int, int]] = set()
     for level in range(1, plan.top + 1):
         gfn, _, direct = plan.nodes[level].arrays()
@@ -495,8 +506,9 @@ def plan_direct(vcpu: Vcpu, *, max_level: int = 3, detail: bool = True) -> Plan:
     reach). ``max_level`` caps the leaf size (1: 4 KiB, 2: 2 MiB, 3: 1 GiB) below the vCPU's
     own limit; ``detail=False`` keeps only counts at level 1 (for :meth:`Plan.summary`).
     """
-    if max_level not in (1, 2, 3):
-        raise BatchError(f"max_level must be 1, 2 or 3 (4 KiB, 2 MiB, 1 GiB), got {max_level!r}")
+    _check_vcpu(vcpu)
+    check_choice("max_level", max_level, (1, 2, 3), BatchError)  # 4 KiB, 2 MiB, 1 GiB
+    check_bool("detail", detail, BatchError)
     if not vcpu.vm.tdp and vcpu.mode is not PagingMode.NONE:
         raise BatchError(
             f"plan_direct needs a TDP Vm or a guest with paging off, not {vcpu.mode.value}; "
@@ -559,6 +571,8 @@ def plan_shadow(vcpu: Vcpu, *, detail: bool = True) -> Plan:
     accessed bits are set on every entry those walks use, as the walker would.
     ``detail=False`` keeps only counts of 4 KiB leaves (for :meth:`Plan.summary`).
     """
+    _check_vcpu(vcpu)
+    check_bool("detail", detail, BatchError)
     if vcpu.vm.tdp or vcpu.mode not in (PagingMode.LEVEL4, PagingMode.LEVEL5):
         raise BatchError(
             f"plan_shadow needs a shadow-paging guest in 4- or 5-level mode, not "
@@ -982,8 +996,8 @@ def iter_leaves(vcpu_or_mmu: object) -> Iterator[tuple[MmuPage, int, int]]:
 
     No kernel counterpart (an rmap-free walk of the active list); for comparing builds.
     """
-    mmu = getattr(vcpu_or_mmu, "mmu", vcpu_or_mmu)
-    for sp in mmu.by_pfn.values():  # type: ignore[attr-defined]
+    mmu = _check_mmu_source(vcpu_or_mmu)
+    for sp in mmu.by_pfn.values():
         for i in sp.present_indices().tolist():
             spte = int(sp.spt[i])
             if S.is_shadow_present(spte) and S.is_last(spte, sp.level):

@@ -10,11 +10,22 @@ these are teaching views of ``mmu_internal.h`` and ``mmutrace.h`` state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+import operator
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
+from kvmmu.errors import (
+    ArgumentError,
+    check_bool,
+    check_choice,
+    check_flags,
+    check_instance,
+    check_real,
+    check_str,
+)
 from kvmmu.hw.x86 import Acc
 from kvmmu.kvm.page import MmuPage
 from kvmmu.kvm.vcpu import Vm
@@ -39,6 +50,7 @@ __all__ = [
     "arrow",
     "bar_axes",
     "box",
+    "check_frame",
     "legend",
     "new_figure",
     "role_frame",
@@ -60,11 +72,36 @@ FIGSIZE_WIDE = (11.0, 2.8)
 DPI = 100
 
 TABLE_NAMES = {5: "PML5", 4: "PML4", 3: "PDPT", 2: "PD", 1: "PT"}  # a guest table of each level
+LEGEND_PLACES = ("best", "lower right", "upper right")
+
+
+def check_frame(name: str, frame: object, columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Return ``frame`` if it is a DataFrame with every column of ``columns``, else raise
+    :class:`~kvmmu.errors.ArgumentError` naming the argument and the missing columns.
+
+    For the views and figures that draw another function's table. No kernel counterpart.
+    """
+    table = check_instance(name, frame, pd.DataFrame, "a pandas DataFrame")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ArgumentError(
+            f"{name} lacks the columns {missing}: pass the table the docstring names"
+        )
+    return table
+
+
+def _check_whole(name: str, value: object) -> int:
+    """An int, or a numpy integer or a whole float as a table cell holds it."""
+    number = check_real(name, value)
+    if not number.is_integer():
+        raise ArgumentError(f"{name} must be a whole number, got {number}")
+    return operator.index(value) if hasattr(value, "__index__") else int(number)
 
 
 def acc_text(acc: int) -> str:
     """Rights as letters, ``u``, ``w``, ``x`` or ``-`` each (``ACC_*_MASK``); no kernel
     counterpart."""
+    check_flags("acc", acc, Acc)
     return "".join(
         c if acc & b else "-" for c, b in (("u", Acc.USER), ("w", Acc.WRITE), ("x", Acc.EXEC))
     )
@@ -75,7 +112,7 @@ def size_text(nbytes: int) -> str:
     ``"4.50 MiB"``, ``"2.00 GiB"``; small savings never round to "0.0 MiB". No kernel
     counterpart.
     """
-    n = int(nbytes)
+    n = _check_whole("nbytes", nbytes)
     if abs(n) < 1024:
         return f"{n} B"
     if abs(n) < 1 << 20:
@@ -85,18 +122,44 @@ def size_text(nbytes: int) -> str:
     return f"{n / (1 << 30):.2f} GiB"
 
 
-def new_figure(figsize: tuple[float, float], dpi: float = DPI, **kwargs: Any) -> Figure:
-    """A matplotlib Figure (not pyplot's: nothing is kept or shown by itself), imported here on
-    first use, so that a module that only generates or checks exercises (the lab's) does not
-    pay for matplotlib. ``kwargs`` go to ``Figure`` (``layout=...``). No kernel counterpart.
-    """
+def _check_figure(fig: object) -> None:
+    """``fig`` must be a matplotlib Figure (matplotlib is loaded once a figure exists)."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=figsize, dpi=dpi, **kwargs)
+    check_instance("fig", fig, Figure, "a matplotlib Figure")
+
+
+def _check_axes(ax: object) -> None:
+    """``ax`` must be matplotlib Axes."""
+    from matplotlib.axes import Axes
+
+    check_instance("ax", ax, Axes, "matplotlib Axes")
+
+
+_LAYOUTS: tuple[Literal["constrained"], ...] = ("constrained",)
+
+
+def new_figure(figsize: tuple[float, float], dpi: float = DPI, layout: str | None = None) -> Figure:
+    """A matplotlib Figure (not pyplot's: nothing is kept or shown by itself), imported here on
+    first use, so that a module that only generates or checks exercises (the lab's) does not
+    pay for matplotlib. ``figsize`` is (width, height) in inches; ``layout`` is None or
+    ``"constrained"``. No kernel counterpart.
+    """
+    if not isinstance(figsize, tuple) or len(figsize) != 2:
+        raise ArgumentError(f"figsize must be a (width, height) tuple in inches, got {figsize!r}")
+    for name, value in zip(("figsize[0]", "figsize[1]"), figsize, strict=True):
+        check_real(name, value, minimum=0.1, maximum=100.0)
+    check_real("dpi", dpi, minimum=10.0, maximum=600.0)
+    if layout is not None:
+        layout = check_choice("layout", layout, _LAYOUTS)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, dpi=dpi, layout=layout)
 
 
 def style(fig: Figure) -> None:
     """A transparent figure background, for light and dark notebooks; no kernel counterpart."""
+    _check_figure(fig)
     fig.patch.set_alpha(0.0)
 
 
@@ -104,6 +167,13 @@ def box(ax: Axes, x: float, y: float, w: float, h: float, text: str, colour: str
     """A rounded box centred at ``(x, y)`` with white monospace text; no kernel counterpart."""
     from matplotlib.patches import FancyBboxPatch
 
+    _check_axes(ax)
+    for name, value in (("x", x), ("y", y)):
+        check_real(name, value)
+    for name, value in (("w", w), ("h", h)):
+        check_real(name, value, minimum=0)
+    check_str("text", text)
+    check_str("colour", colour)
     ax.add_patch(
         FancyBboxPatch(
             (x - w / 2, y - h / 2),
@@ -122,6 +192,11 @@ def arrow(
     ax: Axes, x0: float, y0: float, x1: float, y1: float, label: str = "", dashed: bool = False
 ) -> None:
     """An arrow from ``(x0, y0)`` to ``(x1, y1)``, labelled above; no kernel counterpart."""
+    _check_axes(ax)
+    for name, value in (("x0", x0), ("y0", y0), ("x1", x1), ("y1", y1)):
+        check_real(name, value)
+    check_str("label", label)
+    check_bool("dashed", dashed)
     ax.annotate(
         "",
         xy=(x1, y1),
@@ -148,7 +223,7 @@ def arrow(
 def bar_axes(fig: Figure) -> Axes:
     """One axes for a bar or line plot, spines and labels in the ink colour; no kernel
     counterpart."""
-    style(fig)
+    style(fig)  # which checks fig
     ax = fig.add_subplot(1, 1, 1)
     ax.set_facecolor("none")
     for side in ("top", "right"):
@@ -164,6 +239,8 @@ def bar_axes(fig: Figure) -> Axes:
 
 def legend(ax: Axes, loc: Literal["best", "lower right", "upper right"] = "best") -> None:
     """A frameless legend at ``loc`` with its labels in the ink colour; no kernel counterpart."""
+    _check_axes(ax)
+    check_choice("loc", loc, LEGEND_PLACES)
     for item in ax.legend(frameon=False, fontsize=9, loc=loc).get_texts():
         item.set_color(INK)
 
@@ -176,6 +253,8 @@ def role_frame(pages: list[MmuPage] | Vm) -> pd.DataFrame:
     """
     if isinstance(pages, Vm):
         pages = [sp for sp in pages.mmu.active if not sp.role.invalid]
+    elif not isinstance(pages, list | tuple) or not all(isinstance(p, MmuPage) for p in pages):
+        raise ArgumentError(f"pages must be a Vm or a list of MmuPage, got {str(pages)[:60]}")
     rows = []
     for sp in sorted(pages, key=lambda sp: sp.serial):
         role = sp.role
@@ -219,6 +298,7 @@ def tidy_trace(frame: pd.DataFrame) -> pd.DataFrame:
     The events are ``mmutrace.h``'s; each row keeps its name and lists its non-empty fields
     (addresses, gfns and sptes in hex).
     """
+    check_frame("frame", frame, ["event"])
     rows = []
     for seq, row in frame.iterrows():
         parts = []

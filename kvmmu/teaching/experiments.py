@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import KvmmuError, check_choice, check_count, check_real
 from kvmmu.kvm.accounting import ERAS, expected_bytes, memory_by_era, memory_from_counts
 from kvmmu.kvm.tdp import walk_cost_table
 from kvmmu.kvm.vcpu import Vm
@@ -42,21 +42,41 @@ def _cell(frame: pd.DataFrame, row: str, column: str) -> int:
     return int(frame[column].loc[row])
 
 
-def _check_scenario(scenario: str) -> str:
-    if scenario not in SCENARIOS:
-        raise ExperimentError(f"unknown scenario {scenario!r}; pick one of {SCENARIOS}")
-    return scenario
+def _check_scenario(scenario: object) -> str:
+    return check_choice("scenario", scenario, SCENARIOS, ExperimentError)
 
 
-def _check_size(size: object) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % (2 * MIB):
-        raise ExperimentError(f"size must be a positive multiple of 2 MiB, got {size!r}")
-    if size > 256 * GIB:
-        raise ExperimentError(f"size={size:#x} is above the 256 GiB these experiments support")
+MAX_SIZE = 256 * GIB
+"""The largest guest these experiments build (the batch path's tables take seconds there)."""
+MAX_RUNS = 64
+"""The most sizes, rates or processes one experiment runs."""
+
+
+def _check_size(size: object, name: str = "size") -> int:
+    check_count(name, size, minimum=1, maximum=MAX_SIZE, error=ExperimentError)
+    assert isinstance(size, int)
+    if size % (2 * MIB):
+        raise ExperimentError(f"{name} must be a positive multiple of 2 MiB, got {size!r}")
     return size
 
 
-@pure(maxsize=512)
+def _check_runs(name: str, values: object) -> tuple[object, ...]:
+    """A tuple or list of at most :data:`MAX_RUNS` values, one per run."""
+    if not isinstance(values, tuple | list) or not 1 <= len(values) <= MAX_RUNS:
+        raise ExperimentError(
+            f"{name} must be a tuple or list of 1..{MAX_RUNS} values, one per run; got "
+            f"{type(values).__name__} {str(values)[:40]}"
+        )
+    return tuple(values)
+
+
+def _check_scenario_size(scenario: object, size: object) -> None:
+    """What :func:`batch_summary` accepts, checked before its cache is consulted."""
+    _check_scenario(scenario)
+    _check_size(size)
+
+
+@pure(maxsize=512, check=_check_scenario_size)
 def batch_summary(scenario: str, size: int) -> BatchSummary:
     """Counts of the shadow pages ``scenario`` builds in a guest of ``size`` bytes (batch path).
 
@@ -64,8 +84,6 @@ def batch_summary(scenario: str, size: int) -> BatchSummary:
     another experiment at the same size, does not rebuild the guest's tables. No kernel
     counterpart.
     """
-    _check_scenario(scenario)
-    _check_size(size)
     budget = 1 << 22
     spec = scenario_spec(scenario)
     vm = Vm(size, tdp=spec.tdp, huge_pages=spec.host_huge_pages, n_max_mmu_pages=budget)
@@ -108,6 +126,8 @@ def savings_by_size(
     for each era from the batch counts, ``saved by 2010`` and its closed form, and ``match``.
     """
     _check_scenario(scenario)
+    for size in _check_runs("sizes", sizes):
+        _check_size(size, "sizes")
     rows = []
     for size in sizes:
         summary = batch_summary(scenario, size)
@@ -139,6 +159,8 @@ def savings_scenarios(size: int = 64 * MIB, *, processes: int = 4) -> pd.DataFra
     processes" runs the fault path (:func:`kvmmu.teaching.workloads.many_processes`, ``processes``
     address spaces of 16 user pages each). Rows (scenario, era).
     """
+    _check_size(size)
+    check_count("processes", processes, minimum=1, maximum=MAX_RUNS, error=ExperimentError)
     frames = []
     for scenario in SCENARIOS:
         frame = batch_summary(scenario, size).memory()
@@ -184,6 +206,10 @@ def pte_write_exits(
     :func:`kvmmu.teaching.workloads.pte_writer` and reports the exits by cause and per 1000
     operations.
     """
+    for rate in _check_runs("rates", rates):
+        check_real("rates", rate, minimum=0, maximum=1, error=ExperimentError)
+    check_count("ops", ops, minimum=1, maximum=100_000, error=ExperimentError)
+    check_count("seed", seed, error=ExperimentError)
     rows = []
     for rate in rates:
         for name, tdp, unsync in PTE_CONFIGS:
@@ -208,6 +234,7 @@ def tdp_vs_shadow_memory(size: int = GIB) -> pd.DataFrame:
 
     No kernel counterpart. Batch path; the ``bytes today`` column uses today's allocation.
     """
+    _check_size(size)
     rows = []
     for scenario in SCENARIOS:
         summary = batch_summary(scenario, size)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import KvmmuError, check_choice, check_path, check_strings
 from kvmmu.hw.walk import PageFault
 from kvmmu.hw.x86 import Acc
 from kvmmu.teaching.lessons import l01_guest_page_tables as l01
@@ -82,6 +82,12 @@ has two choices and is worth least."""
 class GradingError(KvmmuError):
     """The grading command was given something it cannot use (a missing master, autograder or
     submissions folder)."""
+
+
+def _check_part(question: object, part: object) -> tuple[str, str]:
+    """A question of :data:`PARTS` and one of its parts."""
+    name = check_choice("question", question, tuple(PARTS), ExerciseError)
+    return name, check_choice("part", part, tuple(p for p, _ in PARTS[name]), ExerciseError)
 
 
 def lab_problems(student_id: object) -> dict[str, Problem]:
@@ -148,8 +154,8 @@ def grade_part(question: str, part: str, student_id: object, answer: object) -> 
     ``student_id``'s ``answer``; a missing or malformed answer fails with a message. The answer
     is recomputed here from the student id. No kernel counterpart.
     """
-    if question not in PARTS or part not in dict(PARTS[question]):
-        raise ExerciseError(f"unknown part {question}/{part}; the parts are {PARTS}")
+    _check_part(question, part)
+    student_seed(student_id)  # a bad id is the caller's error, not a verdict on the answer
     if answer is ... or answer is None:
         return fail(NO_ANSWER)
     if len(PARTS[question]) == 1:
@@ -176,7 +182,12 @@ def require(question: str, part: str, student_id: object, answers: object) -> No
     """A hidden test's body: raise ``AssertionError`` with the verdict's message unless part
     ``part`` of ``answers[question]`` is right. No kernel counterpart.
     """
-    answer = answers.get(question) if isinstance(answers, Mapping) else None
+    _check_part(question, part)
+    if not isinstance(answers, Mapping):  # other keys than the questions' are the student's
+        raise ExerciseError(
+            f"answers must be a dict from question names to answers, got {str(answers)[:60]}"
+        )
+    answer = answers.get(question)
     verdict = grade_part(question, part, student_id, answer)
     if not verdict.passed:
         raise AssertionError(f"{question} ({part}): {verdict.message}")
@@ -193,6 +204,8 @@ def assign(outdir: Path, master: Path = MASTER) -> Path:
     first. Returns the autograder zip, ``outdir/autograder/autograder.zip``. No kernel
     counterpart.
     """
+    outdir = check_path("outdir", outdir, GradingError)
+    master = check_path("master", master, GradingError)
     from otter.assign import main as otter_assign
 
     if not master.is_file():
@@ -243,6 +256,9 @@ def grade(autograder: Path, submissions: Path, outdir: Path) -> pd.DataFrame:
     to ``outdir/gradebook.csv``, and each student's feedback to ``outdir/feedback/``. A submission
     that does not grade scores 0 with the reason; the loop never stops. No kernel counterpart.
     """
+    autograder = check_path("autograder", autograder, GradingError)
+    submissions = check_path("submissions", submissions, GradingError)
+    outdir = check_path("outdir", outdir, GradingError)
     from otter.api import grade_submission
 
     if not autograder.is_file():
@@ -288,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
 
     No kernel counterpart.
     """
+    if argv is not None:
+        check_strings("argv", argv, GradingError)
     parser = argparse.ArgumentParser(prog="python -m kvmmu.teaching.grading")
     commands = parser.add_subparsers(dest="command", required=True)
     a = commands.add_parser("assign", help="student notebook and autograder zip into OUTDIR")

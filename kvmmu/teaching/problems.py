@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import KvmmuError, check_str
 
 __all__ = ["Check", "ExerciseError", "Problem", "fail", "ok", "parse_int", "seeded_rng"]
 
@@ -47,11 +47,13 @@ class Check:
 
 def fail(message: str) -> Check:
     """A failed :class:`Check` whose hint is ``message``; no kernel counterpart."""
+    check_str("message", message, error=ExerciseError)
     return Check(False, message)
 
 
 def ok(message: str = "that is what the MMU does.") -> Check:
     """A passed :class:`Check`; no kernel counterpart."""
+    check_str("message", message, error=ExerciseError)
     return Check(True, message)
 
 
@@ -75,7 +77,10 @@ def seeded_rng(seed: int | str) -> random.Random:
     No kernel counterpart.
     """
     if isinstance(seed, bool) or not isinstance(seed, int | str):
-        raise ExerciseError(f"a seed is an int or a string such as a student number, got {seed!r}")
+        raise ExerciseError(
+            f"a seed is an int or a string such as a student number, got {type(seed).__name__} "
+            f"{str(seed)[:40]}"
+        )
     return random.Random(f"kvmmu:{seed}")
 
 
@@ -84,6 +89,7 @@ def parse_int(name: str, value: object) -> int:
 
     Raises :class:`ExerciseError` naming ``name``. No kernel counterpart.
     """
+    check_str("name", name, error=ExerciseError)
     if isinstance(value, bool):
         raise ExerciseError(f"{name} must be a number such as 0x1234, got {value!r}")
     if isinstance(value, int | np.integer):

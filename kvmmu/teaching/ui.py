@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Image, display
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import ArgumentError, KvmmuError, check_callable, check_count, check_instance
 
 if TYPE_CHECKING:  # matplotlib is imported by the first figure drawn, not by this module
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -33,6 +33,19 @@ __all__ = ["WIDGET_MEMO", "figure_png", "panel", "render_into", "show", "show_fi
 
 WIDGET_MEMO = 64
 """How many control settings a lesson widget remembers the output of (``wire(memo=...)``)."""
+MEMO_LIMIT = 4096
+"""The most settings :func:`wire` keeps the output of."""
+
+
+def _check_controls(controls: object, cls: type[widgets.Widget], hint: str) -> list[Any]:
+    """A list (or tuple) of ipywidgets controls, each a ``cls``."""
+    if not isinstance(controls, list | tuple) or not all(isinstance(c, cls) for c in controls):
+        raise ArgumentError(f"controls must be a list of {hint}, got {str(controls)[:60]}")
+    return list(controls)
+
+
+def _check_out(out: object) -> None:
+    check_instance("out", out, widgets.Output, "an ipywidgets.Output")
 
 
 _CANVASES: OrderedDict[tuple[float, float, float], FigureCanvasAgg] = OrderedDict()
@@ -64,6 +77,7 @@ def figure_png(fig: Figure) -> bytes:
     from matplotlib.backend_bases import FigureCanvasBase
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    _check_figure(fig)
     own = fig.canvas
     if type(own) is not FigureCanvasBase or fig.get_layout_engine() is not None:
         return _tight_png(fig)
@@ -111,6 +125,7 @@ def show(fig: Figure) -> None:
     The stored notebook output then holds an image (which nbval does not compare) and no text
     that could differ between runs. No kernel counterpart.
     """
+    _check_figure(fig)
     png = base64.b64encode(figure_png(fig)).decode()
     display({"image/png": png}, raw=True)  # type: ignore[no-untyped-call]
 
@@ -119,6 +134,12 @@ def _is_figure(value: object) -> TypeGuard[Figure]:
     """Whether ``value`` is a matplotlib Figure, without importing matplotlib to find out."""
     figure = sys.modules.get("matplotlib.figure")
     return figure is not None and isinstance(value, figure.Figure)
+
+
+def _check_figure(fig: object) -> None:
+    """``fig`` must be a matplotlib Figure, else an :class:`ArgumentError` naming it."""
+    if not _is_figure(fig):
+        raise ArgumentError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
 
 
 def _append(out: Any, value: object) -> None:
@@ -143,6 +164,8 @@ def render_into(out: Any, produce: Callable[[], object]) -> None:
     message, so a reader who types a bad value sees what to fix instead of a traceback. No
     kernel counterpart.
     """
+    _check_out(out)
+    check_callable("produce", produce, optional=False)
     out.outputs = ()
     try:
         value = produce()
@@ -158,11 +181,14 @@ def show_figure(fig: Figure) -> None:
     Unlike :func:`show` the stored output keeps the Image's plain-text form beside the PNG.
     No kernel counterpart.
     """
+    _check_figure(fig)
     display(Image(data=figure_png(fig)))  # type: ignore[no-untyped-call]
 
 
 def panel(controls: list[Any], out: Any) -> Any:
     """The controls in a row above the Output ``out``; no kernel counterpart."""
+    _check_controls(controls, widgets.Widget, "ipywidgets")
+    _check_out(out)
     return widgets.VBox([widgets.HBox(controls), out])
 
 
@@ -174,6 +200,9 @@ def wire(controls: list[Any], produce: Callable[[], object], *, memo: int = 0) -
     (no recomputing, no PNG to draw): only for a ``produce`` that depends on the controls'
     values alone. No kernel counterpart.
     """
+    _check_controls(controls, widgets.ValueWidget, "ipywidgets controls with a value")
+    check_callable("produce", produce, optional=False)
+    check_count("memo", memo, maximum=MEMO_LIMIT, error=ArgumentError)
     out = widgets.Output()
     shown: OrderedDict[tuple[Hashable, ...], tuple[Any, ...]] = OrderedDict()
 

@@ -22,7 +22,15 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import (
+    KvmmuError,
+    check_bool,
+    check_choice,
+    check_count,
+    check_instance,
+    check_optional_count,
+    check_real,
+)
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.walk import GeneralProtection, WalkResult, cpu_for_mode, load_cr3, walk
@@ -33,14 +41,44 @@ KERNEL_BASE = 0xFFFF_8880_0000_0000  # Linux's direct map of physical memory (x8
 USER_BASE = 0x40_0000  # where a small Linux program's text starts
 
 
+MIB = 1 << 20
+GIB = 1 << 30
+FAULT_PATH_LIMIT = GIB
+"""The largest guest the fault-path workloads touch page by page (a million 4 KiB pages take
+minutes); larger guests are the batch path's (:func:`fast_identity_tables`)."""
+MAP_LIMIT = FAULT_PATH_LIMIT // PAGE_SIZE
+"""The most guest pages :func:`identity_guest` maps one by one (1 GiB of 4 KiB pages)."""
+BATCH_LIMIT = 256 * GIB
+"""The largest guest :func:`fast_identity_tables` writes tables for (the experiments' limit)."""
+COUNT_LIMIT = 100_000
+"""The most processes, rounds, pages or operations one workload runs."""
+PAGE_SIZES = (PAGE_SIZE, 2 * MIB, 4 * MIB, GIB)
+"""Guest page sizes: 4 KiB, 2 MiB (PAE, 4- and 5-level), 4 MiB (32-bit), 1 GiB."""
+
+
 class WorkloadError(KvmmuError, ValueError):
     """Workload arguments that do not make a valid guest; the message says what to change."""
 
 
-def _check_positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise WorkloadError(f"{name} must be a positive int, got {value!r}")
-    return value
+def _check_size(name: str, value: object, limit: int) -> int:
+    """A guest size: a positive int of whole 4 KiB pages, at most ``limit`` bytes."""
+    size = check_count(name, value, minimum=1, maximum=limit, error=WorkloadError)
+    if size % PAGE_SIZE:
+        raise WorkloadError(f"{name}={size:#x} must be a multiple of 4 KiB")
+    return size
+
+
+def _check_mode(mode: object) -> PagingMode:
+    return check_instance("mode", mode, PagingMode, "a PagingMode", WorkloadError)
+
+
+def _check_page_size(page_size: object, mode: PagingMode) -> int:
+    """One of the page sizes ``mode`` maps with (4 KiB always)."""
+    spec = mode.spec
+    sizes = [spec.level_size(lv) for lv in range(1, spec.root_level + 1)]
+    return check_choice(
+        "page_size", page_size, [s for s in PAGE_SIZES if s in sizes] or [PAGE_SIZE], WorkloadError
+    )
 
 
 def tables_needed(size: int, mode: PagingMode, page_size: int) -> int:
@@ -48,6 +86,8 @@ def tables_needed(size: int, mode: PagingMode, page_size: int) -> int:
 
     No kernel counterpart (the guest's ``pgd_alloc`` / ``pte_alloc`` count).
     """
+    check_count("size", size, maximum=BATCH_LIMIT, error=WorkloadError)
+    _check_page_size(page_size, _check_mode(mode))
     spec = mode.spec
     if spec.root_level == 0:
         return 0
@@ -87,8 +127,12 @@ def fast_identity_tables(vm: Vm, size: int, page_size: int) -> Vcpu:
     present and writable, clean), laid out at the top of memory, but page-at-a-time, so a
     64 GiB guest takes a fraction of a second. For sizes ``GuestPageTables.map`` is too slow for.
     """
-    if page_size not in (PAGE_SIZE, 2 << 20):
-        raise WorkloadError(f"page_size must be 4 KiB or 2 MiB, got {page_size:#x}")
+    check_instance("vm", vm, Vm, "a Vm", WorkloadError)
+    _check_size("size", size, BATCH_LIMIT)
+    check_choice("page_size", page_size, (PAGE_SIZE, 2 * MIB), WorkloadError)
+    end = max((slot.end_gfn for slot in vm.memory.slots), default=0) << PAGE_SHIFT
+    if size > end:
+        raise WorkloadError(f"size={size:#x} is larger than the Vm's memory ({end:#x})")
     if size % (2 << 20):
         raise WorkloadError(f"size={size:#x} must be a multiple of 2 MiB")
     table_bits = int(Pte.PRESENT | Pte.WRITABLE | Pte.USER)
@@ -166,11 +210,24 @@ def identity_guest(
     tables often do), so the guest maps them too. ``huge_pages`` says whether the host backs
     memory with huge pages (so sptes may be large); ``dirty`` presets the guest's D bits.
     """
-    _check_positive("size", size)
-    if size % PAGE_SIZE:
-        raise WorkloadError(f"size={size:#x} must be a multiple of 4 KiB")
-    if not isinstance(mode, PagingMode):
-        raise WorkloadError(f"mode must be a PagingMode, got {mode!r}")
+    _check_size("size", size, BATCH_LIMIT)
+    _check_mode(mode)
+    for name, flag in (
+        ("tdp", tdp),
+        ("huge_pages", huge_pages),
+        ("allow_unsync", allow_unsync),
+        ("writable", writable),
+        ("dirty", dirty),
+    ):
+        check_bool(name, flag, WorkloadError)
+    if mode is not PagingMode.NONE:
+        _check_page_size(page_size, mode)
+        if size // page_size > MAP_LIMIT:
+            raise WorkloadError(
+                f"size={size:#x} maps {size // page_size} pages of {page_size:#x} bytes, above "
+                f"the limit of {MAP_LIMIT}; use larger pages or fast_identity_tables"
+            )
+    check_optional_count("n_max_mmu_pages", n_max_mmu_pages, error=WorkloadError)
     if mode.spec.va_bits == 32 and size > 1 << 32:
         raise WorkloadError(f"a {mode.value} guest reaches 4 GiB at most; size={size:#x}")
     if mode is not PagingMode.NONE and size % page_size:
@@ -211,6 +268,8 @@ def full_touch(
     the guest's page size, so without the flush one TDP fault would stand for a whole guest
     large page (real hardware caches the smaller of the two sizes).
     """
+    check_instance("kind", kind, Access, "an Access (Access.READ, WRITE or FETCH)", WorkloadError)
+    _check_size("size", size, FAULT_PATH_LIMIT)  # touched page by page
     vm, vcpu, pt = identity_guest(size, mode, tdp=tdp, page_size=page_size, huge_pages=huge_pages)
     flush = tdp and page_size > PAGE_SIZE
     for gpa in range(0, size, PAGE_SIZE):
@@ -255,15 +314,21 @@ def many_processes(
     ``root_cache=False`` drops the cached previous roots after each switch (see
     ``benchmarks/bench_mmu.py``); the pages stay in the hash, only the fast switch is lost.
     """
-    _check_positive("n", n)
-    _check_positive("pages_each", pages_each)
-    _check_positive("rounds", rounds)
+    for name, count in (("n", n), ("pages_each", pages_each), ("rounds", rounds)):
+        check_count(name, count, minimum=1, maximum=COUNT_LIMIT, error=WorkloadError)
+    _check_size("memory_size", memory_size, FAULT_PATH_LIMIT)
+    _check_size("kernel_size", kernel_size, memory_size)
+    if kernel_size % (2 * MIB):
+        raise WorkloadError(f"kernel_size={kernel_size:#x} must be a multiple of 2 MiB")
+    check_bool("tdp", tdp, WorkloadError)
+    check_bool("root_cache", root_cache, WorkloadError)
+    check_count("seed", seed, error=WorkloadError)
     rng = np.random.default_rng(seed)
     vm = Vm(memory_size, tdp=tdp, huge_pages=False)
     npages = memory_size >> PAGE_SHIFT
     per = 8 + pages_each // 512 * 2
     top = npages - per * n
-    if top <= kernel_size >> PAGE_SHIFT:
+    if top - (kernel_size >> PAGE_SHIFT) < max(pages_each, 1):
         raise WorkloadError(
             f"memory_size={memory_size:#x} is too small for {n} processes; make it larger"
         )
@@ -306,6 +371,7 @@ def drop_prev_roots(vcpu: Vcpu) -> None:
     No kernel counterpart: KVM always has ``KVM_MMU_NUM_PREV_ROOTS`` slots. Each cached root
     gets ``put_root`` so its ``root_count`` stays right; the page itself stays in the hash.
     """
+    check_instance("vcpu", vcpu, Vcpu, "a Vcpu", WorkloadError)
     for sp in vcpu.prev_roots:
         vcpu.mmu.put_root(sp)
     vcpu.prev_roots = []
@@ -360,10 +426,22 @@ def pte_writer(
     unsync. Under TDP nothing exits. Exits are counted by cause; INVLPG counts as one exit
     under shadow paging (KVM intercepts it) and none under TDP.
     """
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
-        raise WorkloadError(f"rate must be a number in [0, 1], got {rate!r}")
-    _check_positive("ops", ops)
-    _check_positive("user_pages", user_pages)
+    check_real("rate", rate, minimum=0, maximum=1, error=WorkloadError)
+    check_count("ops", ops, minimum=1, maximum=COUNT_LIMIT, error=WorkloadError)
+    check_count("user_pages", user_pages, minimum=1, maximum=COUNT_LIMIT, error=WorkloadError)
+    _check_size("memory_size", memory_size, FAULT_PATH_LIMIT)
+    if memory_size % (2 * MIB) or memory_size < 4 * MIB:
+        raise WorkloadError(
+            f"memory_size={memory_size:#x} must be a multiple of 2 MiB, 4 MiB or more"
+        )
+    if 2 * user_pages > (memory_size >> PAGE_SHIFT) - 16 - 256:
+        raise WorkloadError(
+            f"memory_size={memory_size:#x} has too few frames for user_pages={user_pages}; "
+            "make it larger"
+        )
+    check_bool("tdp", tdp, WorkloadError)
+    check_bool("allow_unsync", allow_unsync, WorkloadError)
+    check_count("seed", seed, error=WorkloadError)
     rng = np.random.default_rng(seed)
     vm = Vm(memory_size, tdp=tdp, huge_pages=False, allow_unsync=allow_unsync)
     npages = memory_size >> PAGE_SHIFT

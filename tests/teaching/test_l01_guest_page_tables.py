@@ -116,7 +116,7 @@ def test_walk_widget_shows_a_typing_error_instead_of_a_traceback(guest) -> None:
     widget = lesson.make_walk_widget(memory, pt.cpu())
     controls(widget)[0].value = "0xZZ"
     (text,) = shown(widget)
-    assert text.startswith("error: could not read '0xZZ'")
+    assert text.startswith("error: address: could not read '0xZZ'")
 
 
 def test_walk_widget_can_draw_the_chain(guest) -> None:  # type: ignore[no-untyped-def]

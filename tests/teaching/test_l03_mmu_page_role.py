@@ -36,7 +36,7 @@ def test_role_scenarios_give_one_gfn_several_pages() -> None:
     large = lesson.role_scenario("large_guest_page")
     assert large["direct"].tolist() == [False, False, False, True]
     assert large.loc[large["direct"], "gfns bytes"].tolist() == [0]
-    with pytest.raises(KvmmuError, match="pick"):
+    with pytest.raises(KvmmuError, match="name must be one of"):
         lesson.role_scenario("nope")
 
 

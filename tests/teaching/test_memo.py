@@ -120,7 +120,7 @@ def test_cached_functions_still_refuse_bad_arguments() -> None:
         l05.table_write_workload(True)
     with pytest.raises(ExerciseError, match="pte_rate"):
         l05.table_write_workload([1])  # type: ignore[arg-type]
-    with pytest.raises(ExperimentError, match="unknown scenario"):
+    with pytest.raises(ExperimentError, match="scenario must be one of"):
         batch_summary(["tdp-4k"], GIB)  # type: ignore[arg-type]
     with pytest.raises(KvmmuError, match="mode"):
         l03.setup_shadow_pages("6-level")

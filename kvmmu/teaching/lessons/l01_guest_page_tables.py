@@ -22,7 +22,16 @@ import numpy as np
 import pandas as pd
 from IPython.display import Image
 
-from kvmmu.errors import AddressError, KvmmuError, ModeError
+from kvmmu.errors import (
+    AddressError,
+    KvmmuError,
+    ModeError,
+    check_bool,
+    check_choice,
+    check_count,
+    check_instance,
+    check_str,
+)
 from kvmmu.hw.capture import Capture, ptdump
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.memory import GuestMemory
@@ -40,6 +49,7 @@ from kvmmu.teaching.draw import (
     acc_text,
     arrow,
     box,
+    check_frame,
     new_figure,
     style,
 )
@@ -85,20 +95,27 @@ def parse_address(text: str | int) -> int:
 
     Raises :class:`AddressError` naming what to type instead.
     """
-    if isinstance(text, bool):
-        raise AddressError(f"an address is an int or a string such as '0x401000', not {text!r}")
+    return _address("text", text)
+
+
+def _address(name: str, text: object) -> int:
+    """:func:`parse_address` for the argument ``name`` (``address`` of a walk, say)."""
+    if isinstance(text, bool) or not isinstance(text, int | str):
+        shown = f"{type(text).__name__} {str(text)[:40]}"
+        raise AddressError(f"{name} must be an int or a string such as '0x401000', not {shown}")
     if isinstance(text, int):
         value = text
     else:
-        cleaned = str(text).strip().replace("_", "").replace("'", "")
+        cleaned = text.strip().replace("_", "").replace("'", "")
         try:
             value = int(cleaned, 0)
         except ValueError:
             raise AddressError(
-                f"could not read {text!r} as an address; type hex like 0x401000 or decimal"
+                f"{name}: could not read {text[:40]!r} as an address; type hex like 0x401000 "
+                "or decimal"
             ) from None
     if value < 0 or value >> 64:
-        raise AddressError(f"address {value:#x} does not fit in 64 bits; type 0 .. 2**64-1")
+        raise AddressError(f"{name} {value:#x} does not fit in 64 bits; type 0 .. 2**64-1")
     return value
 
 
@@ -126,7 +143,9 @@ def _check_cpl(cpl: int) -> int:
 def _walk_for(
     memory: GuestMemory, cpu: CpuState, address: str | int, access: str | Access, cpl: int
 ) -> tuple[int, Access, WalkResult | PageFault | GeneralProtection]:
-    gva = parse_address(address)
+    check_instance("memory", memory, GuestMemory, "a GuestMemory")
+    check_instance("cpu", cpu, CpuState, "a CpuState (GuestPageTables.cpu())")
+    gva = _address("address", address)
     kind = parse_access(access)
     regs = replace(cpu, cpl=_check_cpl(cpl))
     return gva, kind, walk(memory, regs, gva, kind, set_ad=False)
@@ -285,7 +304,7 @@ def address_split(address: str | int) -> pd.DataFrame:
     2-bit index) and the page offset. 32-bit and PAE paging use the low 32 bits; 4-level
     paging ignores bits 63:48 (they must copy bit 47), 5-level bits 63:57.
     """
-    gva = parse_address(address)
+    gva = _address("address", address)
     rows = []
     for mode in (PagingMode.BITS32, PagingMode.PAE, PagingMode.LEVEL4, PagingMode.LEVEL5):
         spec = mode.spec
@@ -318,8 +337,7 @@ def decode_error_code(code: int) -> dict[str, int]:
     user-mode access; ``RSVD`` a reserved bit in some entry; ``I/D`` an instruction fetch;
     ``PK`` a protection-key violation.
     """
-    if isinstance(code, bool) or not isinstance(code, int) or code < 0:
-        raise AddressError(f"an error code is a non-negative int, got {code!r}")
+    check_count("code", code)  # an error code: a non-negative int of 64 bits at most
     return {name: int(bool(code & bit)) for name, bit in _ERROR_BITS}
 
 
@@ -373,6 +391,11 @@ def fault_examples() -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 
 
+WIDGET_ACCESSES = ("read", "write", "fetch")
+WIDGET_CPLS = (0, 3)
+"""The walk widget's choices: access kinds, and CPLs (kernel, user)."""
+
+
 def make_walk_widget(
     memory: GuestMemory,
     cpu: CpuState,
@@ -388,6 +411,12 @@ def make_walk_widget(
     Controls, in order: address (Text), access (Dropdown), CPL (Dropdown).
     No kernel counterpart.
     """
+    check_instance("memory", memory, GuestMemory, "a GuestMemory")
+    check_instance("cpu", cpu, CpuState, "a CpuState (GuestPageTables.cpu())")
+    check_str("address", address)
+    check_choice("access", access, WIDGET_ACCESSES)
+    check_choice("cpl", cpl, WIDGET_CPLS)
+    check_bool("draw", draw)
     text = widgets.Text(value=address, description="address")
     kind = widgets.Dropdown(options=["read", "write", "fetch"], value=access, description="access")
     level = widgets.Dropdown(options=[0, 3], value=cpl, description="CPL")
@@ -475,6 +504,9 @@ def region_of(gvas: np.ndarray) -> np.ndarray:
 
     No kernel counterpart (``dump_pagetables.c`` walks the same regions).
     """
+    array = check_instance("gvas", gvas, np.ndarray, "a numpy array of addresses")
+    if array.dtype.kind not in "iu":
+        raise AddressError(f"gvas must hold integer addresses, not {array.dtype}")
     starts = np.array([r[0] for r in LINUX_X86_64_MAP], dtype=np.uint64)
     return np.searchsorted(starts, gvas, side="right") - 1
 
@@ -487,6 +519,7 @@ def address_space_layout(leaves: pd.DataFrame) -> pd.DataFrame:
     leaves of each size, the bytes mapped, and how many leaves a user access may use. The
     kernel side is ``arch/x86/mm/dump_pagetables.c``, which prints the same regions.
     """
+    check_frame("leaves", leaves, ["gva", "level", "page_size", "flags"])
     if leaves.empty:
         return pd.DataFrame()
     gvas = leaves["gva"].to_numpy(dtype=np.uint64)
@@ -526,6 +559,7 @@ def kpti_comparison(capture: Capture) -> pd.DataFrame:
     the kernel CR3 maps everything. One row per memory-map region of the kernel half, plus a
     total; two columns (leaves, bytes mapped) per view. A capture without PTI has one view.
     """
+    check_instance("capture", capture, Capture, "a Capture (kvmmu.hw.capture.load_capture)")
     per_view: dict[str, pd.DataFrame] = {}
     for name, view in capture.views.items():
         dump = ptdump(capture.memory, view.cpu)
@@ -647,10 +681,11 @@ def _parse_walk_answer(answer: object) -> tuple[str, int]:
         text = answer.strip().lower()
         for prefix in ("fault", "#pf", "pf"):
             if text.startswith(prefix):
-                return "fault", parse_int("the error code", text[len(prefix) :].strip(" :="))
+                code = text[len(prefix) :].strip(" :=")
+                return "fault", parse_int("the answer's error code", code)
     if isinstance(answer, PageFault):
         return "fault", int(answer.error_code)
-    return "gpa", parse_int("the gpa", answer)
+    return "gpa", parse_int("the answer (a gpa)", answer)
 
 
 def check_walk(problem: WalkProblem, answer: int | str) -> Check:
@@ -658,6 +693,7 @@ def check_walk(problem: WalkProblem, answer: int | str) -> Check:
 
     ``answer`` is a gpa (int or ``"0x..."``) or ``"fault 0x.."`` with an error code.
     """
+    check_instance("problem", problem, WalkProblem, "a WalkProblem (walk_problem)", ExerciseError)
     kind, value = _parse_walk_answer(answer)
     result = problem._result
     if isinstance(result, PageFault):
@@ -771,10 +807,11 @@ def check_fix(problem: FixProblem, answer: Sequence[object]) -> Check:
     ``answer`` is ``(level, value)``: the entry at ``level`` on the gva's path is set to
     ``value`` (``GuestPageTables.set_entry``). The hint reports what the walk now does.
     """
+    check_instance("problem", problem, FixProblem, "a FixProblem (fix_problem)", ExerciseError)
     if isinstance(answer, str) or not isinstance(answer, Sequence) or len(answer) != 2:
-        raise ExerciseError("give the fix as (level, value), e.g. (2, 0x1234067)")
-    level = parse_int("level", answer[0])
-    value = parse_int("value", answer[1])
+        raise ExerciseError("give the answer, the fix, as (level, value), e.g. (2, 0x1234067)")
+    level = parse_int("the answer's level", answer[0])
+    value = parse_int("the answer's value", answer[1])
     if not 1 <= level <= 4:
         return fail("a 4-level walk has levels 1 (PTE) to 4 (PML4E)")
     memory, pt, _ = fix_guest(problem.seed)
@@ -808,6 +845,8 @@ def fix_answer(problem: FixProblem, pt: GuestPageTables) -> tuple[int, int]:
     """The one-bit fix, ``(level, value)``, for ``problem`` on its guest tables ``pt``: the
     instructor's key. No kernel counterpart.
     """
+    check_instance("problem", problem, FixProblem, "a FixProblem (fix_problem)", ExerciseError)
+    check_instance("pt", pt, GuestPageTables, "the GuestPageTables of fix_guest", ExerciseError)
     flips = {
         "pde not present": (2, int(Pte.PRESENT)),
         "pde supervisor": (2, int(Pte.USER)),

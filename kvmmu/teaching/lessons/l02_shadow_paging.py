@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 import pandas as pd
 
-from kvmmu.errors import KvmmuError, ModeError
+from kvmmu.errors import ArgumentError, ModeError, check_count, check_instance
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.walk import CpuState, GeneralProtection, PageFault
@@ -36,7 +36,15 @@ from kvmmu.teaching.draw import (
     role_frame,
     style,
 )
-from kvmmu.teaching.problems import Check, Problem, fail, ok, parse_int, seeded_rng
+from kvmmu.teaching.problems import (
+    Check,
+    ExerciseError,
+    Problem,
+    fail,
+    ok,
+    parse_int,
+    seeded_rng,
+)
 from kvmmu.teaching.ui import panel, render_into
 
 if TYPE_CHECKING:
@@ -112,14 +120,32 @@ def _outcome_text(result: int | PageFault | GeneralProtection) -> str:
     return f"gpa {result:#x}"
 
 
+PROGRAM_LIMIT = 1000
+"""The most steps a program given to :func:`run_program` may have."""
+
+
+def _check_program(program: object, steps: object) -> tuple[ProgramStep, ...]:
+    """A tuple (or list) of 1..:data:`PROGRAM_LIMIT` ProgramSteps, and ``steps`` in 0..len."""
+    if (
+        not isinstance(program, tuple | list)
+        or not 1 <= len(program) <= PROGRAM_LIMIT
+        or not all(isinstance(step, ProgramStep) for step in program)
+    ):
+        raise ArgumentError(
+            f"program must be a tuple of 1..{PROGRAM_LIMIT} ProgramSteps, got "
+            f"{type(program).__name__} {str(program)[:40]}"
+        )
+    check_count("steps", steps, maximum=len(program), error=ArgumentError)
+    return tuple(program)
+
+
 def run_program(steps: int, program: tuple[ProgramStep, ...] = DEMO_PROGRAM) -> ProgramRun:
     """A fresh small 4-level VM after the first ``steps`` accesses of ``program``.
 
     Shadow paging, so each first touch of a page is a shadow page fault handled by
     ``FNAME(page_fault)``; deterministic: the same ``steps`` always gives the same state.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= len(program):
-        raise KvmmuError(f"steps must be an int in 0..{len(program)}, got {steps!r}")
+    _check_program(program, steps)
     vm, pt, vcpu = _demo_guest()
     run = ProgramRun(vm, vcpu, pt)
     for step in program[:steps]:
@@ -162,6 +188,8 @@ def shadow_tables_figure(vm: Vm, vcpu: Vcpu) -> Figure:
     tables are ordered as a mirror image of their shadows; a direct page (violet) shadows no
     guest table and maps the gfns from its ``gfn`` on. The state is ``kvm->arch.active_mmu_pages``.
     """
+    check_instance("vm", vm, Vm, "a Vm")
+    check_instance("vcpu", vcpu, Vcpu, "a Vcpu of that Vm")
     guest = _guest_tables(vm.memory, vcpu.cpu)
     pages = [sp for sp in vm.mmu.active if not sp.role.invalid]
     top = max([lv for lv, _, _ in guest] + [sp.level for sp in pages] + [1])
@@ -254,6 +282,7 @@ def make_shadow_steps_widget(
 
     No kernel counterpart: a widget over :func:`shadow_step_view`.
     """
+    _check_program(program, steps)
     slider = widgets.IntSlider(value=steps, min=0, max=len(program), description="steps")
     step = widgets.Button(description="next step")
     reset = widgets.Button(description="reset")
@@ -332,7 +361,10 @@ def check_shadow_fault(problem: ShadowFaultProblem, answer: int | str) -> Check:
 
     No kernel counterpart: a lesson checker.
     """
-    value = parse_int("the number of pages", answer)
+    check_instance(
+        "problem", problem, ShadowFaultProblem, "a ShadowFaultProblem", error=ExerciseError
+    )
+    value = parse_int("the answer (a number of pages)", answer)
     right = problem._created
     if value == right:
         return ok("one new shadow page per guest table the earlier access did not go through.")

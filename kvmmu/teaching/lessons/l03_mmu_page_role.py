@@ -18,7 +18,14 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from kvmmu.errors import KvmmuError, ModeError
+from kvmmu.errors import (
+    KvmmuError,
+    ModeError,
+    check_bool,
+    check_choice,
+    check_count,
+    check_instance,
+)
 from kvmmu.hw.capture import Capture, ptdump
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.memory import GuestMemory
@@ -27,7 +34,7 @@ from kvmmu.hw.x86 import Acc, Access, PagingMode, Pte
 from kvmmu.kvm.mmu import shadow_path
 from kvmmu.kvm.role import ROLE_LAYOUT, MmuPageRole
 from kvmmu.kvm.vcpu import Vm
-from kvmmu.teaching.draw import role_frame
+from kvmmu.teaching.draw import check_frame, role_frame
 from kvmmu.teaching.lessons.l01_guest_page_tables import KERNEL_HALF, region_of
 from kvmmu.teaching.memo import pure
 from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail, ok, parse_int, seeded_rng
@@ -86,6 +93,10 @@ def role_layout_table() -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 
 
+ROLE_SCENARIOS = ("cr0_wp", "quadrants", "access", "large_guest_page")
+"""The scenarios of :func:`role_scenario`."""
+
+
 def role_scenario(name: str) -> pd.DataFrame:
     """Small guests where one gfn gets several shadow pages, one per role.
 
@@ -101,6 +112,7 @@ def role_scenario(name: str) -> pd.DataFrame:
     The kernel decides all of these in ``kvm_mmu_get_shadow_page`` (hash lookup by gfn and
     ``role.word``).
     """
+    check_choice("name", name, ROLE_SCENARIOS, ModeError)
     vm = Vm(16 << 20, huge_pages=name != "large_guest_page")
     if name == "cr0_wp":
         pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
@@ -144,12 +156,10 @@ def role_scenario(name: str) -> pd.DataFrame:
 _MODES = {m.value: m for m in PagingMode}
 
 
-def _mode(mode: str | PagingMode) -> PagingMode:
+def _mode(mode: object) -> PagingMode:
     if isinstance(mode, PagingMode):
         return mode
-    if mode in _MODES:
-        return _MODES[mode]
-    raise ModeError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
+    return _MODES[check_choice("mode", mode, tuple(_MODES), ModeError)]
 
 
 _SETUP_MEMORY = 16 << 20  # the setup guest's memory
@@ -172,7 +182,25 @@ def _setup_guest_tables(
     return {gfn: memory.page(gfn).tobytes() for gfn in pt.tables}, pt.cpu(cpl=3)
 
 
-@pure()
+def _check_setup(
+    mode: object = PagingMode.LEVEL4,
+    cr0_wp: object = True,
+    tdp: object = False,
+    large_guest_pages: object = False,
+    host_huge_pages: object = True,
+) -> None:
+    """What :func:`setup_shadow_pages` accepts, checked before its cache is consulted."""
+    _mode(mode)
+    for name, flag in (
+        ("cr0_wp", cr0_wp),
+        ("tdp", tdp),
+        ("large_guest_pages", large_guest_pages),
+        ("host_huge_pages", host_huge_pages),
+    ):
+        check_bool(name, flag, ModeError)
+
+
+@pure(check=_check_setup)
 def setup_shadow_pages(
     mode: str | PagingMode = PagingMode.LEVEL4,
     cr0_wp: bool = True,
@@ -228,6 +256,9 @@ def role_setup_view(
     controls that would change nothing in this setup (guest large pages under TDP, say): each
     is toggled and the pages compared. No kernel counterpart.
     """
+    _check_setup(mode, cr0_wp, tdp, large_guest_pages, host_huge_pages)
+    if previous is not None:
+        check_frame("previous", previous, ["gfn", "word"])
     flags = [cr0_wp, tdp, large_guest_pages, host_huge_pages]
     pages = setup_shadow_pages(mode, *flags)
     idle = []
@@ -251,6 +282,10 @@ def role_setup_view(
     return text, frame
 
 
+WIDGET_MODES = ("paging off", "32-bit", "PAE", "4-level", "5-level")
+"""The role widget's paging modes (``PagingMode`` values)."""
+
+
 def make_role_widget(
     mode: str = "4-level",
     cr0_wp: bool = True,
@@ -266,6 +301,8 @@ def make_role_widget(
 
     No kernel counterpart: a widget over :func:`setup_shadow_pages`.
     """
+    check_choice("mode", mode, WIDGET_MODES, ModeError)
+    _check_setup(PagingMode.LEVEL4, cr0_wp, tdp, large_guest_pages, host_huge_pages)
     modes = widgets.Dropdown(
         options=["paging off", "32-bit", "PAE", "4-level", "5-level"],
         value=mode,
@@ -293,6 +330,10 @@ def make_role_widget(
 # ------------------------------------------------------------------------------------------------
 
 
+CENSUS_LIMIT = 1 << 16
+"""The most kernel leaves per region :func:`capture_shadow_census` reads."""
+
+
 def capture_shadow_census(
     capture: Capture, *, kernel_per_region: int = 64
 ) -> tuple[pd.Series, pd.DataFrame]:
@@ -304,8 +345,8 @@ def capture_shadow_census(
     direct and indirect, gfns bytes) and the pages per level. The pages are what
     ``FNAME(fetch)`` creates for these translations.
     """
-    if isinstance(kernel_per_region, bool) or kernel_per_region < 0:
-        raise KvmmuError(f"kernel_per_region must be >= 0, got {kernel_per_region!r}")
+    check_instance("capture", capture, Capture, "a Capture (kvmmu.hw.capture.load_capture)")
+    check_count("kernel_per_region", kernel_per_region, maximum=CENSUS_LIMIT, error=ModeError)
     dump = ptdump(capture.memory, capture.cpu)
     gvas = dump["gva"].to_numpy(dtype=np.uint64)
     kernel = gvas >= np.uint64(KERNEL_HALF)
@@ -445,9 +486,18 @@ def _parse_acc(value: object) -> int:
             if ch in letters:
                 acc |= letters[ch]
             elif ch not in "- ":
-                raise ExerciseError(f"access letters are u, w, x and '-', got {value!r}")
+                raise ExerciseError(f"given access must be letters u, w, x or '-', got {value!r}")
         return acc
-    return parse_int("access", value) & int(Acc.ALL)
+    return parse_int("given access", value) & int(Acc.ALL)
+
+
+def _parse_bit(name: str, value: object) -> bool:
+    """A one-bit role field: True/False or 0/1 (a truthy ``"no"`` is not an answer)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer) and value in (0, 1):
+        return bool(value)
+    raise ExerciseError(f"given {name} must be True or False (or 1 or 0), got {value!r}")
 
 
 def role_field_right(problem: RoleProblem, name: str, given: object) -> bool:
@@ -455,21 +505,24 @@ def role_field_right(problem: RoleProblem, name: str, given: object) -> bool:
     the problem's page; a grader's partial credit per field. A value of the wrong shape raises
     :class:`ExerciseError`. No kernel counterpart.
     """
-    if name not in ROLE_FIELDS:
-        raise ExerciseError(f"unknown role field {name!r}; the fields are {list(ROLE_FIELDS)}")
+    check_instance("problem", problem, RoleProblem, "a RoleProblem (role_problem)", ExerciseError)
+    check_choice("name", name, ROLE_FIELDS, ExerciseError)
     role = problem._role
     if name == "access":
         return _parse_acc(given) == role.access
     if name in ("level", "quadrant"):
-        return parse_int(name, given) == int(getattr(role, name))
-    return bool(given) == bool(getattr(role, name))
+        return parse_int(f"given {name}", given) == int(getattr(role, name))
+    return _parse_bit(name, given) == bool(getattr(role, name))
 
 
 def check_role(problem: RoleProblem, answer: Mapping[str, object]) -> Check:
     """Check a predicted ``kvm_mmu_page_role``: the hint names the first wrong field and the
     rule behind it, never its value."""
+    check_instance("problem", problem, RoleProblem, "a RoleProblem (role_problem)", ExerciseError)
     if not isinstance(answer, Mapping):
-        raise ExerciseError("give the role as a dict, e.g. {'level': ..., 'direct': ..., ...}")
+        raise ExerciseError(
+            "give the answer, the role, as a dict, e.g. {'level': ..., 'direct': ..., ...}"
+        )
     missing = [f for f in ROLE_FIELDS if f not in answer]
     if missing:
         return fail("give every field; missing: " + ", ".join(missing))

@@ -18,7 +18,7 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 
-from kvmmu.errors import KvmmuError
+from kvmmu.errors import KvmmuError, check_count, check_instance
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.memory import GuestMemory
 from kvmmu.hw.x86 import PAGE_SHIFT, Access, PagingMode
@@ -27,7 +27,7 @@ from kvmmu.kvm.accounting import memory_by_era
 from kvmmu.kvm.page import LEVEL_BITS, MmuPage
 from kvmmu.kvm.role import MmuPageRole
 from kvmmu.kvm.vcpu import Vm
-from kvmmu.teaching.problems import Check, Problem, fail, ok, parse_int, seeded_rng
+from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail, ok, parse_int, seeded_rng
 from kvmmu.teaching.ui import wire
 
 __all__ = [
@@ -71,7 +71,16 @@ def demo_mixed_vm() -> Vm:
     return vm
 
 
+def _check_vm(vm: object) -> Vm:
+    return check_instance("vm", vm, Vm, "a Vm (demo_mixed_vm(), say)", ExerciseError)
+
+
+def _check_index(index: object) -> int:
+    return check_count("index", index, maximum=511, error=ExerciseError)  # a page's 512 sptes
+
+
 def _page_by_serial(vm: Vm, serial: int) -> MmuPage:
+    check_count("serial", serial, error=ExerciseError)
     for sp in vm.mmu.active:
         if sp.serial == serial:
             return sp
@@ -100,12 +109,15 @@ def gfn_table(sp: MmuPage, indices: list[int] | None = None) -> pd.DataFrame:
     indirect page reads ``gfns[i]``, which ``kvm_mmu_page_set_gfn`` wrote. Default indices:
     the present sptes (at most 8).
     """
+    check_instance("sp", sp, MmuPage, "a shadow page (MmuPage)", ExerciseError)
     if indices is None:
         indices = [int(i) for i in sp.present_indices()[:8]]
+    elif not isinstance(indices, list | tuple):
+        raise ExerciseError(f"indices must be a list of spte indices or None, got {indices!r}")
+    for index in indices:
+        check_count("indices", index, maximum=511, error=ExerciseError)
     rows = []
     for index in indices:
-        if isinstance(index, bool) or not 0 <= int(index) < 512:
-            raise KvmmuError(f"a shadow page has entries 0..511, got index {index!r}")
         spte = int(sp.spt[index])
         computed = sp.gfn + (index << ((sp.level - 1) * LEVEL_BITS))
         rows.append(
@@ -181,6 +193,7 @@ def gfn_audit(vm: Vm) -> pd.DataFrame:
     in the spte belongs to that gfn through its memslot. One row per shadow page; the kernel's
     counterpart was ``mmu_audit.c``'s rmap checks.
     """
+    _check_vm(vm)
     filed = {(sp.serial, i): gfn for (_, gfn), head in vm.mmu.rmap.items() for sp, i in head}
     rows = []
     for sp in sorted(vm.mmu.active, key=lambda sp: sp.serial):
@@ -211,6 +224,7 @@ def gfns_savings(vm: Vm) -> pd.DataFrame:
     Before the change every page had a 4 KiB gfns array (``kvm_mmu_alloc_page``); after it
     only indirect pages do. Columns: pages, gfns bytes before, after, and saved.
     """
+    _check_vm(vm)
     pages = [sp for sp in vm.mmu.active if not sp.role.invalid]
     rows = []
     for kind, members in (
@@ -240,9 +254,8 @@ def gfns_savings(vm: Vm) -> pd.DataFrame:
 
 def gfn_lookup(vm: Vm, serial: int, index: int) -> str:
     """What ``kvm_mmu_page_get_gfn(sp, index)`` answers for page ``sp#serial``, and why."""
-    sp = _page_by_serial(vm, serial)
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 512:
-        raise KvmmuError(f"index must be an int in 0..511, got {index!r}")
+    sp = _page_by_serial(_check_vm(vm), serial)
+    _check_index(index)
     spte = int(sp.spt[index])
     shift = (sp.level - 1) * LEVEL_BITS
     lines = [
@@ -270,12 +283,16 @@ def make_gfn_widget(vm: Vm | None = None, serial: int | None = None, index: int 
     (IntSlider 0..511).
     No kernel counterpart.
     """
+    if vm is not None:
+        _check_vm(vm)
+    _check_index(index)
     machine = vm if vm is not None else demo_mixed_vm()
     pages = sorted(machine.mmu.active, key=lambda sp: sp.serial)
     if not pages:
         raise KvmmuError("this VM has no shadow pages yet; run some guest accesses first")
     options = [(sp.describe(), sp.serial) for sp in pages]
     first = serial if serial is not None else pages[-1].serial
+    _page_by_serial(machine, first)  # a serial the page dropdown offers
     page = widgets.Dropdown(
         options=options, value=first, description="page", layout=widgets.Layout(width="30em")
     )
@@ -316,7 +333,8 @@ def gfn_problem(seed: int | str) -> GfnProblem:
 
 def check_gfn(problem: GfnProblem, answer: int | str) -> Check:
     """Check a predicted ``kvm_mmu_page_get_gfn`` result; the hint names the slip."""
-    value = parse_int("the gfn", answer)
+    check_instance("problem", problem, GfnProblem, "a GfnProblem (gfn_problem)", ExerciseError)
+    value = parse_int("the answer (a gfn)", answer)
     sp, i = problem.page, problem.index
     right = sp.get_gfn(i)
     if value == right:
@@ -388,7 +406,8 @@ def check_saving(problem: SavingProblem, answer: int | str) -> Check:
 
     No kernel counterpart: a lesson checker.
     """
-    value = parse_int("the saving", answer)
+    check_instance("problem", problem, SavingProblem, "a SavingProblem", ExerciseError)
+    value = parse_int("the answer (a saving in bytes)", answer)
     gfns = problem._table["gfns bytes"]
     saved = int(gfns["pre-2010"] - gfns["2010 seed"])
     pages = int(problem._table["direct pages"]["pre-2010"])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 import pandas as pd
 
+from kvmmu.errors import check_bool, check_choice, check_count, check_instance
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.x86 import PAGE_SHIFT, Access, PagingMode, Pte
 from kvmmu.kvm.vcpu import Vcpu, Vm
@@ -95,11 +96,15 @@ class TableWriter:
 
     def touch(self, i: int) -> None:
         """A user read of data page ``i``."""
+        check_count("i", i, error=ExerciseError)
         self.vcpu.access(DATA_GVA + (i % self.pages) * 0x1000, Access.READ, cpl=3)
 
     def write_pte(self, i: int, *, accessed: bool = True, clear: bool = False) -> None:
         """Re-point data page ``i`` at the other frame run (or ``clear`` its PTE, as munmap
         does), then INVLPG it as Linux does."""
+        check_count("i", i, error=ExerciseError)
+        check_bool("accessed", accessed, ExerciseError)
+        check_bool("clear", clear, ExerciseError)
         gva = DATA_GVA + (i % self.pages) * 0x1000
         slot = PTE_WINDOW + 8 * ((gva >> PAGE_SHIFT) & 511)
         old = self.pt.entry(gva, 1) & ENTRY_ADDR
@@ -114,6 +119,7 @@ class TableWriter:
 
         No kernel counterpart: a lesson scenario.
         """
+        check_count("k", k, error=ExerciseError)
         slot = PDE_WINDOW + 8 * (PDE_SCRATCH_INDEX + k % 100)
         self.vcpu.write(slot, (0x200_0000 + k * 0x1000) | PWUA, 8)
 
@@ -135,10 +141,9 @@ def table_writer(pages: int = 16, *, unsync: bool = False, update_pte: bool = Tr
     of the leaf spte after an emulated PTE store (``mmu_pte_write_new_pte``); False is today's
     kernel, which zaps it (``Vm(update_pte=...)``). No kernel counterpart.
     """
-    if isinstance(pages, bool) or not isinstance(pages, int) or not 1 <= pages <= 64:
-        raise ExerciseError(f"pages must be an int in 1..64, got {pages!r}")
-    if not isinstance(update_pte, bool):
-        raise ExerciseError(f"update_pte must be True or False, got {update_pte!r}")
+    check_count("pages", pages, minimum=1, maximum=64, error=ExerciseError)
+    check_bool("unsync", unsync, ExerciseError)
+    check_bool("update_pte", update_pte, ExerciseError)
     vm = Vm(64 << 20, allow_unsync=unsync, update_pte=update_pte)
     pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
     pt.map(DATA_GVA, DATA_GPA, length=pages * 0x1000, writable=True, user=True)
@@ -153,7 +158,22 @@ def table_writer(pages: int = 16, *, unsync: bool = False, update_pte: bool = Tr
     return guest
 
 
-@pure()
+def _check_counters_run(
+    pte_writes: object,
+    pde_writes: object = 0,
+    *,
+    accessed: object = True,
+    clear: object = False,
+    unsync: object = False,
+) -> None:
+    """What :func:`table_write_counters` accepts, checked before its cache is consulted."""
+    check_count("pte_writes", pte_writes, maximum=1000, error=ExerciseError)
+    check_count("pde_writes", pde_writes, maximum=1000, error=ExerciseError)
+    for name, flag in (("accessed", accessed), ("clear", clear), ("unsync", unsync)):
+        check_bool(name, flag, ExerciseError)
+
+
+@pure(check=_check_counters_run)
 def table_write_counters(
     pte_writes: int,
     pde_writes: int = 0,
@@ -170,9 +190,6 @@ def table_write_counters(
     The experiment behind the write-protection exercise; cached
     (:func:`kvmmu.teaching.memo.pure`). No kernel counterpart.
     """
-    for name, n in (("pte_writes", pte_writes), ("pde_writes", pde_writes)):
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 1000:
-            raise ExerciseError(f"{name} must be an int in 0..1000, got {n!r}")
     guest = table_writer(unsync=unsync)
     for i in range(pte_writes):
         guest.write_pte(i, accessed=accessed, clear=clear)
@@ -181,7 +198,21 @@ def table_write_counters(
     return guest.counters()
 
 
-@pure()
+def _check_workload(
+    pte_rate: object, pde_rate: object = 0, *, accesses: object = 200, unsync: object = False
+) -> None:
+    """What :func:`table_write_workload` accepts, checked before its cache is consulted."""
+    for name, n in (("pte_rate", pte_rate), ("pde_rate", pde_rate)):
+        check_count(name, n, maximum=100, error=ExerciseError)  # writes per 100 reads
+    check_count("accesses", accesses, minimum=1, maximum=ACCESS_LIMIT, error=ExerciseError)
+    check_bool("unsync", unsync, ExerciseError)
+
+
+ACCESS_LIMIT = 10_000
+"""The most user reads :func:`table_write_workload` runs."""
+
+
+@pure(check=_check_workload)
 def table_write_workload(
     pte_rate: int, pde_rate: int = 0, *, accesses: int = 200, unsync: bool = False
 ) -> pd.Series:
@@ -190,11 +221,6 @@ def table_write_workload(
     (:func:`kvmmu.teaching.memo.pure`), so a slider back at a rate shows it at once. No kernel
     counterpart.
     """
-    for name, n in (("pte_rate", pte_rate), ("pde_rate", pde_rate)):
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 100:
-            raise ExerciseError(
-                f"{name} must be an int in 0..100 (writes per 100 reads), got {n!r}"
-            )
     guest = table_writer(unsync=unsync)
     pte_acc = pde_acc = pte_done = pde_done = 0
     for i in range(accesses):
@@ -226,6 +252,7 @@ def table_write_view(
     ``pde_rate`` PDE stores per 100 reads). No kernel counterpart; the counters are
     ``kvm_vm_stat``'s.
     """
+    _check_workload(pte_rate, pde_rate, unsync=unsync)
     counters = table_write_workload(pte_rate, pde_rate, unsync=unsync)
     frame = counters.to_frame("count")
     fig = new_figure((9.0, 3.0), dpi=DPI)
@@ -246,6 +273,8 @@ def make_table_write_widget(pte_rate: int = 10, pde_rate: int = 0, unsync: bool 
     A setting shown before is shown again from memory (``wire(memo=...)``).
     No kernel counterpart.
     """
+    _check_workload(pte_rate, pde_rate, unsync=unsync)
+    check_count("pde_rate", pde_rate, maximum=20, error=ExerciseError)  # the slider's range
     pte = widgets.IntSlider(value=pte_rate, min=0, max=100, description="PTE / 100")
     pde = widgets.IntSlider(value=pde_rate, min=0, max=20, description="PDE / 100")
     allow = widgets.Checkbox(value=unsync, description="allow unsync")
@@ -327,9 +356,13 @@ def counter_right(problem: CountersProblem, name: str, given: object) -> bool:
     """Whether ``given`` is counter ``name`` (one of :data:`WP_FIELDS`) after the problem's run;
     a grader's partial credit per counter. No kernel counterpart.
     """
-    if name not in WP_FIELDS:
-        raise ExerciseError(f"unknown counter {name!r}; the counters are {list(WP_FIELDS)}")
-    return parse_int(name, given) == problem._counters[name]
+    _check_problem(problem)
+    check_choice("name", name, WP_FIELDS, ExerciseError)
+    return parse_int(f"given {name}", given) == problem._counters[name]
+
+
+def _check_problem(problem: object) -> None:
+    check_instance("problem", problem, CountersProblem, "a CountersProblem", ExerciseError)
 
 
 def check_counters(problem: CountersProblem, answer: Mapping[str, object]) -> Check:
@@ -337,8 +370,9 @@ def check_counters(problem: CountersProblem, answer: Mapping[str, object]) -> Ch
 
     No kernel counterpart: a lesson checker.
     """
+    _check_problem(problem)
     if not isinstance(answer, Mapping):
-        raise ExerciseError("give the counters as a dict, e.g. {'pf_emulate': 3, ...}")
+        raise ExerciseError("give the answer, the counters, as a dict: {'pf_emulate': 3, ...}")
     missing = [f for f in WP_FIELDS if f not in answer]
     if missing:
         return fail("give every counter; missing: " + ", ".join(missing))

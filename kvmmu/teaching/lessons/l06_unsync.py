@@ -17,6 +17,7 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
+from kvmmu.errors import check_instance, check_strings
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.x86 import PAGE_SHIFT, Access, PagingMode, Pte
 from kvmmu.kvm.mmu import shadow_path
@@ -57,6 +58,21 @@ def _sync_setup() -> tuple[Vm, Vcpu, GuestPageTables]:
     return vm, vcpu, pt
 
 
+ACTION_LIMIT = 1000
+"""The most actions :func:`sync_run` replays."""
+
+
+def _check_actions(actions: object) -> list[str]:
+    """A list or tuple of names from :data:`SYNC_ACTIONS`."""
+    done = check_strings("actions", actions, ExerciseError, limit=ACTION_LIMIT)
+    for a in done:
+        if a not in SYNC_ACTIONS:
+            raise ExerciseError(
+                f"actions: unknown action {a!r}; use one of {', '.join(SYNC_ACTIONS)}"
+            )
+    return done
+
+
 def sync_run(actions: Sequence[str]) -> pd.DataFrame:
     """Replay ``actions`` on a fresh unsync-capable guest and show the state after each one.
 
@@ -68,10 +84,7 @@ def sync_run(actions: Sequence[str]) -> pd.DataFrame:
     the leaf shadow page is unsync. No kernel counterpart: a view of ``FNAME(sync_spte)``,
     ``kvm_mmu_invlpg`` and ``kvm_mmu_sync_roots`` at work.
     """
-    actions = list(actions)
-    for a in actions:
-        if a not in SYNC_ACTIONS:
-            raise ExerciseError(f"unknown action {a!r}; use one of {', '.join(SYNC_ACTIONS)}")
+    actions = _check_actions(actions)
     vm, vcpu, pt = _sync_setup()
     rows: list[dict[str, object]] = []
     edits = 0
@@ -122,7 +135,7 @@ def sync_view(actions: tuple[str, ...] | list[str] = ()) -> pd.DataFrame:
 
     No kernel counterpart.
     """
-    return sync_run(list(actions))
+    return sync_run(_check_actions(actions))
 
 
 def make_sync_widget(actions: tuple[str, ...] = ()) -> Any:
@@ -133,7 +146,7 @@ def make_sync_widget(actions: tuple[str, ...] = ()) -> Any:
     kept on the container as ``actions`` (a list).
     No kernel counterpart.
     """
-    done: list[str] = list(actions)
+    done: list[str] = _check_actions(actions)
     buttons = [widgets.Button(description=name) for name in SYNC_ACTIONS]
     reset = widgets.Button(description="reset")
     out = widgets.Output()
@@ -199,13 +212,22 @@ def sync_problem(seed: int | str) -> SyncProblem:
     return SyncProblem(seed, text, tuple(actions), table)
 
 
+def _check_problem(problem: object) -> None:
+    check_instance("problem", problem, SyncProblem, "a SyncProblem (sync_problem)", ExerciseError)
+
+
+def _check_answer(answer: object) -> None:
+    if isinstance(answer, str) or not isinstance(answer, Sequence):
+        raise ExerciseError("give the answer as a list of gpas, one per 'access'")
+
+
 def sync_accesses_right(problem: SyncProblem, answer: Sequence[object]) -> list[bool]:
     """For each access of the problem, whether ``answer`` (a list of gpas, one per access) has
     the gpa it returns; a grader's partial credit per access (a missing gpa is wrong). No kernel
     counterpart.
     """
-    if isinstance(answer, str) or not isinstance(answer, Sequence):
-        raise ExerciseError("give a list of gpas, one per 'access'")
+    _check_problem(problem)
+    _check_answer(answer)
     table = problem._table
     right = [int(str(v), 16) for v in table[table["action"] == "access"]["access returns"]]
     given = [parse_int(f"access {n}", v) for n, v in enumerate(answer[: len(right)], 1)]
@@ -217,8 +239,8 @@ def check_sync(problem: SyncProblem, answer: Sequence[object]) -> Check:
 
     No kernel counterpart: a lesson checker.
     """
-    if isinstance(answer, str) or not isinstance(answer, Sequence):
-        raise ExerciseError("give a list of gpas, one per 'access'")
+    _check_problem(problem)
+    _check_answer(answer)
     table = problem._table
     rows = table[table["action"] == "access"]
     if len(answer) != len(rows):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 import pandas as pd
 
-from kvmmu.errors import ModeError
+from kvmmu.errors import ModeError, check_choice, check_count
 from kvmmu.reference import scenario as scenario_spec
 from kvmmu.teaching.batch import BatchSummary, identity_shadow_summary
 from kvmmu.teaching.draw import (
@@ -24,6 +24,7 @@ from kvmmu.teaching.draw import (
     SHADOW,
     TABLE,
     bar_axes,
+    check_frame,
     legend,
     new_figure,
     size_text,
@@ -62,6 +63,7 @@ _SCENARIO_OF = {
 def savings_figure(frame: pd.DataFrame) -> Figure:
     """Kernel bytes of shadow pages by era against guest size, from
     :func:`kvmmu.teaching.experiments.savings_by_size`; log-log. No kernel counterpart."""
+    check_frame("frame", frame, [f"{era} bytes" for era in ERA_COLOURS])
     fig = new_figure((7.0, 3.6), dpi=DPI)
     ax = bar_axes(fig)
     sizes = frame.index.to_numpy(dtype=float)
@@ -103,6 +105,18 @@ def _summary(scenario: str, size: int) -> BatchSummary:
     return identity_shadow_summary(size, spec.guest_page_size, spec.host_huge_pages)
 
 
+MODES = ("TDP", "shadow")
+PAGE_SIZES = ("4 KiB", "2 MiB")
+SIZE_LIMIT_GIB = 256  # the experiments' largest guest
+WIDGET_SIZE_LIMIT_GIB = 64  # the widget's slider
+
+
+def _check_view(size_gib: object, mode: object, page_size: object, limit: int) -> None:
+    check_count("size_gib", size_gib, minimum=1, maximum=limit, error=ModeError)
+    check_choice("mode", mode, MODES, ModeError)
+    check_choice("page_size", page_size, PAGE_SIZES, ModeError)
+
+
 def savings_view(
     size_gib: int = 4, mode: str = "TDP", page_size: str = "4 KiB"
 ) -> tuple[str, pd.DataFrame, Figure]:
@@ -115,14 +129,8 @@ def savings_view(
     tests prove equal to the batch path); the closed form is checked beside them. No kernel
     counterpart.
     """
-    key = (mode, page_size)
-    if key not in _SCENARIO_OF:
-        raise ModeError(
-            f"mode must be 'TDP' or 'shadow' and page size '4 KiB' or '2 MiB', got {key}"
-        )
-    if isinstance(size_gib, bool) or not isinstance(size_gib, int) or not 1 <= size_gib <= 256:
-        raise ModeError(f"size_gib must be an int in 1..256, got {size_gib!r}")
-    scenario = _SCENARIO_OF[key]
+    _check_view(size_gib, mode, page_size, SIZE_LIMIT_GIB)
+    scenario = _SCENARIO_OF[(mode, page_size)]
     summary = _summary(scenario, size_gib * GIB)
     raw = summary.memory()
     table = pd.DataFrame(
@@ -159,6 +167,7 @@ def make_savings_widget(size_gib: int = 4, mode: str = "TDP", page_size: str = "
     shown again from memory (``wire(memo=...)``).
     No kernel counterpart.
     """
+    _check_view(size_gib, mode, page_size, WIDGET_SIZE_LIMIT_GIB)
     size = widgets.IntSlider(value=size_gib, min=1, max=64, description="GiB")
     paging = widgets.Dropdown(options=["TDP", "shadow"], value=mode, description="mode")
     pages = widgets.Dropdown(options=["4 KiB", "2 MiB"], value=page_size, description="page size")

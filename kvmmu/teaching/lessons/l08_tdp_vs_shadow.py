@@ -15,8 +15,18 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 import pandas as pd
 
+from kvmmu.errors import check_choice, check_count, check_instance, check_real
 from kvmmu.kvm.tdp import shadow_refs, two_dimensional_refs
-from kvmmu.teaching.draw import DPI, FAULT, SHADOW, TABLE, bar_axes, legend, new_figure
+from kvmmu.teaching.draw import (
+    DPI,
+    FAULT,
+    SHADOW,
+    TABLE,
+    bar_axes,
+    check_frame,
+    legend,
+    new_figure,
+)
 from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail, ok, seeded_rng
 from kvmmu.teaching.ui import WIDGET_MEMO, wire
 
@@ -46,6 +56,7 @@ __all__ = [
 def walk_cost_figure(table: pd.DataFrame) -> Figure:
     """Memory references per TLB miss, from :func:`kvmmu.teaching.experiments.walk_costs`: formula
     bars with the measured value marked. No kernel counterpart."""
+    check_frame("table", table, ["formula", "measured"])
     fig = new_figure((7.0, 2.8), dpi=DPI)
     ax = bar_axes(fig)
     labels = [
@@ -72,6 +83,7 @@ def pte_exit_figure(frame: pd.DataFrame) -> Figure:
     """Exits per 1000 operations by cause, one stacked bar per paging setup and PTE-write rate,
     from :func:`kvmmu.teaching.experiments.pte_write_exits`; one absolute scale for all bars, so
     TDP's (other) exits show at their real size. No kernel counterpart."""
+    check_frame("frame", frame, [*EXIT_CAUSES, "exits per 1000 ops"])
     fig = new_figure((7.0, 4.2), dpi=DPI, layout="constrained")
     ax = bar_axes(fig)
     rows = list(frame.index)[::-1]
@@ -118,9 +130,16 @@ def mode_costs(
     Rows ``shadow`` and ``tdp``; columns ``walk cycles``, ``exit cycles``, ``total cycles``.
     No kernel counterpart.
     """
-    for name, v in (("tlb_misses", tlb_misses), ("pt_writes", pt_writes), ("cr3_loads", cr3_loads)):
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-            raise ExerciseError(f"{name} must be a non-negative number per million instructions")
+    for name, v in (
+        ("tlb_misses", tlb_misses),
+        ("pt_writes", pt_writes),
+        ("cr3_loads", cr3_loads),
+        ("ref_cycles", ref_cycles),
+        ("exit_cycles", exit_cycles),
+    ):
+        check_real(name, v, minimum=0, error=ExerciseError)  # a non-negative number
+    for name, levels in (("guest_levels", guest_levels), ("tdp_levels", tdp_levels)):
+        check_count(name, levels, minimum=1, maximum=5, error=ExerciseError)
     shadow_walk = tlb_misses * shadow_refs(guest_levels) * ref_cycles
     tdp_walk = tlb_misses * two_dimensional_refs(guest_levels, tdp_levels) * ref_cycles
     shadow_exit = (pt_writes + cr3_loads) * exit_cycles
@@ -135,9 +154,15 @@ def mode_costs(
     return frame
 
 
+MODEL_PARAMETERS = ("guest_levels", "tdp_levels", "ref_cycles", "exit_cycles")
+"""The keyword arguments of :func:`mode_costs` that :func:`mode_winner` passes on."""
+
+
 def mode_winner(tlb_misses: float, pt_writes: float, cr3_loads: float, **model: int) -> str:
     """``"tdp"`` or ``"shadow"``: the cheaper mode under :func:`mode_costs` (ties go to TDP,
     what KVM uses whenever the CPU has EPT/NPT). No kernel counterpart."""
+    for key in model:
+        check_choice("model", key, MODEL_PARAMETERS, ExerciseError)
     costs = mode_costs(tlb_misses, pt_writes, cr3_loads, **model)["total cycles"]
     return "shadow" if costs["shadow"] < costs["tdp"] else "tdp"
 
@@ -185,6 +210,12 @@ def make_mode_widget(tlb_misses: int = 2000, pt_writes: int = 20, cr3_loads: int
     No kernel counterpart.
     """
     top_tlb, top_writes, top_cr3 = MODE_LIMITS
+    for name, value, top in (
+        ("tlb_misses", tlb_misses, top_tlb),
+        ("pt_writes", pt_writes, top_writes),
+        ("cr3_loads", cr3_loads, top_cr3),
+    ):
+        check_count(name, value, maximum=top, error=ExerciseError)  # the slider's range
     tlb = widgets.IntSlider(value=tlb_misses, min=0, max=top_tlb, step=100, description="TLB miss")
     writes = widgets.IntSlider(
         value=pt_writes, min=0, max=top_writes, step=5, description="PT stores"
@@ -234,6 +265,7 @@ def check_mode(problem: ModeProblem, answer: str) -> Check:
 
     No kernel counterpart: a lesson checker.
     """
+    check_instance("problem", problem, ModeProblem, "a ModeProblem (mode_problem)", ExerciseError)
     if answer == "":
         return fail("no answer yet: answer 'tdp' or 'shadow'")
     if not isinstance(answer, str) or answer.strip().lower() not in ("tdp", "shadow"):

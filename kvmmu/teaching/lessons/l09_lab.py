@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvmmu.errors import check_choice
 from kvmmu.teaching.lessons import l01_guest_page_tables as l01
 from kvmmu.teaching.lessons import l03_mmu_page_role as l03
 from kvmmu.teaching.lessons import l04_lazy_gfns as l04
@@ -66,9 +67,7 @@ class Description(Problem):
 
 
 def _exercise(name: str) -> tuple[Callable[[int | str], Problem], Callable[..., Check]]:
-    if name not in EXERCISES:
-        raise ExerciseError(f"unknown exercise {name!r}; the lab has {list(EXERCISES)}")
-    return EXERCISES[name]
+    return EXERCISES[check_choice("name", name, tuple(EXERCISES), ExerciseError)]
 
 
 def describe(name: str, student_id: object) -> Description:
@@ -83,12 +82,14 @@ def describe(name: str, student_id: object) -> Description:
 def hint(name: str, student_id: object, answer: object) -> Check:
     """The checker's verdict on ``answer`` to exercise ``name``: passed or not, and a hint that
     never states the answer. A missing answer (``...`` or ``None``) and one of the wrong shape
-    are verdicts too, never exceptions. No kernel counterpart.
+    are verdicts too, never exceptions; an unknown ``name`` or a ``student_id`` that is no id
+    raises :class:`ExerciseError`. No kernel counterpart.
     """
     generator, checker = _exercise(name)
+    seed = student_seed(student_id)  # a bad id is the caller's error, not a verdict
     if answer is ... or answer is None:
         return fail(NO_ANSWER)
     try:
-        return checker(generator(student_seed(student_id)), answer)
+        return checker(generator(seed), answer)
     except ExerciseError as err:
         return fail(f"answer not understood: {err}")

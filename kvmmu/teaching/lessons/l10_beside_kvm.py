@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import pandas as pd
 
+from kvmmu.errors import check_choice, check_count, check_instance, check_str, check_strings
 from kvmmu.host.kvm import kvm_usable
 from kvmmu.host.program import (
     COUNTERS,
     KERNEL_ONLY,
     KNOWN_DIFFERENCES,
+    PROGRAMS,
     Comparison,
     HostCapture,
     compare,
@@ -26,10 +28,22 @@ from kvmmu.host.program import (
 
 BEHAVIOUR = ("values", "faults", "accessed_dirty", "dirty_logs")
 STORED = "kvm_pvm"
+SAME_NAME_COUNTERS = tuple(k for k, v in COUNTERS.items() if v == k)
+"""Counters kvmmu keeps under the kernel's own name (what :func:`what_the_kernel_adds` shows)."""
+
+
+def _check_capture(capture: object) -> HostCapture:
+    hint = "a HostCapture (kvmmu.host.program.load_host_capture)"
+    return check_instance("capture", capture, HostCapture, hint)
+
+
+def _check_program(name: object) -> str:
+    return check_choice("name", name, tuple(PROGRAMS))
 
 
 def host_table(capture: HostCapture) -> pd.DataFrame:
     """The host the capture came from, one fact per row. No kernel counterpart."""
+    _check_capture(capture)
     facts = dict(capture.host)
     params = facts.pop("parameters", {})
     rows = [(k, str(v)) for k, v in facts.items()]
@@ -46,6 +60,7 @@ def behaviour_summary(capture: HostCapture) -> pd.DataFrame:
 
     No kernel counterpart.
     """
+    _check_capture(capture)
     rows: dict[str, dict[str, object]] = {}
     for name, c in capture.comparisons.items():
         row: dict[str, object] = {
@@ -61,6 +76,7 @@ def counter_matrix(capture: HostCapture) -> pd.DataFrame:
 
     No kernel counterpart.
     """
+    _check_capture(capture)
     columns = {}
     for name, c in capture.comparisons.items():
         kept = c.counters[c.counters["why"] != KERNEL_ONLY]
@@ -74,6 +90,7 @@ def differences(capture: HostCapture) -> pd.DataFrame:
 
     No kernel counterpart.
     """
+    _check_capture(capture)
     rows = []
     for name, c in capture.comparisons.items():
         for counter, row in c.counters.iterrows():
@@ -87,6 +104,7 @@ def differences(capture: HostCapture) -> pd.DataFrame:
 
 def program_table(name: str) -> pd.DataFrame:
     """The operations of one standard program, one per row. No kernel counterpart."""
+    _check_program(name)
     ops = program(name).ops
     return pd.DataFrame({"op": [repr(op) for op in ops]}).rename_axis("index")
 
@@ -95,6 +113,10 @@ def check_spurious(counter: str, count: int, capture: HostCapture | None = None)
     """The exercise: in ``table_edits`` some faults fixed nothing (their leaf spte was already
     right); which kernel counter took them, and how many? Returns a verdict.
     No kernel counterpart."""
+    check_str("counter", counter)
+    check_count("count", count)
+    if capture is not None:
+        _check_capture(capture)
     c = (capture or load_host_capture(STORED)).comparisons["table_edits"].counters
     expected = int(c["kvm"].to_dict()["pf_spurious"])
     if counter != "pf_spurious":
@@ -125,6 +147,11 @@ def what_the_kernel_adds(
 
     No kernel counterpart (``direct_pte_prefetch``, ``kvm_mmu_track_write`` are behind it).
     """
+    _check_capture(capture)
+    for name in check_strings("programs", programs, limit=len(capture.comparisons)):
+        check_choice("programs", name, tuple(capture.comparisons))
+    for counter in check_strings("counters", counters, limit=len(SAME_NAME_COUNTERS)):
+        check_choice("counters", counter, SAME_NAME_COUNTERS)
     rows = {}
     for name in programs:
         saved = capture.comparisons[name].counters["kvm"]
@@ -148,6 +175,7 @@ def replay(capture: HostCapture) -> pd.DataFrame:
     ``behaviour`` is True when today's values, faults and A/D bits equal the real run's;
     ``counters`` when every counter without a known difference does. No kernel counterpart.
     """
+    _check_capture(capture)
     rows = {}
     for name, saved in capture.comparisons.items():
         fresh = run_kvmmu(program(name))
@@ -179,6 +207,7 @@ def live_or_stored(name: str) -> tuple[Comparison, str]:
 
     Returns the comparison and where it came from. No kernel counterpart.
     """
+    _check_program(name)
     usable, why = kvm_usable()
     if usable:
         return compare(program(name)), "this machine's KVM"

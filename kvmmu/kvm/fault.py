@@ -179,7 +179,7 @@ def fetch(vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool) -> 
     while level > gw.level:
         index = shadow_index(gva, level)
         sp.write_flooding_count = 0  # clear_sp_write_flooding_count: the guest uses this table
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if S.is_shadow_present(spte) and not S.is_large(spte):
             child = mmu.child_of(spte)
         else:
@@ -202,7 +202,7 @@ def fetch(vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool) -> 
     while level > goal:
         index = shadow_index(gva, level)
         sp.write_flooding_count = 0
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if S.is_shadow_present(spte) and not S.is_large(spte):
             child = mmu.child_of(spte)
             if child.role.access == access:
@@ -253,7 +253,7 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
         mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
     while level > goal:
         index = shadow_index(gpa, level)
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if S.is_shadow_present(spte) and not S.is_large(spte):
             sp, level = mmu.child_of(spte), level - 1
             continue
@@ -284,7 +284,7 @@ def pte_prefetch(vcpu: MmuVcpu, sp: MmuPage, index: int) -> None:
         return
     first = index & ~(PTE_PREFETCH_NUM - 1)
     for i in range(first, first + PTE_PREFETCH_NUM):
-        if i == index or S.is_shadow_present(int(sp.spt[i])):
+        if i == index or S.is_shadow_present(sp.spt[i]):
             continue
         if not prefetch_gpte(vcpu, sp, i):
             break
@@ -334,7 +334,7 @@ def direct_pte_prefetch(vcpu: MmuVcpu, sp: MmuPage, index: int) -> None:
     first = index & ~(PTE_PREFETCH_NUM - 1)
     start: int | None = None
     for i in range(first, first + PTE_PREFETCH_NUM):
-        if i == index or S.is_shadow_present(int(sp.spt[i])):
+        if i == index or S.is_shadow_present(sp.spt[i]):
             if start is not None:
                 if not direct_pte_prefetch_many(vcpu, sp, start, i):
                     return

@@ -22,7 +22,7 @@ from typing import Protocol
 from kvmmu.errors import KvmmuError
 from kvmmu.hw.memory import GuestMemory, Memslot
 from kvmmu.hw.walk import CpuState, reserved_mask
-from kvmmu.hw.x86 import PAGE_SHIFT, Acc, PagingMode, Pte
+from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Acc, PagingMode, Pte
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.page import MmuPage, new_access, new_gfns
 from kvmmu.kvm.rmap import Rmap, Sptep, add_parent_pte, level_base, remove_parent_pte
@@ -34,6 +34,8 @@ from kvmmu.kvm.trace import Tracer
 _ACC_WRITE, _ACC_USER, _ACC_EXEC = int(Acc.WRITE), int(Acc.USER), int(Acc.EXEC)
 _PTE_PRESENT, _PTE_ACCESSED, _PTE_DIRTY = int(Pte.PRESENT), int(Pte.ACCESSED), int(Pte.DIRTY)
 _PTE_PAGE_SIZE, _PTE_XD = int(Pte.PAGE_SIZE), int(Pte.XD)
+
+_ZERO_SPT = memoryview(bytes(PAGE_SIZE)).cast("Q")
 
 KVM_MIN_FREE_MMU_PAGES = 5
 KVM_REFILL_PAGES = 25
@@ -206,13 +208,13 @@ class Mmu:
             gfn=gfn,
             role=role,
             pfn=pfn,
-            spt=self.host.page(pfn),
+            spt=self.host.words(pfn),
             gfns=new_gfns(role.direct),
             access=new_access(role.direct),
             mmu_valid_gen=self.mmu_valid_gen,
             serial=self._serial,
         )
-        sp.spt[:] = 0
+        sp.spt[:] = _ZERO_SPT  # the page comes zeroed (__GFP_ZERO)
         self.page_hash.setdefault(gfn, []).append(sp)
         self.active[sp] = None
         self.by_pfn[pfn] = sp
@@ -291,7 +293,7 @@ class Mmu:
         """
         changed = False
         for sp, index in self.rmap.all_levels(gfn):
-            spte = int(sp.spt[index])
+            spte = sp.spt[index]
             if not spte & S.WRITABLE and not (mmu_protect and spte & S.MMU_WRITABLE):
                 continue
             spte &= ~S.WRITABLE
@@ -334,7 +336,7 @@ class Mmu:
 
         A large leaf spte in the way is dropped first: the new table replaces it.
         """
-        old = int(parent.spt[index])
+        old = parent.spt[index]
         if S.is_shadow_present(old):
             self.drop_spte(parent, index)
             self.flush_remote_tlbs()
@@ -349,7 +351,7 @@ class Mmu:
         A present leaf leaves the per-level gauge (``mmu_spte_clear_track_bits`` ->
         ``kvm_update_page_stats``).
         """
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if S.is_shadow_present(spte):
             if S.is_last(spte, sp.level):
                 self.rmap.remove(sp, index)
@@ -381,7 +383,7 @@ class Mmu:
         if slot is None:
             # Fix: an MMIO spte used to overwrite a present spte, leaving its rmap entry (or
             # child link) behind. mmu_set_spte drops the old spte first, then marks MMIO.
-            if S.is_shadow_present(int(sp.spt[index])):
+            if S.is_shadow_present(sp.spt[index]):
                 self.drop_spte(sp, index)
                 self.flush_remote_tlbs()
             sp.spt[index] = S.make_mmio_spte(gfn, access, self.memory.slots.generation)
@@ -391,7 +393,7 @@ class Mmu:
             )
             return FaultOutcome.MMIO
         pfn = slot.gfn_to_pfn(gfn)
-        old = int(sp.spt[index])
+        old = sp.spt[index]
         was_rmapped = False
         if S.is_shadow_present(old):
             if prefetch:
@@ -668,7 +670,7 @@ def unsync_walk(mmu: Mmu, sp: MmuPage) -> list[MmuPage]:
     """
     found: list[MmuPage] = []
     for index in sorted(sp.unsync_child_bitmap):
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if not S.is_shadow_present(spte) or S.is_large(spte):
             clear_unsync_child_bit(sp, index)
             continue
@@ -743,7 +745,7 @@ def shadow_path(vcpu: MmuVcpu, addr: int, root: MmuPage | None = None) -> list[t
     while True:
         index = shadow_index(addr, level)
         path.append((sp, index))
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if not S.is_shadow_present(spte) or S.is_last(spte, level):
             return path
         sp, level = mmu.child_of(spte), level - 1

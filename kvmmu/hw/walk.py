@@ -595,6 +595,12 @@ class WalkResult:
         mask = self._ctx.addr_mask
         return [self._first_table] + [pte & mask for pte in self._ptes[:-1]]
 
+    def leaf_table_gpa(self) -> int:
+        """The address of the table that holds the leaf entry: ``table_gpas()[-1]`` without
+        building the list. kvmmu's own: the shadow page whose spte the hardware used."""
+        ptes = self._ptes
+        return ptes[-2] & self._ctx.addr_mask if len(ptes) > 1 else self._first_table
+
     @property
     def trace(self) -> tuple[WalkStep, ...]:
         """Each level's table address, index, entry and decision, root first."""

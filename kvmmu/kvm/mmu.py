@@ -369,6 +369,7 @@ class Mmu:
         index: int,
         access: int,
         gfn: int,
+        slot: Memslot | None,
         *,
         write_fault: bool,
         prefetch: bool = False,
@@ -376,29 +377,31 @@ class Mmu:
     ) -> FaultOutcome:
         """Install a leaf spte for ``gfn`` (``mmu_set_spte`` with ``make_spte``).
 
-        No memslot: an MMIO spte. A write-protected gfn: a read-only spte, and a write fault
-        must be emulated. A read-only memslot: never writable. Dirty logging: record the write.
+        ``slot`` is the memslot holding ``gfn``, as the caller found it (``fault->slot``). No
+        memslot: an MMIO spte. A write-protected gfn: a read-only spte, and a write fault must
+        be emulated. A read-only memslot: never writable. Dirty logging: record the write.
         """
-        slot = self.memory.slots.find(gfn)
+        spt = sp.spt
+        old = spt[index]
         if slot is None:
             # Fix: an MMIO spte used to overwrite a present spte, leaving its rmap entry (or
             # child link) behind. mmu_set_spte drops the old spte first, then marks MMIO.
-            if S.is_shadow_present(sp.spt[index]):
+            if S.is_shadow_present(old):
                 self.drop_spte(sp, index)
                 self.flush_remote_tlbs()
-            sp.spt[index] = S.make_mmio_spte(gfn, access, self.memory.slots.generation)
+            spt[index] = S.make_mmio_spte(gfn, access, self.memory.slots.generation)
             self.stats.pf_mmio_spte_created += 1
             self.trace.emit(
                 "mark_mmio_spte", gfn=gfn, access=int(access), gen=self.memory.slots.generation
             )
             return FaultOutcome.MMIO
+        level = sp.role.level
         pfn = slot.gfn_to_pfn(gfn)
-        old = sp.spt[index]
         was_rmapped = False
         if S.is_shadow_present(old):
             if prefetch:
                 return FaultOutcome.SPURIOUS
-            if sp.level > 1 and not S.is_large(old):
+            if level > 1 and not S.is_large(old):
                 self.drop_spte(sp, index)  # a table pointer replaced by a large page
                 self.flush_remote_tlbs()
             elif S.spte_to_pfn(old) != pfn:
@@ -407,14 +410,14 @@ class Mmu:
             else:
                 was_rmapped = True
         host_writable = not slot.readonly
-        writable = bool(access & _ACC_WRITE) and host_writable
+        writable = host_writable and bool(access & _ACC_WRITE)
         wrprot = False
         if writable and not self.try_to_unsync(gfn, can_unsync=True, prefetch=prefetch):
             writable, wrprot = False, True
         new = S.make_spte(
             pfn,
             access,
-            large=sp.level > 1,
+            large=level > 1,
             writable=writable,
             mmu_writable=writable,
             host_writable=host_writable,
@@ -427,11 +430,11 @@ class Mmu:
         else:
             if old & S.WRITABLE and not new & S.WRITABLE:
                 self.flush_remote_tlbs()
-            sp.spt[index] = new
+            spt[index] = new
             if self.trace.enabled:
                 self.trace.emit(
                     "kvm_mmu_set_spte",
-                    level=sp.level,
+                    level=level,
                     gfn=gfn,
                     spte=new,
                     sp=sp.serial,
@@ -446,10 +449,11 @@ class Mmu:
             sp.set_gfn(index, gfn)
             sp.set_access(index, access)
             self.rmap.add(sp, index)
-            self._count_leaf(sp.level, 1)
+            self._count_leaf(level, 1)
             # rmap_add: the peak of sptes already on a gfn's rmap when one more is added
-            count = self.rmap.count(gfn, sp.level) - 1
-            self.stats.max_mmu_rmap_size = max(self.stats.max_mmu_rmap_size, count)
+            count = self.rmap.count(gfn, level) - 1
+            if count > self.stats.max_mmu_rmap_size:
+                self.stats.max_mmu_rmap_size = count
         return outcome
 
     def _count_leaf(self, level: int, delta: int) -> None:
@@ -599,7 +603,7 @@ class Mmu:
         page (``disallow_lpage``), by dirty logging, and by the host: the large page must lie in
         one memslot and be backed by an aligned run of host frames.
         """
-        if slot.dirty_logging or not self.huge_pages:
+        if max_level == 1 or slot.dirty_logging or not self.huge_pages:
             return 1
         for level in range(max_level, 1, -1):
             base = level_base(gfn, level)

@@ -35,7 +35,11 @@ class Rmap:
     def add(self, sp: MmuPage, index: int) -> int:
         """Record leaf spte ``index`` of ``sp``; return its gfn (``rmap_add``)."""
         gfn = sp.get_gfn(index)
-        self._heads.setdefault((sp.level, gfn), {})[(sp, index)] = None
+        key = (sp.role.level, gfn)
+        head = self._heads.get(key)
+        if head is None:
+            head = self._heads[key] = {}
+        head[(sp, index)] = None
         return gfn
 
     def remove(self, sp: MmuPage, index: int) -> int:

@@ -765,19 +765,34 @@ class Vcpu:
         self, gva: int, kind: Access, implicit: bool, cls: tuple[Access, bool, bool]
     ) -> Translation | PageFault | GeneralProtection | None:
         """One try of the hardware walk over the shadow tables; None means "retry"."""
-        hw_cpu = self.hardware_cpu()
+        hw_cpu = self._hw_cpu
+        root = self.root
+        if (  # hardware_cpu(), tested inline: the roots are loaded and valid
+            hw_cpu is None
+            or root is None
+            or root.role.invalid
+            or root.mmu_valid_gen != self.mmu.mmu_valid_gen
+        ):
+            hw_cpu = self.hardware_cpu()
         # translate() checked gva for this mode; the hardware tables are at least as wide
-        hw = walk_unchecked(self.vm.host_view, hw_cpu, gva, kind, implicit=implicit, set_ad=False)
+        hw = walk_unchecked(self.vm.host_view, hw_cpu, gva, kind, implicit, False)
         if hw.__class__ is WalkResult:
             assert isinstance(hw, WalkResult)
             self.last_refs = hw.refs
-            tables = hw.table_gpas()
-            self._set_spte_accessed(hw, gva, tables)
-            gpa = self._gpa_of(hw, gva, tables)
-            guest_level = self._guest_page_level(hw, tables)
-            self.tlb.insert(gva, hw.level, gpa, cls, bool(hw.pte & _PTE_GLOBAL), guest_level)
+            level = hw.level
+            sp = self.mmu.by_pfn[hw.leaf_table_gpa() >> PAGE_SHIFT]  # the leaf spte's page
+            index = (gva >> (PAGE_SHIFT + 9 * (level - 1))) & 511
+            spte = hw.pte
+            if not spte & S.ACCESSED:
+                self._set_spte_accessed(sp, index, spte)
+            gpa = self._gpa_of(sp, index, level, gva)
+            # below a guest large page FNAME(fetch) built direct pages: the guest's page is
+            # larger than the leaf spte's
+            guest_level = self._guest_page_level(hw) if sp.role.direct else level
+            self.tlb.insert(gva, level, gpa, cls, bool(spte & _PTE_GLOBAL), guest_level)
             return Translation(gpa)
-        if isinstance(hw, GeneralProtection):
+        if hw.__class__ is GeneralProtection:
+            assert isinstance(hw, GeneralProtection)
             return hw
         assert isinstance(hw, PageFault)
         error_code = int(hw.error_code)  # a plain int: PfErr arithmetic runs Python code
@@ -788,7 +803,7 @@ class Vcpu:
             mmio = self._mmio_fault(gva, kind, implicit, hw)
             if mmio is not None:
                 return mmio
-        if self.mode is PagingMode.NONE:
+        if self._mode is PagingMode.NONE:
             # nonpaging_page_fault: with paging off gva == gpa, mapped by direct pages only. A
             # write to a frame that still holds a shadowed table (the guest's former page
             # tables) is emulated, as with paging on (RET_PF_EMULATE from direct_map).
@@ -799,31 +814,29 @@ class Vcpu:
                 return Translation(gva, emulated=True)
             return None
         result = page_fault(self, gva, kind, implicit=implicit, error_code=error_code)
-        if result.outcome is FaultOutcome.GUEST:
+        outcome = result.outcome
+        if outcome is FaultOutcome.FIXED or outcome is FaultOutcome.SPURIOUS:
+            return None
+        if outcome is FaultOutcome.GUEST:
             return result.fault
-        if result.outcome is FaultOutcome.EMULATE:
+        if outcome is FaultOutcome.EMULATE:
             return Translation(result.gpa, emulated=True)
-        if result.outcome is FaultOutcome.MMIO:
-            return Translation(result.gpa, mmio=True)
-        return None
+        return Translation(result.gpa, mmio=True)
 
-    def _set_spte_accessed(self, hw: WalkResult, addr: int, tables: list[int]) -> None:
-        """The CPU sets the accessed bit of the leaf spte it used (SDM 4.8). Non-leaf sptes are
-        made accessed, leaf sptes too except prefetched ones (``mark_spte_for_access_track``),
-        so this is the first use of a prefetched spte; the D bit comes with W in every spte.
-        ``tables`` are the tables the walk of ``addr`` read, root first."""
-        spte = hw.pte
-        if not spte & S.ACCESSED:
-            index = (addr >> (PAGE_SHIFT + 9 * (hw.level - 1))) & 511
-            self.mmu.by_pfn[tables[-1] >> PAGE_SHIFT].spt[index] = spte | S.ACCESSED
+    def _set_spte_accessed(self, sp: MmuPage, index: int, spte: int) -> None:
+        """The CPU sets the accessed bit of the leaf spte it used (SDM 4.8): spte ``index`` of
+        ``sp``, which read ``spte``. Non-leaf sptes are made accessed, leaf sptes too except
+        prefetched ones (``mark_spte_for_access_track``), so this is the first use of a
+        prefetched spte; the D bit comes with W in every spte."""
+        sp.spt[index] = spte | S.ACCESSED
 
-    def _guest_page_level(self, hw: WalkResult, tables: list[int]) -> int:
+    def _guest_page_level(self, hw: WalkResult) -> int:
         """The level of the guest page behind a shadow walk: one above the highest direct page
-        on the path when ``FNAME(fetch)`` backed a guest large page with smaller sptes.
-        ``tables`` are the shadow tables the walk read, root first."""
+        on the path when ``FNAME(fetch)`` backed a guest large page with smaller sptes."""
         if self._mode is PagingMode.NONE:
             return hw.level
         by_pfn = self.mmu.by_pfn
+        tables = hw.table_gpas()  # the shadow tables the walk read, root first
         level = hw.level + len(tables) - 1  # the level of the root
         for table in tables:
             sp = by_pfn.get(table >> PAGE_SHIFT)
@@ -832,12 +845,9 @@ class Vcpu:
             level -= 1
         return hw.level
 
-    def _gpa_of(self, hw: WalkResult, gva: int, tables: list[int]) -> int:
-        """The gpa behind a hardware walk: the leaf shadow page's ``get_gfn`` (the rmap view).
-        ``tables`` are the shadow tables the walk read, root first."""
-        level = hw.level
-        sp = self.mmu.by_pfn[tables[-1] >> PAGE_SHIFT]
-        index = (gva >> (PAGE_SHIFT + 9 * (level - 1))) & 511
+    def _gpa_of(self, sp: MmuPage, index: int, level: int, gva: int) -> int:
+        """The gpa behind a hardware walk that used leaf spte ``index`` of ``sp`` at ``level``:
+        the page's ``get_gfn`` (the rmap view)."""
         gfn = sp.get_gfn(index) + ((gva >> PAGE_SHIFT) & ((1 << (9 * (level - 1))) - 1))
         return (gfn << PAGE_SHIFT) | (gva & 0xFFF)
 
@@ -967,8 +977,13 @@ class Vcpu:
             Access.WRITE if kind is Access.WRITE else Access.READ,
             set_ad=False,
         )
-        if isinstance(hw, WalkResult):
-            self._set_spte_accessed(hw, gpa, hw.table_gpas())
+        if hw.__class__ is WalkResult:
+            assert isinstance(hw, WalkResult)
+            spte = hw.pte
+            if not spte & S.ACCESSED:
+                index = (gpa >> (PAGE_SHIFT + 9 * (hw.level - 1))) & 511
+                sp = self.mmu.by_pfn[hw.leaf_table_gpa() >> PAGE_SHIFT]
+                self._set_spte_accessed(sp, index, spte)
             return hw.refs
         assert isinstance(hw, PageFault)
         trace = self.mmu.trace

@@ -651,6 +651,20 @@ class PageFault:
     _trail: _Trail | None = field(default=None, compare=False, repr=False)
     vector: int = 14
 
+    def __init__(  # written out: the generated one of a frozen class costs twice as much
+        self,
+        error_code: PfErr,
+        address: int,
+        reason: str = "",
+        _trail: _Trail | None = None,
+        vector: int = 14,
+    ) -> None:
+        _PF_SET[0](self, error_code)
+        _PF_SET[1](self, address)
+        _PF_SET[2](self, reason)
+        _PF_SET[3](self, _trail)
+        _PF_SET[4](self, vector)
+
     @property
     def cr2(self) -> int:
         """CR2 holds the faulting linear address."""
@@ -681,6 +695,11 @@ class PageFault:
 
 
 _PFERR = tuple(PfErr(i) for i in range(64))  # every error code a walk can report
+# the slots' own setters, which a frozen class's __setattr__ does not go through
+_PF_SET = tuple(
+    getattr(PageFault, name).__set__
+    for name in ("error_code", "address", "reason", "_trail", "vector")
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -888,7 +907,8 @@ def _update_accessed_dirty(
                 words = memory.table_words(gfn, ctx.entry_size)
                 assert words is not None
                 words[(gva >> ctx.shifts[level]) & ctx.index_masks[level]] = pte | want
-                memory.mark_page_dirty(gfn)
+                if slot.dirty_logging:
+                    memory.mark_page_dirty(gfn)
         table, level = pte & addr_mask, level - 1
 
 

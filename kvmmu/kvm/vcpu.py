@@ -39,6 +39,7 @@ from kvmmu.hw.walk import (
     PageFault,
     WalkResult,
     load_cr3,
+    update_accessed_dirty,
     walk,
     walk_unchecked,
 )
@@ -121,6 +122,7 @@ class Tlb:
 
     def __init__(self, capacity: int = TLB_ENTRIES) -> None:
         self.capacity = capacity
+        self.flushes = 0  # how many flushes so far: what a TDP walk resumed after a fault checks
         # (page number at level, level, access class) -> (gpa base, global, guest page level)
         self.entries: dict[tuple[int, int, tuple[Access, bool, bool]], tuple[int, bool, int]] = {}
 
@@ -168,6 +170,7 @@ class Tlb:
 
         The guest-visible effect of ``kvm_vcpu_flush_tlb_all`` or of a CR3 load.
         """
+        self.flushes += 1
         if keep_global:
             self.entries = {k: v for k, v in self.entries.items() if v[1]}
         else:
@@ -904,50 +907,77 @@ class Vcpu:
     def _tdp_step(
         self, gva: int, kind: Access, implicit: bool, cls: tuple[Access, bool, bool]
     ) -> Translation | PageFault | GeneralProtection | None:
-        """One try of a two-dimensional walk; None means a TDP fault was fixed: retry."""
+        """One try of a two-dimensional walk; None means it must start again.
+
+        Each guest-table entry the guest's walk reads, then the final gpa, goes through the TDP
+        tables (:meth:`_tdp_reference`); the guest's A/D bits are set once all the table
+        references went through, as the hardware sets them after a successful walk.
+        """
         # translate() checked gva for the guest's mode
-        probe = walk_unchecked(self.memory, self._cpu, gva, kind, implicit=implicit, set_ad=False)
-        if isinstance(probe, GeneralProtection):
+        probe = walk_unchecked(self.memory, self._cpu, gva, kind, implicit, False)
+        if probe.__class__ is GeneralProtection:
+            assert isinstance(probe, GeneralProtection)
             return probe
+        assert isinstance(probe, (WalkResult, PageFault))
         refs = 0
-        pae = self._mode is PagingMode.PAE
-        # the TDP registers, with the roots loaded at the first TDP walk (kvm_mmu_reload); they
-        # stay for this two-dimensional walk, since a TDP fault ends it with a retry
+        entries = probe.entry_gpas()
+        if self._mode is PagingMode.PAE:
+            entries = entries[1:]  # the PDPTEs were read at CR3 load
+        # the TDP registers, with the roots loaded at the first TDP walk (kvm_mmu_reload)
         tdp_cpu: CpuState | None = None
-        for level, entry_gpa, _, _, _ in probe.raw:
-            if pae and level == 3:
-                continue  # the PDPTEs were read at CR3 load
+        for entry_gpa in entries:
             if tdp_cpu is None:
                 self.reload()
                 tdp_cpu = self._tdp_cpu()
-            tdp = self._tdp_translate(entry_gpa, Access.READ, tdp_cpu)
+            tdp = self._tdp_reference(entry_gpa, Access.READ, tdp_cpu)
             if tdp is None:
                 return None
             refs += tdp + 1
-        if isinstance(probe, PageFault):
+        if probe.__class__ is PageFault:
+            assert isinstance(probe, PageFault)
             return probe  # delivered by the hardware, no exit
-        result = walk_unchecked(self.memory, self._cpu, gva, kind, implicit=implicit)
-        assert isinstance(result, WalkResult)
+        assert isinstance(probe, WalkResult)
+        update_accessed_dirty(self.memory, probe, kind is Access.WRITE)
         if tdp_cpu is None:
             self.reload()
             tdp_cpu = self._tdp_cpu()
-        tdp = self._tdp_translate(result.gpa, kind, tdp_cpu)
+        tdp = self._tdp_reference(probe.gpa, kind, tdp_cpu)
         if tdp is None:
             return None
         if tdp < 0:
-            return Translation(result.gpa, mmio=True)
+            return Translation(probe.gpa, mmio=True)
         self.last_refs = refs + tdp
         # the TLB holds the smaller of the guest page and the TDP page that maps it
         tdp_level = self.vm.tdp_levels + 1 - tdp
         self.tlb.insert(
             gva,
-            min(result.level or 1, tdp_level),
-            result.gpa,
+            min(probe.level or 1, tdp_level),
+            probe.gpa,
             cls,
-            bool(result.pte & _PTE_GLOBAL) and self._pge,
-            guest_level=result.level or 1,
+            bool(probe.pte & _PTE_GLOBAL) and self._pge,
+            guest_level=probe.level or 1,
         )
-        return Translation(result.gpa)
+        return Translation(probe.gpa)
+
+    def _tdp_reference(self, gpa: int, kind: Access, tdp_cpu: CpuState) -> int | None:
+        """One guest-physical reference of a two-dimensional walk: :meth:`_tdp_translate`, and
+        after a TDP fault it fixed, the same reference again; None: start the walk again.
+
+        After the exit the CPU restarts the access, and the translations it made before the
+        fault may serve it from its TLB (guest-physical mappings, SDM 28.4.1) until a flush;
+        the guest's tables did not change meanwhile, since only the MMU ran. So kvmmu goes on
+        from the reference that faulted, unless the fault handler flushed TLBs (it zapped or
+        write-protected sptes): then the walk starts again from the root. The outcome, the
+        faults taken and the references counted are those of a full restart.
+        """
+        for _ in range(4):  # a reference that keeps faulting goes back to translate()'s limit
+            flushes = self.tlb.flushes
+            tdp = self._tdp_translate(gpa, kind, tdp_cpu)
+            if tdp is not None:
+                return tdp
+            if self.tlb.flushes != flushes:
+                return None
+        return None
 
     def _tdp_cpu(self) -> CpuState:
         """Registers of the TDP walk: 4/5-level tables from the TDP root, built once per root."""

@@ -445,15 +445,14 @@ class Mmu:
         if writable and slot.dirty_logging:
             self.memory.mark_page_dirty(gfn)
         if not was_rmapped:
-            # rmap_add -> kvm_mmu_page_set_translation: the gfn and the guest's access
+            # rmap_add: kvm_mmu_page_set_translation (the gfn and the guest's access), then
+            # pte_list_add, whose count of the sptes already on the gfn's rmap keeps the peak
             sp.set_gfn(index, gfn)
             sp.set_access(index, access)
-            self.rmap.add(sp, index)
-            self._count_leaf(level, 1)
-            # rmap_add: the peak of sptes already on a gfn's rmap when one more is added
-            count = self.rmap.count(gfn, level) - 1
+            count = self.rmap.pte_list_add(sp, index, gfn)
             if count > self.stats.max_mmu_rmap_size:
                 self.stats.max_mmu_rmap_size = count
+            self._count_leaf(level, 1)
         return outcome
 
     def _count_leaf(self, level: int, delta: int) -> None:

@@ -1019,7 +1019,7 @@ class Vcpu:
         trace = self.mmu.trace
         if trace.enabled:
             trace.emit("kvm_page_fault", fault_address=gpa, error_code=int(hw.error_code))
-        if hw.error_code & _PFERR_RSVD:
+        if int(hw.error_code) & _PFERR_RSVD:  # a plain int: PfErr arithmetic runs Python code
             spte = hw.pte
             if (
                 S.is_mmio(spte)

@@ -130,6 +130,7 @@ class Mmu:
         self.indirect_shadow_pages = 0
         self.n_used_mmu_pages = 0
         self._n_max = n_max_mmu_pages
+        self._default_n_max = (-1, 0)  # (memslot generation, KVM's default budget for it)
         if n_max_mmu_pages is not None and n_max_mmu_pages < KVM_MIN_ALLOC_MMU_PAGES:
             raise MmuBudgetError(
                 f"n_max_mmu_pages={n_max_mmu_pages} is below KVM's minimum of "
@@ -152,8 +153,12 @@ class Mmu:
         """The page budget (``kvm->arch.n_max_mmu_pages``)."""
         if self._n_max is not None:
             return self._n_max
-        guest_pages = sum(slot.npages for slot in self.memory.slots)
-        return max(guest_pages * KVM_PERMILLE_MMU_PAGES // 1000, KVM_MIN_ALLOC_MMU_PAGES)
+        generation = self.memory.slots.generation
+        if self._default_n_max[0] != generation:  # the memslots changed since it was counted
+            guest_pages = sum(slot.npages for slot in self.memory.slots)
+            n_max = max(guest_pages * KVM_PERMILLE_MMU_PAGES // 1000, KVM_MIN_ALLOC_MMU_PAGES)
+            self._default_n_max = (generation, n_max)
+        return self._default_n_max[1]
 
     def available_pages(self) -> int:
         """Pages left under the budget (``kvm_mmu_available_pages``)."""

@@ -149,7 +149,7 @@ class Tlb:
         shift = PAGE_SHIFT + 9 * (level - 1)
         if len(self.entries) >= self.capacity:
             del self.entries[next(iter(self.entries))]
-        whole = max(level, guest_level or level)
+        whole = level if guest_level is None or guest_level < level else guest_level
         self.entries[(gva >> shift, level, cls)] = (gpa & ~((1 << shift) - 1), global_, whole)
 
     def invlpg(self, gva: int) -> None:

@@ -952,6 +952,11 @@ def update_accessed_dirty(memory: GuestMemory, result: WalkResult, write: bool) 
     ``set_ad=False`` whose access then went ahead: the two-dimensional walk sets the bits
     only after each guest-table reference was translated.
     """
+    if result.__class__ is not WalkResult or write.__class__ is not _BOOL:  # one cheap test
+        check_instance("result", result, WalkResult, "a WalkResult from walk()", ModeError)
+        check_bool("write", write, ModeError)
+    if not isinstance(memory, GuestMemory):
+        raise MemslotError(f"memory must be a GuestMemory, got {type(memory).__name__}")
     if result._ptes:
         ctx = result._ctx
         _update_accessed_dirty(memory, ctx, result.gva, result._first_table, result._ptes, write)

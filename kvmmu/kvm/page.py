@@ -103,10 +103,7 @@ class MmuPage:
 
         On a direct page nothing is stored: the value is checked against the computed one.
         """
-        role = self.role
-        if role.direct:
-            if gfn == self.gfn + (index << ((role.level - 1) * LEVEL_BITS)):
-                return  # the computed gfn, tested without the call (passthrough aside)
+        if self.role.direct:
             expected = self.get_gfn(index)
             if gfn != expected:
                 raise GfnMismatchError(

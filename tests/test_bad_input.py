@@ -167,6 +167,24 @@ TABLE: list[Entry] = [
     ("walk.walk_many", "gva", "int", lambda v: walk.walk_many(_mem(), _cpu(), [v])),
     ("walk.walk_many", "access", "obj", lambda v: walk.walk_many(_mem(), _cpu(), [0], v)),
     ("walk.WalkResult.table_gfn", "level", "int", lambda v: _step().table_gfn(v)),
+    (
+        "walk.update_accessed_dirty",
+        "memory",
+        "obj",
+        lambda v: walk.update_accessed_dirty(v, _step(), False),
+    ),
+    (
+        "walk.update_accessed_dirty",
+        "result",
+        "obj",
+        lambda v: walk.update_accessed_dirty(_mem(), v, False),
+    ),
+    (
+        "walk.update_accessed_dirty",
+        "write",
+        "bool",
+        lambda v: walk.update_accessed_dirty(_mem(), _step(), v),
+    ),
     ("walk.WalkResult.gpte", "level", "int", lambda v: _step().gpte(v)),
     ("walk.WalkResult.pt_access", "level", "int", lambda v: _step().pt_access(v)),
     # -- kvmmu.hw.guest ------------------------------------------------------------------------
@@ -394,6 +412,9 @@ TABLE: list[Entry] = [
 NO_ARGUMENTS = {
     "memory.HostMemory",
     "walk.WalkResult.table_gpas",
+    "walk.WalkResult.entry_gpas",
+    "walk.WalkResult.leaf_table_gpa",
+    "walk.PageFault.entry_gpas",
     "memory.HostMemory.alloc_page",
     "guest.TablePagePool.alloc",
     "guest.GuestPageTables.table_graph",

@@ -440,13 +440,13 @@ def test_mmio_spte_caches_no_memslot_until_the_memslots_change(tdp: bool) -> Non
     _, _, spte = _leaf(vcpu, 0x8000000 if tdp else 0x400000)
     assert S.is_mmio(spte) and S.mmio_gfn(spte) == 0x8000
     assert S.mmio_generation(spte) == vm.memory.slots.generation
-    sptes_before = {id(s): s.spt.copy() for s in vm.mmu.active}
+    sptes_before = {id(s): s.spt_array.copy() for s in vm.mmu.active}
     for _ in range(3):
         assert vcpu.read(0x400000) == (1 << 64) - 1  # MMIO reads see no device
         assert vcpu.write(0x400000, 5) is None
     assert vm.mmu.stats.pf_mmio_spte_created == 1
     assert vm.mmu.stats.mmio_exits == 7
-    assert all((s.spt == sptes_before[id(s)]).all() for s in vm.mmu.active)
+    assert all((s.spt_array == sptes_before[id(s)]).all() for s in vm.mmu.active)
     vm.add_memslot(0x8000, 16)
     t = vcpu.translate(0x400000, Access.WRITE)
     assert isinstance(t, Translation) and not t.mmio

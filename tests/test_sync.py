@@ -204,7 +204,7 @@ def test_fast_zap_makes_roots_obsolete_and_vcpus_rebuild() -> None:
     old_pages = [sp for sp in vm.mmu.active if sp is not old_root]
     vm.mmu.zap_all_fast()
     assert vm.mmu.is_obsolete(old_root) and old_root.role.invalid
-    assert old_root.root_count == 1 and not old_root.spt.any()
+    assert old_root.root_count == 1 and not old_root.spt_array.any()
     assert all(sp.role.invalid for sp in old_pages)
     assert not vm.mmu.active
     assert vcpu.access(0x401000) == 0x101000

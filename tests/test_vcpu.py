@@ -43,8 +43,9 @@ def test_tlb_hit_needs_no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_walk(*args: object, **kwargs: object) -> None:
         raise AssertionError("a TLB hit must not walk any table")
 
-    monkeypatch.setattr(vcpu_module, "walk", no_walk)
-    monkeypatch.setattr("kvmmu.kvm.fault.walk", no_walk)
+    for name in ("walk", "walk_unchecked"):
+        monkeypatch.setattr(vcpu_module, name, no_walk)
+    monkeypatch.setattr("kvmmu.kvm.fault.walk_unchecked", no_walk)
     assert vcpu.access(0x400FF8) == 0x100FF8  # same page, other offset
     assert vm.mmu.stats.tlb_hits == hits + 1
 

@@ -173,6 +173,17 @@ class Memslot:
     host_pfn: int
     flags: MemslotFlag = MemslotFlag.NONE
     dirty_bitmap: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # the two flags the fault path tests, as plain bools kept in step with ``flags`` by
+    # __setattr__: a read-only slot (guest writes become MMIO exits), and dirty logging on
+    readonly: bool = field(init=False, repr=False, compare=False)
+    dirty_logging: bool = field(init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name == "flags":
+            flags = int(value)  # type: ignore[call-overload]
+            object.__setattr__(self, "readonly", bool(flags & _READONLY))
+            object.__setattr__(self, "dirty_logging", bool(flags & _LOG_DIRTY_PAGES))
 
     def contains(self, gfn: int) -> bool:
         """True if ``gfn`` lies in this slot."""
@@ -186,16 +197,6 @@ class Memslot:
     def end_gfn(self) -> int:
         """One past the last gfn of the slot."""
         return self.base_gfn + self.npages
-
-    @property
-    def readonly(self) -> bool:
-        """True for a read-only slot: guest writes become MMIO exits."""
-        return bool(int(self.flags) & _READONLY)  # int(): an IntFlag & runs Python code
-
-    @property
-    def dirty_logging(self) -> bool:
-        """True while dirty logging is enabled on the slot."""
-        return bool(int(self.flags) & _LOG_DIRTY_PAGES)
 
 
 class Memslots:

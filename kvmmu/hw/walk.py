@@ -495,6 +495,24 @@ def _raw_steps(ctx: _Context, gva: int, first_table: int, ptes: list[int]) -> li
     return out
 
 
+def _entry_gpas(ctx: _Context, gva: int, first_table: int, ptes: list[int]) -> list[int]:
+    """The gpa of each entry a walk read, root first: the entry-address column of
+    :func:`_raw_steps`, without the rest."""
+    out: list[int] = []
+    level = ctx.root_level
+    table = first_table
+    entry_size = ctx.entry_size
+    addr_mask = ctx.addr_mask
+    for i, pte in enumerate(ptes):
+        if i == 0 and ctx.pae:  # a PDPTE, 8 bytes, indexed by bits 31:30
+            out.append(table + ((gva >> 30) & 3) * 8)
+            table, level = pte & addr_mask, 2
+            continue
+        out.append(table + ((gva >> ctx.shifts[level]) & ctx.index_masks[level]) * entry_size)
+        table, level = pte & addr_mask, level - 1
+    return out
+
+
 def _trace(spec: ModeSpec, raw: list[_RawStep], outcome: str) -> tuple[WalkStep, ...]:
     steps = []
     for i, (level, gpa, index, entry, _) in enumerate(raw):
@@ -595,6 +613,18 @@ class WalkResult:
         mask = self._ctx.addr_mask
         return [self._first_table] + [pte & mask for pte in self._ptes[:-1]]
 
+    def entry_gpas(self) -> list[int]:
+        """The address of each entry read, root first (a PDPTE first in PAE mode): the entry
+        column of :attr:`raw`. kvmmu's own: the guest-physical references a two-dimensional
+        walk translates."""
+        return _entry_gpas(self._ctx, self.gva, self._first_table, self._ptes)
+
+    def leaf_table_gpa(self) -> int:
+        """The address of the table that holds the leaf entry: ``table_gpas()[-1]`` without
+        building the list. kvmmu's own: the shadow page whose spte the hardware used."""
+        ptes = self._ptes
+        return ptes[-2] & self._ctx.addr_mask if len(ptes) > 1 else self._first_table
+
     @property
     def trace(self) -> tuple[WalkStep, ...]:
         """Each level's table address, index, entry and decision, root first."""
@@ -645,6 +675,20 @@ class PageFault:
     _trail: _Trail | None = field(default=None, compare=False, repr=False)
     vector: int = 14
 
+    def __init__(  # written out: the generated one of a frozen class costs twice as much
+        self,
+        error_code: PfErr,
+        address: int,
+        reason: str = "",
+        _trail: _Trail | None = None,
+        vector: int = 14,
+    ) -> None:
+        _PF_SET[0](self, error_code)
+        _PF_SET[1](self, address)
+        _PF_SET[2](self, reason)
+        _PF_SET[3](self, _trail)
+        _PF_SET[4](self, vector)
+
     @property
     def cr2(self) -> int:
         """CR2 holds the faulting linear address."""
@@ -658,6 +702,14 @@ class PageFault:
             return []
         ctx, first_table, ptes = self._trail
         return _raw_steps(ctx, self.address, first_table, ptes)
+
+    def entry_gpas(self) -> list[int]:
+        """The address of each entry read, root first; the last is where the walk faulted.
+        kvmmu's own, as :meth:`WalkResult.entry_gpas`."""
+        if self._trail is None:
+            return []
+        ctx, first_table, ptes = self._trail
+        return _entry_gpas(ctx, self.address, first_table, ptes)
 
     @property
     def steps(self) -> tuple[WalkStep, ...]:
@@ -675,6 +727,11 @@ class PageFault:
 
 
 _PFERR = tuple(PfErr(i) for i in range(64))  # every error code a walk can report
+# the slots' own setters, which a frozen class's __setattr__ does not go through
+_PF_SET = tuple(
+    getattr(PageFault, name).__set__
+    for name in ("error_code", "address", "reason", "_trail", "vector")
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -882,8 +939,27 @@ def _update_accessed_dirty(
                 words = memory.table_words(gfn, ctx.entry_size)
                 assert words is not None
                 words[(gva >> ctx.shifts[level]) & ctx.index_masks[level]] = pte | want
-                memory.mark_page_dirty(gfn)
+                if slot.dirty_logging:
+                    memory.mark_page_dirty(gfn)
         table, level = pte & addr_mask, level - 1
+
+
+def update_accessed_dirty(memory: GuestMemory, result: WalkResult, write: bool) -> None:
+    """Set the accessed bits a successful walk owes, and the leaf's dirty bit for a write
+    (``FNAME(update_accessed_dirty_bits)``), from the entries the walk read.
+
+    What :func:`walk` with ``set_ad`` does once its checks pass, for a walk made with
+    ``set_ad=False`` whose access then went ahead: the two-dimensional walk sets the bits
+    only after each guest-table reference was translated.
+    """
+    if result.__class__ is not WalkResult or write.__class__ is not _BOOL:  # one cheap test
+        check_instance("result", result, WalkResult, "a WalkResult from walk()", ModeError)
+        check_bool("write", write, ModeError)
+    if not isinstance(memory, GuestMemory):
+        raise MemslotError(f"memory must be a GuestMemory, got {type(memory).__name__}")
+    if result._ptes:
+        ctx = result._ctx
+        _update_accessed_dirty(memory, ctx, result.gva, result._first_table, result._ptes, write)
 
 
 def walk_many(
@@ -908,6 +984,7 @@ __all__ = [
     "cpu_for_mode",
     "load_cr3",
     "reserved_mask",
+    "update_accessed_dirty",
     "walk",
     "walk_many",
     "walk_unchecked",

@@ -48,8 +48,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from kvmmu.errors import KvmmuError
 from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Cr4, Pte
 from kvmmu.kvm import spte as S
@@ -220,18 +218,18 @@ class _Auditor:
                         "but the bit is clear in unsync_child_bitmap",
                     )
         for bit in sorted(sp.unsync_child_bitmap):
-            if not 0 <= bit < len(sp.spt) or not _is_table(int(sp.spt[bit]), level):
+            if not 0 <= bit < len(sp.spt) or not _is_table(sp.spt[bit], level):
                 self.bad("unsync", sp, bit, "unsync_child_bitmap bit on an spte that is no table")
         if sp.role.invalid:
             if sp.root_count == 0:
                 self.bad("bookkeeping", sp, None, "an invalid page with no root users is not freed")
-            if np.any(sp.spt):
+            if sp.spt_array.any():
                 self.bad("bookkeeping", sp, None, "an invalid (zapped) page still holds sptes")
             if sp.parent_ptes:
                 self.bad("bookkeeping", sp, None, "an invalid (zapped) page still has parents")
         # parent_ptes -> the parent's spte
         for parent, pindex in sp.parent_ptes:
-            spte = int(parent.spt[pindex]) if parent in self.live_set else 0
+            spte = parent.spt[pindex] if parent in self.live_set else 0
             if parent not in self.live_set:
                 self.bad("parent-ptes", sp, None, f"parent {parent.describe()} is not a live page")
             elif not _is_table(spte, parent.level) or S.spte_to_pfn(spte) != sp.pfn:
@@ -246,7 +244,7 @@ class _Auditor:
 
         gen = self.mmu.memory.slots.generation & S.MMIO_GEN_MASK
         for i in sp.present_indices().tolist():
-            spte = int(sp.spt[i])
+            spte = sp.spt[i]
             if S.is_mmio(spte):
                 self.check_mmio(sp, i, spte, gen)
                 continue
@@ -439,7 +437,7 @@ class _Auditor:
                 if sp not in self.live_set:
                     self.bad("rmap", sp, i, f"rmap ({level}, {gfn:#x}) names a freed page")
                     continue
-                spte = int(sp.spt[i])
+                spte = sp.spt[i]
                 if not S.is_shadow_present(spte) or _is_table(spte, sp.level):
                     self.bad(
                         "rmap", sp, i, f"rmap ({level}, {gfn:#x}) names an spte that is no leaf"
@@ -530,7 +528,7 @@ class _Auditor:
             name = LEAF_PAGES.get(sp.level)
             if name is None:
                 continue
-            for spte in sp.spt[sp.present_indices()].tolist():
+            for spte in sp.spt_array[sp.present_indices()].tolist():
                 if S.is_shadow_present(spte) and S.is_last(spte, sp.level):
                     leaves[name] += 1
         for name in LEAF_PAGES.values():

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvmmu.hw.walk import GeneralProtection, PageFault, WalkResult, walk
+from kvmmu.hw.memory import Memslot
+from kvmmu.hw.walk import GeneralProtection, PageFault, WalkResult, walk_unchecked
 from kvmmu.hw.x86 import PAGE_SHIFT, Acc, Access, PfErr, Pte
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.mmu import (
@@ -99,12 +100,13 @@ def page_fault(
     """Handle a shadow page fault in a shadow-paging guest (``FNAME(page_fault)``).
 
     ``error_code`` is the hardware's #PF error code from the walk of the shadow tables
-    (``fault->error_code``): its P bit says whether the faulting spte was present.
+    (``fault->error_code``): its P bit says whether the faulting spte was present. The vCPU
+    checked ``gva`` and ``access`` for the guest's mode (:meth:`kvmmu.kvm.vcpu.Vcpu.translate`),
+    so the guest walk is the unchecked one.
     """
     mmu = vcpu.mmu
-    cpu = vcpu.cpu
     mmu.stats.pf_taken += 1  # kvm_mmu_do_page_fault
-    result = walk(vcpu.memory, cpu, gva, access, implicit=implicit)
+    result = walk_unchecked(vcpu.memory, vcpu.cpu, gva, access, implicit)
     trace = mmu.trace
     if trace.enabled:
         trace.emit("kvm_mmu_pagetable_walk", addr=gva, pferr=error_code)
@@ -112,15 +114,15 @@ def page_fault(
             steps = result.trace if isinstance(result, WalkResult) else result.steps
             for step in steps:
                 trace.emit("kvm_mmu_paging_element", pte=step.entry, level=step.level)
-    if isinstance(result, PageFault):
+    if result.__class__ is not WalkResult:
+        assert isinstance(result, PageFault)  # the address is canonical: translate() checked
         mmu.stats.pf_guest += 1
-        mmu.trace.emit("kvm_mmu_walker_error", addr=gva, pferr=int(result.error_code))
+        trace.emit("kvm_mmu_walker_error", addr=gva, pferr=int(result.error_code))
         return FaultResult(FaultOutcome.GUEST, fault=result)
     assert isinstance(result, WalkResult)
     write = access is Access.WRITE
-    user = cpu.cpl == 3 and not implicit
-    gfn = result.gfn
-    slot = mmu.memory.slots.find(gfn)
+    gfn = result.gpa >> PAGE_SHIFT  # walker->gfn
+    slot = mmu.memory.slots.find(gfn)  # fault->slot, found once (kvm_faultin_pfn)
     if slot is not None and write and slot.readonly:
         # A store to a read-only slot is emulated and the emulator cannot write the slot
         # (__kvm_write_guest_page refuses it), so it exits to userspace as MMIO: checked first,
@@ -138,16 +140,22 @@ def page_fault(
     access_bits = int(result.access)
     if not write and not result.pte & _PTE_DIRTY:
         access_bits &= ~_ACC_WRITE  # FNAME(protect_clean_gpte): the first write must fault
-    if write and not access_bits & _ACC_WRITE and not vcpu.cr0_wp and not user and slot is not None:
+    if (
+        write
+        and not access_bits & _ACC_WRITE
+        and not vcpu.cr0_wp
+        and not (vcpu.cpu.cpl == 3 and not implicit)  # a supervisor write
+        and slot is not None
+    ):
         # CR0.WP=0: a supervisor write to a read-only page succeeds. Make the spte writable but
         # supervisor-only (and not executable under SMEP), since the hardware runs with WP=1.
         access_bits = (access_bits | _ACC_WRITE) & ~_ACC_USER
         if vcpu.smep:
             access_bits &= ~_ACC_EXEC
     mmu.make_pages_available()
-    outcome = fetch(vcpu, gva, result, access_bits, write)
+    outcome = fetch(vcpu, gva, result, access_bits, write, slot)
     count_outcome(vcpu, outcome)
-    return FaultResult(outcome, gpa=result.gpa, walk=result)
+    return FaultResult(outcome, result.gpa, None, result)
 
 
 def count_outcome(vcpu: MmuVcpu, outcome: FaultOutcome) -> None:
@@ -166,20 +174,23 @@ def count_outcome(vcpu: MmuVcpu, outcome: FaultOutcome) -> None:
             stats.mmio_exits += 1
 
 
-def fetch(vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool) -> FaultOutcome:
+def fetch(
+    vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool, slot: Memslot | None
+) -> FaultOutcome:
     """Build the shadow path for one guest translation (``FNAME(fetch)``).
 
     Above the guest's leaf level every shadow page is indirect and shadows the guest table at
     the same level; below it (a guest large page backed by smaller host pages) pages are direct.
+    ``slot`` is the memslot of the guest's gfn (``fault->slot``), None for MMIO.
     """
     mmu = vcpu.mmu
     sp, level = shadow_walk_init(vcpu, gva)
-    gfn = gw.gfn
-    slot = mmu.memory.slots.find(gfn)
-    while level > gw.level:
+    gfn = gw.gpa >> PAGE_SHIFT
+    gw_level = gw.level
+    while level > gw_level:
         index = shadow_index(gva, level)
         sp.write_flooding_count = 0  # clear_sp_write_flooding_count: the guest uses this table
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if S.is_shadow_present(spte) and not S.is_large(spte):
             child = mmu.child_of(spte)
         else:
@@ -194,15 +205,18 @@ def fetch(vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool) -> 
                 sync_children(vcpu, child)
             mmu.link_shadow_page(sp, index, child)
         sp, level = child, level - 1
+    # kvm_mmu_hugepage_adjust: a 4 KiB guest page, or no memslot, leaves nothing to adjust
     goal = (
-        1 if slot is None else mmu.max_mapping_level(slot, gfn, min(gw.level, vcpu.max_huge_level))
+        1
+        if slot is None or gw_level == 1
+        else mmu.max_mapping_level(slot, gfn, min(gw_level, vcpu.max_huge_level))
     )
     if mmu.trace.enabled:
         mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
     while level > goal:
         index = shadow_index(gva, level)
         sp.write_flooding_count = 0
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if S.is_shadow_present(spte) and not S.is_large(spte):
             child = mmu.child_of(spte)
             if child.role.access == access:
@@ -224,6 +238,7 @@ def fetch(vcpu: MmuVcpu, gva: int, gw: WalkResult, access: int, write: bool) -> 
         index,
         access,
         level_base(gfn, level),
+        slot,
         write_fault=write,
         global_=bool(gw.pte & _PTE_GLOBAL) and vcpu.pge,
     )
@@ -253,7 +268,7 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
         mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
     while level > goal:
         index = shadow_index(gpa, level)
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if S.is_shadow_present(spte) and not S.is_large(spte):
             sp, level = mmu.child_of(spte), level - 1
             continue
@@ -263,7 +278,7 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
         mmu.link_shadow_page(sp, index, child)
         sp, level = child, level - 1
     index = shadow_index(gpa, level)
-    outcome = mmu.set_spte(sp, index, _ACC_ALL, level_base(gfn, level), write_fault=write)
+    outcome = mmu.set_spte(sp, index, _ACC_ALL, level_base(gfn, level), slot, write_fault=write)
     if outcome is not FaultOutcome.SPURIOUS:
         direct_pte_prefetch(vcpu, sp, index)
     count_outcome(vcpu, outcome)
@@ -277,14 +292,16 @@ def pte_prefetch(vcpu: MmuVcpu, sp: MmuPage, index: int) -> None:
     one walks its group and maps each empty spte from its guest entry, until a guest entry
     cannot be prefetched (:func:`prefetch_gpte`).
     """
-    if sp.direct:
+    role = sp.role
+    if role.direct:
         direct_pte_prefetch(vcpu, sp, index)
         return
-    if not vcpu.mmu.prefetch or sp.level > 1:
+    if not vcpu.mmu.prefetch or role.level > 1:
         return
+    spt = sp.spt
     first = index & ~(PTE_PREFETCH_NUM - 1)
     for i in range(first, first + PTE_PREFETCH_NUM):
-        if i == index or S.is_shadow_present(int(sp.spt[i])):
+        if i == index or S.is_shadow_present(spt[i]):
             continue
         if not prefetch_gpte(vcpu, sp, i):
             break
@@ -308,13 +325,15 @@ def prefetch_gpte(vcpu: MmuVcpu, sp: MmuPage, index: int, *, no_dirty_log: bool 
         return False
     access = gpte_pte_access(vcpu, sp, gpte)
     gfn = gpte_gfn(gpte, sp)
-    if not prefetchable(vcpu, gfn, 1, access if no_dirty_log else access & ~_ACC_WRITE):
+    slot = prefetchable(vcpu, gfn, 1, access if no_dirty_log else access & ~_ACC_WRITE)
+    if slot is None:
         return False
     mmu.set_spte(
         sp,
         index,
         access,
         gfn,
+        slot,
         write_fault=False,
         prefetch=True,
         global_=bool(gpte & _PTE_GLOBAL) and vcpu.pge,
@@ -334,7 +353,7 @@ def direct_pte_prefetch(vcpu: MmuVcpu, sp: MmuPage, index: int) -> None:
     first = index & ~(PTE_PREFETCH_NUM - 1)
     start: int | None = None
     for i in range(first, first + PTE_PREFETCH_NUM):
-        if i == index or S.is_shadow_present(int(sp.spt[i])):
+        if i == index or S.is_shadow_present(sp.spt[i]):
             if start is not None:
                 if not direct_pte_prefetch_many(vcpu, sp, start, i):
                     return
@@ -349,15 +368,18 @@ def direct_pte_prefetch_many(vcpu: MmuVcpu, sp: MmuPage, start: int, end: int) -
     """Map sptes ``start`` to ``end - 1`` of a direct page (``direct_pte_prefetch_many``)."""
     access = sp.role.access
     gfn = sp.get_gfn(start)
-    if not prefetchable(vcpu, gfn, end - start, access):
+    slot = prefetchable(vcpu, gfn, end - start, access)
+    if slot is None:
         return False
+    set_spte = vcpu.mmu.set_spte
     for i in range(start, end):
-        vcpu.mmu.set_spte(sp, i, access, gfn + i - start, write_fault=False, prefetch=True)
+        set_spte(sp, i, access, gfn + i - start, slot, write_fault=False, prefetch=True)
     return True
 
 
-def prefetchable(vcpu: MmuVcpu, gfn: int, count: int, access: int) -> bool:
-    """Can ``count`` gfns from ``gfn`` be prefetched with ``access``?
+def prefetchable(vcpu: MmuVcpu, gfn: int, count: int, access: int) -> Memslot | None:
+    """The memslot from which ``count`` gfns from ``gfn`` can be prefetched with ``access``,
+    or None if they cannot.
 
     ``gfn_to_memslot_dirty_bitmap``: there is a memslot, and a writable prefetch does not go to
     a slot that logs dirty pages (the log would miss the write). ``kvm_prefetch_pages``: the
@@ -366,10 +388,10 @@ def prefetchable(vcpu: MmuVcpu, gfn: int, count: int, access: int) -> bool:
     """
     slot = vcpu.mmu.memory.slots.find(gfn)
     if slot is None or slot.readonly:
-        return False
+        return None
     if access & _ACC_WRITE and slot.dirty_logging:
-        return False
-    return gfn + count <= slot.base_gfn + slot.npages
+        return None
+    return slot if gfn + count <= slot.base_gfn + slot.npages else None
 
 
 def clear_flood_on_path(vcpu: MmuVcpu, gva: int) -> None:

@@ -22,7 +22,7 @@ from typing import Protocol
 from kvmmu.errors import KvmmuError
 from kvmmu.hw.memory import GuestMemory, Memslot
 from kvmmu.hw.walk import CpuState, reserved_mask
-from kvmmu.hw.x86 import PAGE_SHIFT, Acc, PagingMode, Pte
+from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Acc, PagingMode, Pte
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.page import MmuPage, new_access, new_gfns
 from kvmmu.kvm.rmap import Rmap, Sptep, add_parent_pte, level_base, remove_parent_pte
@@ -34,6 +34,8 @@ from kvmmu.kvm.trace import Tracer
 _ACC_WRITE, _ACC_USER, _ACC_EXEC = int(Acc.WRITE), int(Acc.USER), int(Acc.EXEC)
 _PTE_PRESENT, _PTE_ACCESSED, _PTE_DIRTY = int(Pte.PRESENT), int(Pte.ACCESSED), int(Pte.DIRTY)
 _PTE_PAGE_SIZE, _PTE_XD = int(Pte.PAGE_SIZE), int(Pte.XD)
+
+_ZERO_SPT = memoryview(bytes(PAGE_SIZE)).cast("Q")
 
 KVM_MIN_FREE_MMU_PAGES = 5
 KVM_REFILL_PAGES = 25
@@ -128,6 +130,7 @@ class Mmu:
         self.indirect_shadow_pages = 0
         self.n_used_mmu_pages = 0
         self._n_max = n_max_mmu_pages
+        self._default_n_max = (-1, 0)  # (memslot generation, KVM's default budget for it)
         if n_max_mmu_pages is not None and n_max_mmu_pages < KVM_MIN_ALLOC_MMU_PAGES:
             raise MmuBudgetError(
                 f"n_max_mmu_pages={n_max_mmu_pages} is below KVM's minimum of "
@@ -150,8 +153,12 @@ class Mmu:
         """The page budget (``kvm->arch.n_max_mmu_pages``)."""
         if self._n_max is not None:
             return self._n_max
-        guest_pages = sum(slot.npages for slot in self.memory.slots)
-        return max(guest_pages * KVM_PERMILLE_MMU_PAGES // 1000, KVM_MIN_ALLOC_MMU_PAGES)
+        generation = self.memory.slots.generation
+        if self._default_n_max[0] != generation:  # the memslots changed since it was counted
+            guest_pages = sum(slot.npages for slot in self.memory.slots)
+            n_max = max(guest_pages * KVM_PERMILLE_MMU_PAGES // 1000, KVM_MIN_ALLOC_MMU_PAGES)
+            self._default_n_max = (generation, n_max)
+        return self._default_n_max[1]
 
     def available_pages(self) -> int:
         """Pages left under the budget (``kvm_mmu_available_pages``)."""
@@ -206,13 +213,13 @@ class Mmu:
             gfn=gfn,
             role=role,
             pfn=pfn,
-            spt=self.host.page(pfn),
+            spt=self.host.words(pfn),
             gfns=new_gfns(role.direct),
             access=new_access(role.direct),
             mmu_valid_gen=self.mmu_valid_gen,
             serial=self._serial,
         )
-        sp.spt[:] = 0
+        sp.spt[:] = _ZERO_SPT  # the page comes zeroed (__GFP_ZERO)
         self.page_hash.setdefault(gfn, []).append(sp)
         self.active[sp] = None
         self.by_pfn[pfn] = sp
@@ -291,7 +298,7 @@ class Mmu:
         """
         changed = False
         for sp, index in self.rmap.all_levels(gfn):
-            spte = int(sp.spt[index])
+            spte = sp.spt[index]
             if not spte & S.WRITABLE and not (mmu_protect and spte & S.MMU_WRITABLE):
                 continue
             spte &= ~S.WRITABLE
@@ -334,7 +341,7 @@ class Mmu:
 
         A large leaf spte in the way is dropped first: the new table replaces it.
         """
-        old = int(parent.spt[index])
+        old = parent.spt[index]
         if S.is_shadow_present(old):
             self.drop_spte(parent, index)
             self.flush_remote_tlbs()
@@ -349,7 +356,7 @@ class Mmu:
         A present leaf leaves the per-level gauge (``mmu_spte_clear_track_bits`` ->
         ``kvm_update_page_stats``).
         """
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if S.is_shadow_present(spte):
             if S.is_last(spte, sp.level):
                 self.rmap.remove(sp, index)
@@ -367,6 +374,7 @@ class Mmu:
         index: int,
         access: int,
         gfn: int,
+        slot: Memslot | None,
         *,
         write_fault: bool,
         prefetch: bool = False,
@@ -374,29 +382,31 @@ class Mmu:
     ) -> FaultOutcome:
         """Install a leaf spte for ``gfn`` (``mmu_set_spte`` with ``make_spte``).
 
-        No memslot: an MMIO spte. A write-protected gfn: a read-only spte, and a write fault
-        must be emulated. A read-only memslot: never writable. Dirty logging: record the write.
+        ``slot`` is the memslot holding ``gfn``, as the caller found it (``fault->slot``). No
+        memslot: an MMIO spte. A write-protected gfn: a read-only spte, and a write fault must
+        be emulated. A read-only memslot: never writable. Dirty logging: record the write.
         """
-        slot = self.memory.slots.find(gfn)
+        spt = sp.spt
+        old = spt[index]
         if slot is None:
             # Fix: an MMIO spte used to overwrite a present spte, leaving its rmap entry (or
             # child link) behind. mmu_set_spte drops the old spte first, then marks MMIO.
-            if S.is_shadow_present(int(sp.spt[index])):
+            if S.is_shadow_present(old):
                 self.drop_spte(sp, index)
                 self.flush_remote_tlbs()
-            sp.spt[index] = S.make_mmio_spte(gfn, access, self.memory.slots.generation)
+            spt[index] = S.make_mmio_spte(gfn, access, self.memory.slots.generation)
             self.stats.pf_mmio_spte_created += 1
             self.trace.emit(
                 "mark_mmio_spte", gfn=gfn, access=int(access), gen=self.memory.slots.generation
             )
             return FaultOutcome.MMIO
+        level = sp.role.level
         pfn = slot.gfn_to_pfn(gfn)
-        old = int(sp.spt[index])
         was_rmapped = False
         if S.is_shadow_present(old):
             if prefetch:
                 return FaultOutcome.SPURIOUS
-            if sp.level > 1 and not S.is_large(old):
+            if level > 1 and not S.is_large(old):
                 self.drop_spte(sp, index)  # a table pointer replaced by a large page
                 self.flush_remote_tlbs()
             elif S.spte_to_pfn(old) != pfn:
@@ -405,14 +415,14 @@ class Mmu:
             else:
                 was_rmapped = True
         host_writable = not slot.readonly
-        writable = bool(access & _ACC_WRITE) and host_writable
+        writable = host_writable and bool(access & _ACC_WRITE)
         wrprot = False
         if writable and not self.try_to_unsync(gfn, can_unsync=True, prefetch=prefetch):
             writable, wrprot = False, True
         new = S.make_spte(
             pfn,
             access,
-            large=sp.level > 1,
+            large=level > 1,
             writable=writable,
             mmu_writable=writable,
             host_writable=host_writable,
@@ -425,11 +435,11 @@ class Mmu:
         else:
             if old & S.WRITABLE and not new & S.WRITABLE:
                 self.flush_remote_tlbs()
-            sp.spt[index] = new
+            spt[index] = new
             if self.trace.enabled:
                 self.trace.emit(
                     "kvm_mmu_set_spte",
-                    level=sp.level,
+                    level=level,
                     gfn=gfn,
                     spte=new,
                     sp=sp.serial,
@@ -440,14 +450,14 @@ class Mmu:
         if writable and slot.dirty_logging:
             self.memory.mark_page_dirty(gfn)
         if not was_rmapped:
-            # rmap_add -> kvm_mmu_page_set_translation: the gfn and the guest's access
+            # rmap_add: kvm_mmu_page_set_translation (the gfn and the guest's access), then
+            # pte_list_add, whose count of the sptes already on the gfn's rmap keeps the peak
             sp.set_gfn(index, gfn)
             sp.set_access(index, access)
-            self.rmap.add(sp, index)
-            self._count_leaf(sp.level, 1)
-            # rmap_add: the peak of sptes already on a gfn's rmap when one more is added
-            count = self.rmap.count(gfn, sp.level) - 1
-            self.stats.max_mmu_rmap_size = max(self.stats.max_mmu_rmap_size, count)
+            count = self.rmap.pte_list_add(sp, index, gfn)
+            if count > self.stats.max_mmu_rmap_size:
+                self.stats.max_mmu_rmap_size = count
+            self._count_leaf(level, 1)
         return outcome
 
     def _count_leaf(self, level: int, delta: int) -> None:
@@ -597,7 +607,7 @@ class Mmu:
         page (``disallow_lpage``), by dirty logging, and by the host: the large page must lie in
         one memslot and be backed by an aligned run of host frames.
         """
-        if slot.dirty_logging or not self.huge_pages:
+        if max_level == 1 or slot.dirty_logging or not self.huge_pages:
             return 1
         for level in range(max_level, 1, -1):
             base = level_base(gfn, level)
@@ -668,7 +678,7 @@ def unsync_walk(mmu: Mmu, sp: MmuPage) -> list[MmuPage]:
     """
     found: list[MmuPage] = []
     for index in sorted(sp.unsync_child_bitmap):
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if not S.is_shadow_present(spte) or S.is_large(spte):
             clear_unsync_child_bit(sp, index)
             continue
@@ -743,7 +753,7 @@ def shadow_path(vcpu: MmuVcpu, addr: int, root: MmuPage | None = None) -> list[t
     while True:
         index = shadow_index(addr, level)
         path.append((sp, index))
-        spte = int(sp.spt[index])
+        spte = sp.spt[index]
         if not S.is_shadow_present(spte) or S.is_last(spte, level):
             return path
         sp, level = mmu.child_of(spte), level - 1

@@ -17,10 +17,17 @@ the two halves apart: ``gfns`` as in 2010, and ``access`` (one byte per spte, ``
 direct page, whose role's access is the answer), read by :meth:`MmuPage.get_access`
 (``kvm_mmu_page_get_access``) and written by :meth:`MmuPage.set_access`
 (``kvm_mmu_page_set_access``).
+
+The three tables are plain buffers, read one entry at a time on every fault, where a numpy
+scalar costs several times a buffer's: ``spt`` is the host frame's own memoryview of 64-bit
+words (the one the hardware walker reads, :meth:`kvmmu.hw.memory.HostMemory.words`), ``gfns``
+an ``array('Q')`` and ``access`` an ``array('B')`` of 512. :attr:`MmuPage.spt_array` gives
+``spt`` as a numpy ``uint64[512]`` view for whole-page work (the batch path, the audit).
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,8 +63,8 @@ class MmuPage:
     gfn: int
     role: MmuPageRole
     pfn: int  # host frame holding spt
-    spt: npt.NDArray[np.uint64] = field(repr=False)
-    gfns: npt.NDArray[np.uint64] | None = field(repr=False)
+    spt: memoryview = field(repr=False)  # the host frame as 512 64-bit words
+    gfns: array[int] | None = field(repr=False)
     parent_ptes: list[tuple[MmuPage, int]] = field(default_factory=list, repr=False)
     root_count: int = 0
     unsync: bool = False
@@ -66,7 +73,7 @@ class MmuPage:
     write_flooding_count: int = 0
     mmu_valid_gen: int = 0
     serial: int = 0  # creation order: "age" for reclaim and a stable name for tables
-    access: npt.NDArray[np.uint8] | None = field(default=None, repr=False)
+    access: array[int] | None = field(default=None, repr=False)
 
     @property
     def direct(self) -> bool:
@@ -89,7 +96,7 @@ class MmuPage:
         if self.role.direct:  # decided by the role, as the kernel does: gfns is never touched
             return self.gfn + (index << ((self.role.level - 1) * LEVEL_BITS))
         assert self.gfns is not None, "an indirect page always has a gfns array"
-        return int(self.gfns[index])
+        return self.gfns[index]
 
     def set_gfn(self, index: int, gfn: int) -> None:
         """Record the gfn behind spte ``index`` (``kvm_mmu_page_set_gfn``).
@@ -115,7 +122,7 @@ class MmuPage:
         """
         if self.access is None:
             return self.role.access
-        return int(self.access[index])
+        return self.access[index]
 
     def set_access(self, index: int, access: int) -> None:
         """Record the guest's access bits behind spte ``index`` (``kvm_mmu_page_set_access``).
@@ -131,35 +138,47 @@ class MmuPage:
             return
         self.access[index] = access
 
+    @property
+    def spt_array(self) -> npt.NDArray[np.uint64]:
+        """``spt`` as a writable numpy ``uint64[512]`` view (no copy), for whole-page work.
+
+        No kernel counterpart: ``sp->spt`` is one array in C, read entry by entry or whole.
+        """
+        return np.frombuffer(self.spt, dtype=np.uint64)
+
     def present_indices(self) -> npt.NDArray[np.intp]:
         """Indices of sptes that are not zero (present or MMIO).
 
         The entries that loops over ``sp->spt`` act on (``kvm_mmu_page_unlink_children``).
         """
-        return np.flatnonzero(self.spt)
+        return np.flatnonzero(self.spt_array)
 
     @property
     def gfns_bytes(self) -> int:
         """Bytes this page's gfns array takes: 4096 for an indirect page, 0 for a direct one."""
-        return 0 if self.gfns is None else self.gfns.nbytes
+        return 0 if self.gfns is None else len(self.gfns) * self.gfns.itemsize
 
     def describe(self) -> str:
         """``sp#serial gfn role`` for tables and traces."""
         return f"sp#{self.serial} gfn={self.gfn:#x} {self.role.describe()}"
 
 
-def new_gfns(direct: bool) -> npt.NDArray[np.uint64] | None:
+_ZERO_GFNS = array("Q", bytes(8 * ENTRIES_PER_TABLE))
+_ZERO_ACCESS = array("B", bytes(ENTRIES_PER_TABLE))
+
+
+def new_gfns(direct: bool) -> array[int] | None:
     """The gfns array for a new page: ``None`` for direct pages (the seed change)."""
-    return None if direct else np.zeros(ENTRIES_PER_TABLE, dtype=np.uint64)
+    return None if direct else array("Q", _ZERO_GFNS)
 
 
-def new_access(direct: bool) -> npt.NDArray[np.uint8] | None:
+def new_access(direct: bool) -> array[int] | None:
     """The access half of ``shadowed_translation`` for a new page: ``None`` for direct pages.
 
     Kernel counterpart: the allocation of ``sp->shadowed_translation`` in
     ``kvm_mmu_alloc_shadow_page``, skipped for direct pages.
     """
-    return None if direct else np.zeros(ENTRIES_PER_TABLE, dtype=np.uint8)
+    return None if direct else array("B", _ZERO_ACCESS)
 
 
 def standalone_page(gfn: int, level: int, *, direct: bool) -> MmuPage:
@@ -172,7 +191,7 @@ def standalone_page(gfn: int, level: int, *, direct: bool) -> MmuPage:
         gfn=gfn,
         role=MmuPageRole(level=level, direct=direct),
         pfn=0,
-        spt=np.zeros(ENTRIES_PER_TABLE, dtype=np.uint64),
+        spt=memoryview(bytearray(8 * ENTRIES_PER_TABLE)).cast("Q"),
         gfns=new_gfns(direct),
         access=new_access(direct),
     )

@@ -51,7 +51,7 @@ def track_write(vcpu: MmuVcpu, gpa: int, nbytes: int) -> None:
             continue
         gentry = written_gentry(vcpu.memory, sp, gpa, nbytes)
         for index in written:
-            old = int(sp.spt[index])
+            old = sp.spt[index]
             flush |= S.is_shadow_present(old)
             mmu.drop_spte(sp, index)
             if not gentry:

@@ -35,8 +35,23 @@ class Rmap:
     def add(self, sp: MmuPage, index: int) -> int:
         """Record leaf spte ``index`` of ``sp``; return its gfn (``rmap_add``)."""
         gfn = sp.get_gfn(index)
-        self._heads.setdefault((sp.level, gfn), {})[(sp, index)] = None
+        self.pte_list_add(sp, index, gfn)
         return gfn
+
+    def pte_list_add(self, sp: MmuPage, index: int, gfn: int) -> int:
+        """File leaf spte ``index`` of ``sp`` under ``gfn`` at the page's level; return how many
+        sptes the head held before (``pte_list_add``).
+
+        ``gfn`` is the one ``rmap_add`` was given, which :meth:`MmuPage.set_gfn` has just
+        recorded, so ``sp.get_gfn(index)`` answers the same.
+        """
+        key = (sp.role.level, gfn)
+        head = self._heads.get(key)
+        if head is None:
+            self._heads[key] = {(sp, index): None}
+            return 0
+        head[(sp, index)] = None
+        return len(head) - 1
 
     def remove(self, sp: MmuPage, index: int) -> int:
         """Forget leaf spte ``index`` of ``sp``; return its gfn (``rmap_remove``)."""

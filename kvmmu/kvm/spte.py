@@ -43,6 +43,11 @@ MMIO_GFN_MASK = rsvd_bits(PAGE_SHIFT, 50)
 MMIO_ACCESS_MASK = WRITABLE | USER  # shadow_mmio_access_mask: what the MMIO spte remembers
 
 _ACC_USER, _ACC_EXEC = int(Acc.USER), int(Acc.EXEC)  # plain ints: no IntFlag arithmetic
+# the present bits and the U/NX bits make_spte derives from each of the 8 access values
+_RIGHTS = tuple(
+    PRESENT | MMU_PRESENT | (USER if acc & _ACC_USER else 0) | (0 if acc & _ACC_EXEC else NX)
+    for acc in range(8)
+)
 
 __all__ = [
     "describe_spte",
@@ -105,11 +110,7 @@ def make_spte(
     has available on the host. ``accessed`` is false for prefetched sptes. ``global_`` copies
     the guest's G bit so the simulated TLB can keep global translations (KVM leaves G clear).
     """
-    spte = PRESENT | MMU_PRESENT | (pfn << PAGE_SHIFT)
-    if access & _ACC_USER:
-        spte |= USER
-    if not access & _ACC_EXEC:
-        spte |= NX
+    spte = _RIGHTS[access & 7] | (pfn << PAGE_SHIFT)  # present, U and NX from the access
     if writable:
         spte |= WRITABLE | DIRTY
     if mmu_writable:

@@ -113,7 +113,7 @@ def sync_spte(vcpu: MmuVcpu, sp: MmuPage, index: int) -> int:
     one recorded for the spte, read through ``get_gfn``.
     """
     mmu = vcpu.mmu
-    spte = int(sp.spt[index])
+    spte = sp.spt[index]
     if not spte:
         return 0
     gpte = read_gpte(vcpu.memory, sp, index)

@@ -39,6 +39,7 @@ from kvmmu.hw.walk import (
     PageFault,
     WalkResult,
     load_cr3,
+    update_accessed_dirty,
     walk,
     walk_unchecked,
 )
@@ -121,6 +122,7 @@ class Tlb:
 
     def __init__(self, capacity: int = TLB_ENTRIES) -> None:
         self.capacity = capacity
+        self.flushes = 0  # how many flushes so far: what a TDP walk resumed after a fault checks
         # (page number at level, level, access class) -> (gpa base, global, guest page level)
         self.entries: dict[tuple[int, int, tuple[Access, bool, bool]], tuple[int, bool, int]] = {}
 
@@ -147,7 +149,7 @@ class Tlb:
         shift = PAGE_SHIFT + 9 * (level - 1)
         if len(self.entries) >= self.capacity:
             del self.entries[next(iter(self.entries))]
-        whole = max(level, guest_level or level)
+        whole = level if guest_level is None or guest_level < level else guest_level
         self.entries[(gva >> shift, level, cls)] = (gpa & ~((1 << shift) - 1), global_, whole)
 
     def invlpg(self, gva: int) -> None:
@@ -168,6 +170,7 @@ class Tlb:
 
         The guest-visible effect of ``kvm_vcpu_flush_tlb_all`` or of a CR3 load.
         """
+        self.flushes += 1
         if keep_global:
             self.entries = {k: v for k, v in self.entries.items() if v[1]}
         else:
@@ -765,19 +768,34 @@ class Vcpu:
         self, gva: int, kind: Access, implicit: bool, cls: tuple[Access, bool, bool]
     ) -> Translation | PageFault | GeneralProtection | None:
         """One try of the hardware walk over the shadow tables; None means "retry"."""
-        hw_cpu = self.hardware_cpu()
+        hw_cpu = self._hw_cpu
+        root = self.root
+        if (  # hardware_cpu(), tested inline: the roots are loaded and valid
+            hw_cpu is None
+            or root is None
+            or root.role.invalid
+            or root.mmu_valid_gen != self.mmu.mmu_valid_gen
+        ):
+            hw_cpu = self.hardware_cpu()
         # translate() checked gva for this mode; the hardware tables are at least as wide
-        hw = walk_unchecked(self.vm.host_view, hw_cpu, gva, kind, implicit=implicit, set_ad=False)
+        hw = walk_unchecked(self.vm.host_view, hw_cpu, gva, kind, implicit, False)
         if hw.__class__ is WalkResult:
             assert isinstance(hw, WalkResult)
             self.last_refs = hw.refs
-            tables = hw.table_gpas()
-            self._set_spte_accessed(hw, gva, tables)
-            gpa = self._gpa_of(hw, gva, tables)
-            guest_level = self._guest_page_level(hw, tables)
-            self.tlb.insert(gva, hw.level, gpa, cls, bool(hw.pte & _PTE_GLOBAL), guest_level)
+            level = hw.level
+            sp = self.mmu.by_pfn[hw.leaf_table_gpa() >> PAGE_SHIFT]  # the leaf spte's page
+            index = (gva >> (PAGE_SHIFT + 9 * (level - 1))) & 511
+            spte = hw.pte
+            if not spte & S.ACCESSED:
+                self._set_spte_accessed(sp, index, spte)
+            gpa = self._gpa_of(sp, index, level, gva)
+            # below a guest large page FNAME(fetch) built direct pages: the guest's page is
+            # larger than the leaf spte's
+            guest_level = self._guest_page_level(hw) if sp.role.direct else level
+            self.tlb.insert(gva, level, gpa, cls, bool(spte & _PTE_GLOBAL), guest_level)
             return Translation(gpa)
-        if isinstance(hw, GeneralProtection):
+        if hw.__class__ is GeneralProtection:
+            assert isinstance(hw, GeneralProtection)
             return hw
         assert isinstance(hw, PageFault)
         error_code = int(hw.error_code)  # a plain int: PfErr arithmetic runs Python code
@@ -788,7 +806,7 @@ class Vcpu:
             mmio = self._mmio_fault(gva, kind, implicit, hw)
             if mmio is not None:
                 return mmio
-        if self.mode is PagingMode.NONE:
+        if self._mode is PagingMode.NONE:
             # nonpaging_page_fault: with paging off gva == gpa, mapped by direct pages only. A
             # write to a frame that still holds a shadowed table (the guest's former page
             # tables) is emulated, as with paging on (RET_PF_EMULATE from direct_map).
@@ -799,31 +817,29 @@ class Vcpu:
                 return Translation(gva, emulated=True)
             return None
         result = page_fault(self, gva, kind, implicit=implicit, error_code=error_code)
-        if result.outcome is FaultOutcome.GUEST:
+        outcome = result.outcome
+        if outcome is FaultOutcome.FIXED or outcome is FaultOutcome.SPURIOUS:
+            return None
+        if outcome is FaultOutcome.GUEST:
             return result.fault
-        if result.outcome is FaultOutcome.EMULATE:
+        if outcome is FaultOutcome.EMULATE:
             return Translation(result.gpa, emulated=True)
-        if result.outcome is FaultOutcome.MMIO:
-            return Translation(result.gpa, mmio=True)
-        return None
+        return Translation(result.gpa, mmio=True)
 
-    def _set_spte_accessed(self, hw: WalkResult, addr: int, tables: list[int]) -> None:
-        """The CPU sets the accessed bit of the leaf spte it used (SDM 4.8). Non-leaf sptes are
-        made accessed, leaf sptes too except prefetched ones (``mark_spte_for_access_track``),
-        so this is the first use of a prefetched spte; the D bit comes with W in every spte.
-        ``tables`` are the tables the walk of ``addr`` read, root first."""
-        spte = hw.pte
-        if not spte & S.ACCESSED:
-            index = (addr >> (PAGE_SHIFT + 9 * (hw.level - 1))) & 511
-            self.mmu.by_pfn[tables[-1] >> PAGE_SHIFT].spt[index] = spte | S.ACCESSED
+    def _set_spte_accessed(self, sp: MmuPage, index: int, spte: int) -> None:
+        """The CPU sets the accessed bit of the leaf spte it used (SDM 4.8): spte ``index`` of
+        ``sp``, which read ``spte``. Non-leaf sptes are made accessed, leaf sptes too except
+        prefetched ones (``mark_spte_for_access_track``), so this is the first use of a
+        prefetched spte; the D bit comes with W in every spte."""
+        sp.spt[index] = spte | S.ACCESSED
 
-    def _guest_page_level(self, hw: WalkResult, tables: list[int]) -> int:
+    def _guest_page_level(self, hw: WalkResult) -> int:
         """The level of the guest page behind a shadow walk: one above the highest direct page
-        on the path when ``FNAME(fetch)`` backed a guest large page with smaller sptes.
-        ``tables`` are the shadow tables the walk read, root first."""
+        on the path when ``FNAME(fetch)`` backed a guest large page with smaller sptes."""
         if self._mode is PagingMode.NONE:
             return hw.level
         by_pfn = self.mmu.by_pfn
+        tables = hw.table_gpas()  # the shadow tables the walk read, root first
         level = hw.level + len(tables) - 1  # the level of the root
         for table in tables:
             sp = by_pfn.get(table >> PAGE_SHIFT)
@@ -832,12 +848,9 @@ class Vcpu:
             level -= 1
         return hw.level
 
-    def _gpa_of(self, hw: WalkResult, gva: int, tables: list[int]) -> int:
-        """The gpa behind a hardware walk: the leaf shadow page's ``get_gfn`` (the rmap view).
-        ``tables`` are the shadow tables the walk read, root first."""
-        level = hw.level
-        sp = self.mmu.by_pfn[tables[-1] >> PAGE_SHIFT]
-        index = (gva >> (PAGE_SHIFT + 9 * (level - 1))) & 511
+    def _gpa_of(self, sp: MmuPage, index: int, level: int, gva: int) -> int:
+        """The gpa behind a hardware walk that used leaf spte ``index`` of ``sp`` at ``level``:
+        the page's ``get_gfn`` (the rmap view)."""
         gfn = sp.get_gfn(index) + ((gva >> PAGE_SHIFT) & ((1 << (9 * (level - 1))) - 1))
         return (gfn << PAGE_SHIFT) | (gva & 0xFFF)
 
@@ -894,50 +907,77 @@ class Vcpu:
     def _tdp_step(
         self, gva: int, kind: Access, implicit: bool, cls: tuple[Access, bool, bool]
     ) -> Translation | PageFault | GeneralProtection | None:
-        """One try of a two-dimensional walk; None means a TDP fault was fixed: retry."""
+        """One try of a two-dimensional walk; None means it must start again.
+
+        Each guest-table entry the guest's walk reads, then the final gpa, goes through the TDP
+        tables (:meth:`_tdp_reference`); the guest's A/D bits are set once all the table
+        references went through, as the hardware sets them after a successful walk.
+        """
         # translate() checked gva for the guest's mode
-        probe = walk_unchecked(self.memory, self._cpu, gva, kind, implicit=implicit, set_ad=False)
-        if isinstance(probe, GeneralProtection):
+        probe = walk_unchecked(self.memory, self._cpu, gva, kind, implicit, False)
+        if probe.__class__ is GeneralProtection:
+            assert isinstance(probe, GeneralProtection)
             return probe
+        assert isinstance(probe, (WalkResult, PageFault))
         refs = 0
-        pae = self._mode is PagingMode.PAE
-        # the TDP registers, with the roots loaded at the first TDP walk (kvm_mmu_reload); they
-        # stay for this two-dimensional walk, since a TDP fault ends it with a retry
+        entries = probe.entry_gpas()
+        if self._mode is PagingMode.PAE:
+            entries = entries[1:]  # the PDPTEs were read at CR3 load
+        # the TDP registers, with the roots loaded at the first TDP walk (kvm_mmu_reload)
         tdp_cpu: CpuState | None = None
-        for level, entry_gpa, _, _, _ in probe.raw:
-            if pae and level == 3:
-                continue  # the PDPTEs were read at CR3 load
+        for entry_gpa in entries:
             if tdp_cpu is None:
                 self.reload()
                 tdp_cpu = self._tdp_cpu()
-            tdp = self._tdp_translate(entry_gpa, Access.READ, tdp_cpu)
+            tdp = self._tdp_reference(entry_gpa, Access.READ, tdp_cpu)
             if tdp is None:
                 return None
             refs += tdp + 1
-        if isinstance(probe, PageFault):
+        if probe.__class__ is PageFault:
+            assert isinstance(probe, PageFault)
             return probe  # delivered by the hardware, no exit
-        result = walk_unchecked(self.memory, self._cpu, gva, kind, implicit=implicit)
-        assert isinstance(result, WalkResult)
+        assert isinstance(probe, WalkResult)
+        update_accessed_dirty(self.memory, probe, kind is Access.WRITE)
         if tdp_cpu is None:
             self.reload()
             tdp_cpu = self._tdp_cpu()
-        tdp = self._tdp_translate(result.gpa, kind, tdp_cpu)
+        tdp = self._tdp_reference(probe.gpa, kind, tdp_cpu)
         if tdp is None:
             return None
         if tdp < 0:
-            return Translation(result.gpa, mmio=True)
+            return Translation(probe.gpa, mmio=True)
         self.last_refs = refs + tdp
         # the TLB holds the smaller of the guest page and the TDP page that maps it
         tdp_level = self.vm.tdp_levels + 1 - tdp
         self.tlb.insert(
             gva,
-            min(result.level or 1, tdp_level),
-            result.gpa,
+            min(probe.level or 1, tdp_level),
+            probe.gpa,
             cls,
-            bool(result.pte & _PTE_GLOBAL) and self._pge,
-            guest_level=result.level or 1,
+            bool(probe.pte & _PTE_GLOBAL) and self._pge,
+            guest_level=probe.level or 1,
         )
-        return Translation(result.gpa)
+        return Translation(probe.gpa)
+
+    def _tdp_reference(self, gpa: int, kind: Access, tdp_cpu: CpuState) -> int | None:
+        """One guest-physical reference of a two-dimensional walk: :meth:`_tdp_translate`, and
+        after a TDP fault it fixed, the same reference again; None: start the walk again.
+
+        After the exit the CPU restarts the access, and the translations it made before the
+        fault may serve it from its TLB (guest-physical mappings, SDM 28.4.1) until a flush;
+        the guest's tables did not change meanwhile, since only the MMU ran. So kvmmu goes on
+        from the reference that faulted, unless the fault handler flushed TLBs (it zapped or
+        write-protected sptes): then the walk starts again from the root. The outcome, the
+        faults taken and the references counted are those of a full restart.
+        """
+        for _ in range(4):  # a reference that keeps faulting goes back to translate()'s limit
+            flushes = self.tlb.flushes
+            tdp = self._tdp_translate(gpa, kind, tdp_cpu)
+            if tdp is not None:
+                return tdp
+            if self.tlb.flushes != flushes:
+                return None
+        return None
 
     def _tdp_cpu(self) -> CpuState:
         """Registers of the TDP walk: 4/5-level tables from the TDP root, built once per root."""
@@ -967,14 +1007,19 @@ class Vcpu:
             Access.WRITE if kind is Access.WRITE else Access.READ,
             set_ad=False,
         )
-        if isinstance(hw, WalkResult):
-            self._set_spte_accessed(hw, gpa, hw.table_gpas())
+        if hw.__class__ is WalkResult:
+            assert isinstance(hw, WalkResult)
+            spte = hw.pte
+            if not spte & S.ACCESSED:
+                index = (gpa >> (PAGE_SHIFT + 9 * (hw.level - 1))) & 511
+                sp = self.mmu.by_pfn[hw.leaf_table_gpa() >> PAGE_SHIFT]
+                self._set_spte_accessed(sp, index, spte)
             return hw.refs
         assert isinstance(hw, PageFault)
         trace = self.mmu.trace
         if trace.enabled:
             trace.emit("kvm_page_fault", fault_address=gpa, error_code=int(hw.error_code))
-        if hw.error_code & _PFERR_RSVD:
+        if int(hw.error_code) & _PFERR_RSVD:  # a plain int: PfErr arithmetic runs Python code
             spte = hw.pte
             if (
                 S.is_mmio(spte)

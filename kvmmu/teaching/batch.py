@@ -925,7 +925,7 @@ def _materialize(plan: Plan) -> None:
             assert leaf_sp is not None
             sp = leaf_sp
             idx = index[sel]
-            sp.spt[idx] = values[sel]
+            sp.spt_array[idx] = values[sel]
             for i, g in zip(idx.tolist(), gfn[sel].tolist(), strict=True):
                 sp.set_gfn(i, g)  # stores for an indirect page, checks for a direct one
                 mmu.rmap.add(sp, i)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ipywidgets as widgets
-import numpy as np
 import pandas as pd
 
 from kvmmu.errors import KvmmuError, check_count, check_instance
@@ -323,7 +322,7 @@ def gfn_problem(seed: int | str) -> GfnProblem:
     gfn = rng.randrange(1, 64) << (LEVEL_BITS * level)
     index = rng.randrange(1, 512)
     role = MmuPageRole(level=level, direct=True)
-    page = MmuPage(gfn, role, 0, np.zeros(512, dtype=np.uint64), None)
+    page = MmuPage(gfn, role, 0, memoryview(bytearray(4096)).cast("Q"), None)
     text = (
         f"A direct shadow page: level {level}, gfn {gfn:#x} (its gfns array is None).\n"
         f"Which gfn does spte {index} map? (the first gfn of its range, as get_gfn returns it)"

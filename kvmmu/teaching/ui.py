@@ -15,7 +15,7 @@ import base64
 import io
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 import ipywidgets as widgets
@@ -26,10 +26,20 @@ from IPython.display import Image, display
 from kvmmu.errors import ArgumentError, KvmmuError, check_callable, check_count, check_instance
 
 if TYPE_CHECKING:  # matplotlib is imported by the first figure drawn, not by this module
+    from matplotlib.artist import Artist
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-__all__ = ["WIDGET_MEMO", "figure_png", "panel", "render_into", "show", "show_figure", "wire"]
+__all__ = [
+    "WIDGET_MEMO",
+    "KeptFigure",
+    "figure_png",
+    "panel",
+    "render_into",
+    "show",
+    "show_figure",
+    "wire",
+]
 
 WIDGET_MEMO = 64
 """How many control settings a lesson widget remembers the output of (``wire(memo=...)``)."""
@@ -72,8 +82,6 @@ def figure_png(fig: Figure) -> bytes:
     shown (the lessons' figures have none: their tests compare them with the tight save).
     No kernel counterpart.
     """
-    import matplotlib as mpl
-    import PIL.Image
     from matplotlib.backend_bases import FigureCanvasBase
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -98,17 +106,26 @@ def figure_png(fig: Figure) -> bytes:
         rgba = np.asarray(canvas.renderer.buffer_rgba())
     finally:
         fig.set_canvas(own)
+    return _ink_png(rgba, fig.dpi) or _tight_png(fig)
+
+
+def _ink_png(rgba: np.ndarray, dpi: float) -> bytes | None:
+    """The drawn pixels of ``rgba`` as a PNG, padded by ``savefig.pad_inches``; None when
+    nothing is drawn or the drawing reaches an edge (it may go beyond it)."""
+    import matplotlib as mpl
+    import PIL.Image
+
     drawn = rgba[:, :, 3] != 0
     rows, cols = np.flatnonzero(drawn.any(axis=1)), np.flatnonzero(drawn.any(axis=0))
     height, width = drawn.shape
     if not len(rows) or min(rows[0], cols[0]) == 0 or (rows[-1] + 1, cols[-1] + 1) == drawn.shape:
-        return _tight_png(fig)  # nothing drawn, or drawn up to an edge: maybe beyond it
-    pad = round(mpl.rcParams["savefig.pad_inches"] * fig.dpi)
+        return None
+    pad = round(mpl.rcParams["savefig.pad_inches"] * dpi)
     top, bottom = max(rows[0] - pad, 0), min(rows[-1] + 1 + pad, height)
     left, right = max(cols[0] - pad, 0), min(cols[-1] + 1 + pad, width)
     buffer = io.BytesIO()
     PIL.Image.fromarray(np.ascontiguousarray(rgba[top:bottom, left:right])).save(
-        buffer, format="png", compress_level=PNG_COMPRESS_LEVEL, dpi=(fig.dpi, fig.dpi)
+        buffer, format="png", compress_level=PNG_COMPRESS_LEVEL, dpi=(dpi, dpi)
     )
     return buffer.getvalue()
 
@@ -117,6 +134,71 @@ def _tight_png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", transparent=True, bbox_inches="tight")
     return buffer.getvalue()
+
+
+class KeptFigure:
+    """A figure drawn whole once, then only its ``changing`` artists redrawn (blitting).
+
+    For a widget whose figure keeps its labels from move to move: the caller updates the
+    changing artists' data (bar widths, an axis's limits, a title) and calls :meth:`png`,
+    which puts back the pixels of everything else, drawn once, draws the changing artists over
+    them in their z-order, and crops the result as :func:`figure_png` does: the same picture
+    as :func:`figure_png` of a figure drawn afresh with that data, for the text it does not lay
+    out and rasterise again. The figure (without a layout engine or a canvas of its own) is
+    enlarged by ``FIGURE_MARGIN`` inches on each side, its axes kept where they were, for what
+    sticks out. The other artists must not change. No kernel counterpart.
+    """
+
+    __slots__ = ("_background", "_canvas", "_changing", "figure")
+
+    def __init__(self, fig: Figure, changing: Sequence[Artist]) -> None:
+        from matplotlib.artist import Artist
+        from matplotlib.backend_bases import FigureCanvasBase
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        _check_figure(fig)
+        if type(fig.canvas) is not FigureCanvasBase or fig.get_layout_engine() is not None:
+            raise ArgumentError("fig must be a figure of new_figure, without a layout engine")
+        if not isinstance(changing, list | tuple) or not all(
+            isinstance(a, Artist) and a.get_figure(root=True) is fig for a in changing
+        ):
+            raise ArgumentError(f"changing must be a list of fig's artists, got {changing!r:.60}")
+        width, height = fig.get_size_inches()
+        margin = FIGURE_MARGIN
+        for ax in fig.axes:
+            x0, y0, x1, y1 = ax.get_position().extents
+            ax.set_position(
+                (
+                    (margin + x0 * width) / (width + 2 * margin),
+                    (margin + y0 * height) / (height + 2 * margin),
+                    (x1 - x0) * width / (width + 2 * margin),
+                    (y1 - y0) * height / (height + 2 * margin),
+                )
+            )
+        fig.set_size_inches(width + 2 * margin, height + 2 * margin)
+        for patch in (fig.patch, *(ax.patch for ax in fig.axes)):  # as a transparent save
+            patch.set_facecolor("none")
+            patch.set_edgecolor("none")
+        for artist in changing:
+            artist.set_animated(True)
+        self.figure = fig
+        self._changing = sorted(changing, key=lambda a: a.get_zorder())
+        self._canvas: Any = FigureCanvasAgg(fig)  # untyped in matplotlib's stubs
+        self._background: Any = None
+
+    def png(self) -> bytes:
+        """The figure as PNG bytes, as :func:`figure_png` gives it; no kernel counterpart."""
+        canvas = self._canvas
+        if self._background is None:
+            canvas.draw()  # all but the changing artists
+            self._background = canvas.copy_from_bbox(self.figure.bbox)
+        else:
+            canvas.restore_region(self._background)
+        renderer = canvas.get_renderer()
+        for artist in self._changing:
+            artist.draw(renderer)
+        rgba = np.asarray(canvas.buffer_rgba())
+        return _ink_png(rgba, self.figure.dpi) or _tight_png(self.figure)
 
 
 def show(fig: Figure) -> None:
@@ -145,6 +227,8 @@ def _check_figure(fig: object) -> None:
 def _append(out: Any, value: object) -> None:
     if isinstance(value, str):
         out.append_stdout(value + "\n")
+    elif isinstance(value, KeptFigure):
+        out.append_display_data(Image(data=value.png()))  # type: ignore[no-untyped-call]
     elif _is_figure(value):
         out.append_display_data(Image(data=figure_png(value)))  # type: ignore[no-untyped-call]
     elif isinstance(value, tuple):
@@ -159,7 +243,8 @@ def _append(out: Any, value: object) -> None:
 def render_into(out: Any, produce: Callable[[], object]) -> None:
     """Replace what ``out`` (an ``ipywidgets.Output``) shows with what ``produce()`` returns.
 
-    Text is appended as stdout, DataFrames as rich display data, Figures as PNG images; a tuple
+    Text is appended as stdout, DataFrames as rich display data, Figures (and
+    :class:`KeptFigure`) as PNG images; a tuple
     shows each of its items in turn. An input error (:class:`KvmmuError`) is shown as its
     message, so a reader who types a bad value sees what to fix instead of a traceback. No
     kernel counterpart.

@@ -28,7 +28,7 @@ By the end you will be able to:
     ),
     (
         "code",
-        """%matplotlib inline
+        """
 import pandas as pd
 from kvmmu.teaching import ui
 from kvmmu.teaching.lessons import l01_guest_page_tables as lesson

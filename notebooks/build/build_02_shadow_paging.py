@@ -28,7 +28,7 @@ By the end you will be able to:
     ),
     (
         "code",
-        """%matplotlib inline
+        """
 import pandas as pd
 from kvmmu.teaching import draw, ui
 from kvmmu.teaching.lessons import l02_shadow_paging as lesson

@@ -28,7 +28,7 @@ By the end you will be able to:
     ),
     (
         "code",
-        """%matplotlib inline
+        """
 import pandas as pd
 from kvmmu.teaching import ui
 from kvmmu.teaching.lessons import l03_mmu_page_role as lesson

@@ -28,7 +28,7 @@ By the end you will be able to:
     ),
     (
         "code",
-        """%matplotlib inline
+        """
 import inspect
 import pandas as pd
 from kvmmu.teaching import draw, ui

@@ -28,7 +28,6 @@ By the end you will be able to:
 - say what write flooding is and why KVM zaps a page directory that is written three times in a row.
 """)
 code("""
-%matplotlib inline
 from kvmmu.teaching import draw, ui
 from kvmmu.teaching.lessons import l05_write_protection as lesson
 from kvmmu.kvm.mmu import sptes_of_gfn

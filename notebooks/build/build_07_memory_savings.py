@@ -27,7 +27,6 @@ By the end you will be able to:
 - read the savings of a guest of any size off a table or a plot, and check them with the formula.
 """)
 code("""
-%matplotlib inline
 from kvmmu.kvm import accounting
 from kvmmu.teaching import experiments as X, ui
 from kvmmu.teaching.lessons import l07_memory_savings as lesson

@@ -27,7 +27,6 @@ By the end you will be able to:
 - decide which mode wins for a workload under a cost model you can state.
 """)
 code("""
-%matplotlib inline
 from kvmmu.teaching import experiments as X, ui
 from kvmmu.teaching.lessons import l08_tdp_vs_shadow as lesson
 from kvmmu.kvm import tdp

@@ -231,6 +231,8 @@ TABLE: list[Entry] = [
     ("draw.check_frame", "frame", "obj", lambda v: draw.check_frame("frame", v)),
     # -- kvmmu.teaching.ui ---------------------------------------------------------------------
     ("ui.figure_png", "fig", "obj", lambda v: ui.figure_png(v)),
+    ("ui.KeptFigure", "fig", "obj", lambda v: ui.KeptFigure(v, [])),
+    ("ui.KeptFigure", "changing", "controls", lambda v: ui.KeptFigure(_fig(), v)),
     ("ui.show", "fig", "obj", lambda v: ui.show(v)),
     ("ui.show_figure", "fig", "obj", lambda v: ui.show_figure(v)),
     ("ui.render_into", "out", "obj", lambda v: ui.render_into(v, _text)),
@@ -691,6 +693,7 @@ NO_ARGUMENTS = {
     "l10.known_differences",
     "lab.running_as_root",
     "memo.clear",
+    "ui.KeptFigure.png",
 }
 
 # Records kvmmu builds and hands out (results, problems, verdicts, program steps); a caller

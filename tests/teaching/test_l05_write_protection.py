@@ -3,9 +3,12 @@ tables, the counters its stores move, the table-write view and widget, the count
 
 from __future__ import annotations
 
+import base64
+
 from widget_output import controls, shown
 
 from kvmmu.teaching.lessons import l05_write_protection as lesson
+from kvmmu.teaching.ui import figure_png
 
 
 def test_write_flooding_zaps_the_page_directory_on_the_third_store() -> None:
@@ -38,6 +41,16 @@ def test_table_write_widget_shows_the_counters_for_the_chosen_rates() -> None:
     frame, _ = lesson.table_write_view(30, 0, True)
     assert shown(widget)[0] == frame.to_string()
     assert frame.loc["pf_emulate", "count"] == 0 and frame.loc["mmu_unsync", "count"] == 1
+
+
+def test_table_write_widget_draws_what_the_view_draws() -> None:
+    # the widget keeps one figure and redraws its changing parts: the same PNG as the view's
+    widget = lesson.make_table_write_widget()
+    pte, pde, unsync = controls(widget)
+    for setting in ((10, 0, False), (100, 20, False), (100, 20, True), (0, 0, True)):
+        pte.value, pde.value, unsync.value = setting
+        image = widget.children[-1].outputs[1]["data"]["image/png"]
+        assert base64.b64decode(image) == figure_png(lesson.table_write_view(*setting)[1])
 
 
 def test_counters_match_the_mmu_and_hint_names_the_counter() -> None:

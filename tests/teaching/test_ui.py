@@ -11,9 +11,11 @@ import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import PIL.Image
+import pytest
 from matplotlib.figure import Figure
 from widget_output import controls
 
+from kvmmu.errors import ArgumentError
 from kvmmu.teaching import ui
 from kvmmu.teaching.experiments import pte_write_exits, savings_by_size, walk_costs
 from kvmmu.teaching.lessons import l01_guest_page_tables as l01
@@ -179,6 +181,29 @@ def test_figure_png_shows_what_the_tight_save_shows_and_the_same_bytes_on_every_
         assert abs(rows) <= 1 and abs(cols) <= 1, f"{name}: the tight save's ink, to a pixel"
         solid, tight_solid = (np.count_nonzero(i[:, :, 3] > 128) for i in (ink, tight_ink))
         assert abs(solid - tight_solid) <= 0.03 * tight_solid, f"{name}: nothing left out"
+
+
+def test_a_kept_figure_redrawn_with_new_data_is_the_figure_drawn_afresh() -> None:
+    # one figure kept and only its bars, x axis and title redrawn, against a new figure per
+    # setting: byte for byte the same PNG, at both ends of the widget's ranges
+    def chart(values: list[int], title: str) -> tuple[Figure, Any, Any]:
+        fig = Figure(figsize=(4.0, 2.0), dpi=100)
+        ax = fig.add_subplot()
+        bars = ax.barh(["one", "two", "three"], values, color="#4f7fb0")
+        ax.set_title(title, fontsize=10)
+        return fig, ax, bars
+
+    fig, ax, bars = chart([0, 0, 0], " ")
+    kept = ui.KeptFigure(fig, [*bars, ax.spines["left"], ax.xaxis, ax.title])
+    with pytest.raises(ArgumentError, match="changing must be a list of fig's artists"):
+        ui.KeptFigure(chart([1, 2, 3], "")[0], list(bars))
+    for values, title in (([3, 1, 4], "small"), ([0, 0, 0], "none"), ([900, 5, 12], "large")):
+        for bar, value in zip(bars, values, strict=True):
+            bar.set_width(value)
+        ax.relim()
+        ax.autoscale_view()
+        ax.set_title(title, fontsize=10)
+        assert kept.png() == ui.figure_png(chart(values, title)[0]), title
 
 
 def test_figure_png_falls_back_to_the_tight_save_for_what_sticks_out_far() -> None:

@@ -25,7 +25,7 @@ from kvmmu.teaching.draw import DPI, SHADOW, TABLE, bar_axes, new_figure
 from kvmmu.teaching.lessons.l01_guest_page_tables import ENTRY_ADDR
 from kvmmu.teaching.memo import pure
 from kvmmu.teaching.problems import Check, ExerciseError, Problem, fail, ok, parse_int, seeded_rng
-from kvmmu.teaching.ui import WIDGET_MEMO, wire
+from kvmmu.teaching.ui import WIDGET_MEMO, KeptFigure, wire
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -253,24 +253,52 @@ def table_write_view(
     ``kvm_vm_stat``'s.
     """
     _check_workload(pte_rate, pde_rate, unsync=unsync)
-    counters = table_write_workload(pte_rate, pde_rate, unsync=unsync)
-    frame = counters.to_frame("count")
-    fig = new_figure((9.0, 3.0), dpi=DPI)
-    ax = bar_axes(fig)
-    colours = [SHADOW if name.startswith("pf_") else TABLE for name in counters.index]
-    ax.barh(list(counters.index)[::-1], list(counters.values)[::-1], color=colours[::-1])
-    ax.set_xlabel("events in 200 guest reads")
-    mode = "unsync allowed" if unsync else "every table write-protected"
-    ax.set_title(f"{pte_rate} PTE + {pde_rate} PDE stores per 100 reads ({mode})", fontsize=10)
-    return frame, fig
+    chart = _TableWriteChart()
+    return chart.show(pte_rate, pde_rate, unsync), chart.fig
+
+
+class _TableWriteChart:
+    """The bar plot of :func:`table_write_view`, built once and redrawn with new counts.
+
+    The widget keeps one and shows it through a :class:`~kvmmu.teaching.ui.KeptFigure`: the
+    counter names, the axes and the x label are drawn once, the bars, the x axis and the
+    title on every move.
+    """
+
+    def __init__(self) -> None:
+        self.fig = new_figure((9.0, 3.0), dpi=DPI)
+        self.ax = bar_axes(self.fig)
+        names = list(COUNTERS)[::-1]
+        colours = [SHADOW if name.startswith("pf_") else TABLE for name in names]
+        self.bars = self.ax.barh(names, [0] * len(names), color=colours)
+        self.ax.set_xlabel("events in 200 guest reads")
+        self.ax.set_title(" ", fontsize=10)
+
+    def show(self, pte_rate: int, pde_rate: int, unsync: bool) -> pd.DataFrame:
+        """Run the workload, set the bars and the title to it; the counters as a table."""
+        counters = table_write_workload(pte_rate, pde_rate, unsync=unsync)
+        for bar, value in zip(self.bars, list(counters[list(COUNTERS)])[::-1], strict=True):
+            bar.set_width(value)
+        self.ax.relim()
+        self.ax.autoscale_view()
+        mode = "unsync allowed" if unsync else "every table write-protected"
+        title = f"{pte_rate} PTE + {pde_rate} PDE stores per 100 reads ({mode})"
+        self.ax.set_title(title, fontsize=10)
+        return counters.to_frame("count")
+
+    def kept(self) -> KeptFigure:
+        """The figure, kept for redrawing: what changes with the counts is redrawn alone."""
+        ax = self.ax
+        return KeptFigure(self.fig, [*self.bars, ax.spines["left"], ax.xaxis, ax.title])
 
 
 def make_table_write_widget(pte_rate: int = 10, pde_rate: int = 0, unsync: bool = False) -> Any:
     """Pick how often the guest writes its page tables; see the MMU's counters.
 
-    Shows :func:`table_write_view`. Controls, in order: PTE stores per 100 reads
-    (IntSlider 0..100), PDE stores per 100 reads (IntSlider 0..20), unsync (Checkbox).
-    A setting shown before is shown again from memory (``wire(memo=...)``).
+    Shows :func:`table_write_view`, its bar plot kept from move to move and only its bars, x
+    axis and title redrawn (:class:`~kvmmu.teaching.ui.KeptFigure`). Controls, in order: PTE
+    stores per 100 reads (IntSlider 0..100), PDE stores per 100 reads (IntSlider 0..20),
+    unsync (Checkbox). A setting shown before is shown again from memory (``wire(memo=...)``).
     No kernel counterpart.
     """
     _check_workload(pte_rate, pde_rate, unsync=unsync)
@@ -278,11 +306,13 @@ def make_table_write_widget(pte_rate: int = 10, pde_rate: int = 0, unsync: bool 
     pte = widgets.IntSlider(value=pte_rate, min=0, max=100, description="PTE / 100")
     pde = widgets.IntSlider(value=pde_rate, min=0, max=20, description="PDE / 100")
     allow = widgets.Checkbox(value=unsync, description="allow unsync")
-    return wire(
-        [pte, pde, allow],
-        lambda: table_write_view(pte.value, pde.value, allow.value),
-        memo=WIDGET_MEMO,
-    )
+    chart = _TableWriteChart()
+    kept = chart.kept()
+
+    def produce() -> tuple[pd.DataFrame, KeptFigure]:
+        return chart.show(pte.value, pde.value, allow.value), kept
+
+    return wire([pte, pde, allow], produce, memo=WIDGET_MEMO)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -371,9 +371,7 @@ def direct_pte_prefetch_many(vcpu: MmuVcpu, sp: MmuPage, start: int, end: int) -
     slot = prefetchable(vcpu, gfn, end - start, access)
     if slot is None:
         return False
-    set_spte = vcpu.mmu.set_spte
-    for i in range(start, end):
-        set_spte(sp, i, access, gfn + i - start, slot, write_fault=False, prefetch=True)
+    vcpu.mmu.set_sptes_prefetch(sp, start, end, access, gfn, slot)  # mmu_set_spte, each spte
     return True
 
 

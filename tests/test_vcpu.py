@@ -8,6 +8,8 @@ cost of a nested walk, (n + 1)(m + 1) - 1 references for an n-level guest on m-l
 tables (each of the n guest entries and the final gpa needs an m-step TDP walk).
 """
 
+from dataclasses import replace
+
 import pytest
 
 import kvmmu.kvm.vcpu as vcpu_module
@@ -266,6 +268,27 @@ def test_invlpg_drops_every_fractured_piece_of_a_guest_large_page() -> None:
     assert len(vcpu.tlb) == 0
     fault = vcpu.access(0x4000_1234, Access.READ, cpl=3)
     assert isinstance(fault, PageFault) and int(fault.error_code) == 0b101
+
+
+def test_a_cpl_switch_changes_only_the_cpl_of_the_guest_and_hardware_registers() -> None:
+    """``set_cpl`` (and ``access(..., cpl=)``) change the CPL alone: the guest's registers and
+    the registers of the hardware walk equal what a fresh computation gives, switch after
+    switch, and a user access to a supervisor page faults with U/S set in the error code."""
+    _, pt, vcpu = _vm_and_vcpu()
+    vcpu.access(0x400000)
+    fresh_cpu = vcpu.cpu
+    for cpl in (3, 0, 3, 1, 0):
+        vcpu.set_cpl(cpl)
+        assert vcpu.cpu == replace(fresh_cpu, cpl=cpl) and vcpu.mode is fresh_cpu.mode
+        switched = vcpu.hardware_cpu()
+        vcpu._hw_cpu = None  # what hardware_cpu() builds from nothing
+        assert switched == vcpu.hardware_cpu() and switched.cpl == cpl
+    pt.protect(0x400000, user=False)
+    vcpu.invlpg(0x400000)
+    fault = vcpu.access(0x400000, Access.READ, cpl=3)
+    assert isinstance(fault, PageFault) and int(fault.error_code) & 0b100
+    assert vcpu.cpu == fresh_cpu and vcpu.hardware_cpu().cpl == 0
+    assert isinstance(vcpu.access(0x400000), int)
 
 
 # --------------------------------------------------------------------------------------------

@@ -330,6 +330,8 @@ class Vcpu:
         self.pae_root: list[MmuPage | None] | None = None
         self.prev_roots: list[MmuPage] = []  # KVM_MMU_NUM_PREV_ROOTS cached 64-bit roots
         self._hw_cpu: CpuState | None = None
+        # (id of a state, CPL) -> (that state, it with that CPL): see _cpl_variant
+        self._cpl_variants: dict[tuple[int, int], tuple[CpuState, CpuState]] = {}
         self._tdp_cpu_state: CpuState | None = None
         self.last_refs = 0  # memory references of the last hardware walk
         self.cpu = self._checked(cpu)
@@ -535,10 +537,31 @@ class Vcpu:
     def set_cpl(self, cpl: int) -> None:
         """Change the privilege level (no TLB effect).
 
-        KVM reads the CPL from the segment registers (``kvm_x86_get_cpl``).
+        KVM reads the CPL from the segment registers (``kvm_x86_get_cpl``). Only the CPL
+        changes: the paging mode and the register bits cached from CR0/CR4/EFER stay, and the
+        registers of the hardware walk get the same CPL (:meth:`_cpl_variant`).
         """
-        self.cpu = replace(self.cpu, cpl=cpl)
-        self._hw_cpu = None
+        if cpl.__class__ is not int or not 0 <= cpl <= 3:  # one cheap test
+            replace(self._cpu, cpl=cpl)  # CpuState names what is wrong
+        self._cpu = self._cpl_variant(self._cpu, cpl)
+        hw = self._hw_cpu
+        self._hw_cpu = None if hw is None else self._cpl_variant(hw, cpl)
+
+    def _cpl_variant(self, state: CpuState, cpl: int) -> CpuState:
+        """``state`` with CPL ``cpl``, built once: a switch back finds the state it came from.
+
+        No kernel counterpart (KVM reads the CPL from the segment registers on each use).
+        """
+        cache = self._cpl_variants
+        hit = cache.get((id(state), cpl))
+        if hit is not None and hit[0] is state:  # the value holds the key's object alive
+            return hit[1]
+        new = replace(state, cpl=cpl)
+        if len(cache) >= 32:
+            cache.clear()
+        cache[(id(state), cpl)] = (state, new)
+        cache[(id(new), state.cpl)] = (new, state)
+        return new
 
     def set_ac(self, ac: bool) -> None:
         """Set or clear RFLAGS.AC (SMAP override for explicit supervisor accesses).
@@ -727,13 +750,22 @@ class Vcpu:
             check_bool("implicit", implicit)
         cpu = self._cpu
         if cpl is not None and cpl != cpu.cpl:
-            saved = cpu
+            saved, saved_hw = cpu, self._hw_cpu
             self.set_cpl(cpl)
+            switched, switched_hw = self._cpu, self._hw_cpu
             try:
                 return self.translate(gva, kind, None, implicit=implicit)
             finally:
-                self.cpu = saved
-                self._hw_cpu = None
+                # back to the saved CPL; the hardware registers too, unless the roots changed
+                if self._cpu is switched:
+                    self._cpu = saved  # only the CPL differs: the cached register bits hold
+                else:
+                    self.cpu = saved
+                hw = self._hw_cpu
+                if hw is not None and hw is switched_hw:
+                    self._hw_cpu = saved_hw
+                else:
+                    self._hw_cpu = None if hw is None else self._cpl_variant(hw, saved.cpl)
         spec = self._spec
         if gva.__class__ is not int and (isinstance(gva, bool) or not isinstance(gva, int)):
             raise AddressError(f"gva={gva!r} must be a 64-bit unsigned int")

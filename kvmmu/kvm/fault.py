@@ -35,7 +35,6 @@ from kvmmu.kvm.mmu import (
     gpte_pte_access,
     prefetch_invalid_gpte,
     read_gpte,
-    shadow_index,
     shadow_path,
     shadow_walk_init,
 )
@@ -50,6 +49,11 @@ _ACC_WRITE, _ACC_USER, _ACC_EXEC = int(Acc.WRITE), int(Acc.USER), int(Acc.EXEC)
 _ACC_ALL = int(Acc.ALL)
 
 PTE_PREFETCH_NUM = 8  # sptes in one prefetch group (PTE_PREFETCH_NUM in mmu.c)
+
+# The shadow walks below test spte bits and index pages inline, each line naming the helper of
+# mmu.py/spte.py it spells out: a call per level and test costs more than the walk's own work.
+_LEVEL_SHIFT = tuple(PAGE_SHIFT + 9 * (level - 1) for level in range(6))  # shadow_index's shift
+_PRESENT_OR_LARGE = S.MMU_PRESENT | S.LARGE
 
 
 @dataclass(slots=True)
@@ -184,15 +188,16 @@ def fetch(
     ``slot`` is the memslot of the guest's gfn (``fault->slot``), None for MMIO.
     """
     mmu = vcpu.mmu
+    by_pfn = mmu.by_pfn
     sp, level = shadow_walk_init(vcpu, gva)
     gfn = gw.gpa >> PAGE_SHIFT
     gw_level = gw.level
     while level > gw_level:
-        index = shadow_index(gva, level)
+        index = (gva >> _LEVEL_SHIFT[level]) & 511  # shadow_index
         sp.write_flooding_count = 0  # clear_sp_write_flooding_count: the guest uses this table
         spte = sp.spt[index]
-        if S.is_shadow_present(spte) and not S.is_large(spte):
-            child = mmu.child_of(spte)
+        if spte & _PRESENT_OR_LARGE == S.MMU_PRESENT:  # is_shadow_present and not is_large
+            child = by_pfn[(spte & S.PFN_MASK) >> PAGE_SHIFT]  # spte_to_child_sp
         else:
             table_gfn = gw.table_gfn(level - 1)
             role = sp.role.child(
@@ -214,11 +219,11 @@ def fetch(
     if mmu.trace.enabled:
         mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
     while level > goal:
-        index = shadow_index(gva, level)
+        index = (gva >> _LEVEL_SHIFT[level]) & 511  # shadow_index
         sp.write_flooding_count = 0
         spte = sp.spt[index]
-        if S.is_shadow_present(spte) and not S.is_large(spte):
-            child = mmu.child_of(spte)
+        if spte & _PRESENT_OR_LARGE == S.MMU_PRESENT:  # is_shadow_present and not is_large
+            child = by_pfn[(spte & S.PFN_MASK) >> PAGE_SHIFT]  # spte_to_child_sp
             if child.role.access == access:
                 sp, level = child, level - 1
                 continue
@@ -232,7 +237,7 @@ def fetch(
         mmu.link_shadow_page(sp, index, child)
         sp, level = child, level - 1
     sp.write_flooding_count = 0  # the page that holds the leaf spte was walked too
-    index = shadow_index(gva, level)
+    index = (gva >> _LEVEL_SHIFT[level]) & 511  # shadow_index
     outcome = mmu.set_spte(
         sp,
         index,
@@ -266,18 +271,19 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
     goal = 1 if slot is None else mmu.max_mapping_level(slot, gfn, vcpu.max_huge_level)
     if mmu.trace.enabled:
         mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
+    by_pfn = mmu.by_pfn
     while level > goal:
-        index = shadow_index(gpa, level)
+        index = (gpa >> _LEVEL_SHIFT[level]) & 511  # shadow_index
         spte = sp.spt[index]
-        if S.is_shadow_present(spte) and not S.is_large(spte):
-            sp, level = mmu.child_of(spte), level - 1
+        if spte & _PRESENT_OR_LARGE == S.MMU_PRESENT:  # is_shadow_present and not is_large
+            sp, level = by_pfn[(spte & S.PFN_MASK) >> PAGE_SHIFT], level - 1  # spte_to_child_sp
             continue
         child = get_shadow_page(
             vcpu, level_base(gfn, level), sp.role.child(direct=True, access=_ACC_ALL)
         )
         mmu.link_shadow_page(sp, index, child)
         sp, level = child, level - 1
-    index = shadow_index(gpa, level)
+    index = (gpa >> _LEVEL_SHIFT[level]) & 511  # shadow_index
     outcome = mmu.set_spte(sp, index, _ACC_ALL, level_base(gfn, level), slot, write_fault=write)
     if outcome is not FaultOutcome.SPURIOUS:
         direct_pte_prefetch(vcpu, sp, index)

@@ -166,9 +166,11 @@ class Mmu:
 
     def make_pages_available(self) -> None:
         """Reclaim the oldest pages when fewer than 5 are free (``make_mmu_pages_available``)."""
-        avail = self.available_pages()
+        n_max = self._n_max  # the budget, without the property's call when it is fixed
+        avail = (self.n_max_mmu_pages if n_max is None else n_max) - self.n_used_mmu_pages
         if avail >= KVM_MIN_FREE_MMU_PAGES:
             return
+        avail = max(avail, 0)  # kvm_mmu_available_pages
         self.zap_oldest_pages(KVM_REFILL_PAGES - avail)
         if not self.available_pages():
             raise MmuBudgetError(

@@ -125,15 +125,17 @@ class Tlb:
         self.flushes = 0  # how many flushes so far: what a TDP walk resumed after a fault checks
         # (page number at level, level, access class) -> (gpa base, global, guest page level)
         self.entries: dict[tuple[int, int, tuple[Access, bool, bool]], tuple[int, bool, int]] = {}
+        self._per_level = [0, 0, 0, 0]  # entries of each size: a lookup skips absent sizes
 
     def lookup(self, gva: int, cls: tuple[Access, bool, bool]) -> int | None:
         """The gpa for ``gva`` if cached for this access class: a 4 KiB entry first, then
         2 MiB, then 1 GiB."""
-        entries = self.entries
+        entries, per_level = self.entries, self._per_level
         for level, shift, offset_mask in _TLB_LEVELS:
-            hit = entries.get((gva >> shift, level, cls))
-            if hit is not None:
-                return hit[0] | (gva & offset_mask)
+            if per_level[level]:
+                hit = entries.get((gva >> shift, level, cls))
+                if hit is not None:
+                    return hit[0] | (gva & offset_mask)
         return None
 
     def insert(
@@ -147,10 +149,16 @@ class Tlb:
     ) -> None:
         """Cache a translation of a level-``level`` piece of a level-``guest_level`` guest page."""
         shift = PAGE_SHIFT + 9 * (level - 1)
-        if len(self.entries) >= self.capacity:
-            del self.entries[next(iter(self.entries))]
+        entries = self.entries
+        if len(entries) >= self.capacity:
+            oldest = next(iter(entries))
+            del entries[oldest]
+            self._per_level[oldest[1]] -= 1
+        key = (gva >> shift, level, cls)
+        if key not in entries:
+            self._per_level[level] += 1
         whole = level if guest_level is None or guest_level < level else guest_level
-        self.entries[(gva >> shift, level, cls)] = (gpa & ~((1 << shift) - 1), global_, whole)
+        entries[key] = (gpa & ~((1 << shift) - 1), global_, whole)
 
     def invlpg(self, gva: int) -> None:
         """Drop every entry of the guest page holding ``gva``, global or not, fractured pieces
@@ -164,6 +172,7 @@ class Tlb:
                 doomed.append(key)
         for key in doomed:
             del self.entries[key]
+            self._per_level[key[1]] -= 1
 
     def flush(self, *, keep_global: bool = False) -> None:
         """Drop all entries, or all but the global ones (a CR3 load with CR4.PGE).
@@ -173,8 +182,12 @@ class Tlb:
         self.flushes += 1
         if keep_global:
             self.entries = {k: v for k, v in self.entries.items() if v[1]}
+            self._per_level = [0, 0, 0, 0]
+            for _, level, _ in self.entries:
+                self._per_level[level] += 1
         else:
             self.entries.clear()
+            self._per_level = [0, 0, 0, 0]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -334,6 +347,7 @@ class Vcpu:
         self._cpl_variants: dict[tuple[int, int], tuple[CpuState, CpuState]] = {}
         self._tdp_cpu_state: CpuState | None = None
         self.last_refs = 0  # memory references of the last hardware walk
+        self._host_view = vm.host_view
         self.cpu = self._checked(cpu)
 
     # -- registers -------------------------------------------------------------------------
@@ -810,9 +824,8 @@ class Vcpu:
         ):
             hw_cpu = self.hardware_cpu()
         # translate() checked gva for this mode; the hardware tables are at least as wide
-        hw = walk_unchecked(self.vm.host_view, hw_cpu, gva, kind, implicit, False)
-        if hw.__class__ is WalkResult:
-            assert isinstance(hw, WalkResult)
+        hw = walk_unchecked(self._host_view, hw_cpu, gva, kind, implicit, False)
+        if type(hw) is WalkResult:  # narrows for mypy as cheaply as __class__ does
             self.last_refs = hw.refs
             level = hw.level
             sp = self.mmu.by_pfn[hw.leaf_table_gpa() >> PAGE_SHIFT]  # the leaf spte's page

@@ -47,6 +47,9 @@ from kvmmu.kvm.sync import sync_children, sync_page_or_zap
 _PFERR_PRESENT, _PTE_DIRTY, _PTE_GLOBAL = int(PfErr.PRESENT), int(Pte.DIRTY), int(Pte.GLOBAL)
 _ACC_WRITE, _ACC_USER, _ACC_EXEC = int(Acc.WRITE), int(Acc.USER), int(Acc.EXEC)
 _ACC_ALL = int(Acc.ALL)
+# enum members as module names: a member read through its class costs several times a name
+_FIXED, _SPURIOUS, _MMIO = FaultOutcome.FIXED, FaultOutcome.SPURIOUS, FaultOutcome.MMIO
+_WRITE = Access.WRITE
 
 PTE_PREFETCH_NUM = 8  # sptes in one prefetch group (PTE_PREFETCH_NUM in mmu.c)
 
@@ -124,7 +127,7 @@ def page_fault(
         trace.emit("kvm_mmu_walker_error", addr=gva, pferr=int(result.error_code))
         return FaultResult(FaultOutcome.GUEST, fault=result)
     assert isinstance(result, WalkResult)
-    write = access is Access.WRITE
+    write = access is _WRITE
     gfn = result.gpa >> PAGE_SHIFT  # walker->gfn
     slot = mmu.memory.slots.find(gfn)  # fault->slot, found once (kvm_faultin_pfn)
     if slot is not None and write and slot.readonly:
@@ -168,13 +171,13 @@ def count_outcome(vcpu: MmuVcpu, outcome: FaultOutcome) -> None:
     An MMIO spte's fault is emulated (``RET_PF_EMULATE``) and the emulator exits to userspace.
     """
     stats = vcpu.mmu.stats
-    if outcome is FaultOutcome.FIXED:
+    if outcome is _FIXED:
         stats.pf_fixed += 1
-    elif outcome is FaultOutcome.SPURIOUS:
+    elif outcome is _SPURIOUS:
         stats.pf_spurious += 1
     else:
         stats.pf_emulate += 1
-        if outcome is FaultOutcome.MMIO:
+        if outcome is _MMIO:
             stats.mmio_exits += 1
 
 
@@ -247,7 +250,7 @@ def fetch(
         write_fault=write,
         global_=bool(gw.pte & _PTE_GLOBAL) and vcpu.pge,
     )
-    if outcome is not FaultOutcome.SPURIOUS:
+    if outcome is not _SPURIOUS:
         pte_prefetch(vcpu, sp, index)
     return outcome
 
@@ -261,7 +264,7 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
     mmu.stats.pf_taken += 1  # kvm_mmu_do_page_fault
     gfn = gpa >> PAGE_SHIFT
     slot = mmu.memory.slots.find(gfn)
-    write = access is Access.WRITE
+    write = access is _WRITE
     if slot is not None and write and slot.readonly:
         mmu.stats.pf_emulate += 1
         mmu.stats.mmio_exits += 1
@@ -285,7 +288,7 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
         sp, level = child, level - 1
     index = (gpa >> _LEVEL_SHIFT[level]) & 511  # shadow_index
     outcome = mmu.set_spte(sp, index, _ACC_ALL, level_base(gfn, level), slot, write_fault=write)
-    if outcome is not FaultOutcome.SPURIOUS:
+    if outcome is not _SPURIOUS:
         direct_pte_prefetch(vcpu, sp, index)
     count_outcome(vcpu, outcome)
     return outcome

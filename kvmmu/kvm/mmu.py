@@ -57,6 +57,11 @@ class FaultOutcome(Enum):
     MMIO = "mmio"  # emulate as MMIO: exit to userspace
 
 
+# the members set_spte returns, as module names: a member read through its class costs
+# several times a name (EnumType's __getattr__ hook)
+_FIXED, _SPURIOUS = FaultOutcome.FIXED, FaultOutcome.SPURIOUS
+
+
 class MmuVcpu(Protocol):
     """What the MMU reads of a vCPU: its registers and its roots.
 
@@ -407,7 +412,7 @@ class Mmu:
         was_rmapped = False
         if S.is_shadow_present(old):
             if prefetch:
-                return FaultOutcome.SPURIOUS
+                return _SPURIOUS
             if level > 1 and not S.is_large(old):
                 self.drop_spte(sp, index)  # a table pointer replaced by a large page
                 self.flush_remote_tlbs()
@@ -431,9 +436,9 @@ class Mmu:
             accessed=not prefetch,
             global_=global_,
         )
-        outcome = FaultOutcome.FIXED
+        outcome = _FIXED
         if new == old:
-            outcome = FaultOutcome.SPURIOUS
+            outcome = _SPURIOUS
         else:
             if old & S.WRITABLE and not new & S.WRITABLE:
                 self.flush_remote_tlbs()

@@ -87,6 +87,10 @@ Outcome = int | PageFault | GeneralProtection
 _CR0_WP, _CR4_PGE, _CR4_SMEP = int(Cr0.WP), int(Cr4.PGE), int(Cr4.SMEP)
 _EFER_NXE, _RFLAGS_AC, _PTE_GLOBAL = int(Efer.NXE), int(Rflags.AC), int(Pte.GLOBAL)
 _PFERR_RSVD = int(PfErr.RSVD)
+# enum members as module names on the access path: a member read through its class costs
+# several times a name (EnumType's __getattr__ hook)
+_READ, _WRITE, _NONPAGING, _PAE = Access.READ, Access.WRITE, PagingMode.NONE, PagingMode.PAE
+_FIXED, _SPURIOUS, _EMULATE = FaultOutcome.FIXED, FaultOutcome.SPURIOUS, FaultOutcome.EMULATE
 
 
 class HostPhysical(GuestMemory):
@@ -851,19 +855,19 @@ class Vcpu:
             mmio = self._mmio_fault(gva, kind, implicit, hw)
             if mmio is not None:
                 return mmio
-        if self._mode is PagingMode.NONE:
+        if self._mode is _NONPAGING:
             # nonpaging_page_fault: with paging off gva == gpa, mapped by direct pages only. A
             # write to a frame that still holds a shadowed table (the guest's former page
             # tables) is emulated, as with paging on (RET_PF_EMULATE from direct_map).
             outcome = direct_page_fault(self, gva, kind)
             if outcome is FaultOutcome.MMIO:
                 return Translation(gva, mmio=True)
-            if outcome is FaultOutcome.EMULATE:
+            if outcome is _EMULATE:
                 return Translation(gva, emulated=True)
             return None
         result = page_fault(self, gva, kind, implicit=implicit, error_code=error_code)
         outcome = result.outcome
-        if outcome is FaultOutcome.FIXED or outcome is FaultOutcome.SPURIOUS:
+        if outcome is _FIXED or outcome is _SPURIOUS:
             return None
         if outcome is FaultOutcome.GUEST:
             return result.fault
@@ -966,7 +970,7 @@ class Vcpu:
         assert isinstance(probe, (WalkResult, PageFault))
         refs = 0
         entries = probe.entry_gpas()
-        if self._mode is PagingMode.PAE:
+        if self._mode is _PAE:
             entries = entries[1:]  # the PDPTEs were read at CR3 load
         # the TDP registers, with the roots loaded at the first TDP walk (kvm_mmu_reload)
         tdp_cpu: CpuState | None = None
@@ -974,7 +978,7 @@ class Vcpu:
             if tdp_cpu is None:
                 self.reload()
                 tdp_cpu = self._tdp_cpu()
-            tdp = self._tdp_reference(entry_gpa, Access.READ, tdp_cpu)
+            tdp = self._tdp_reference(entry_gpa, _READ, tdp_cpu)
             if tdp is None:
                 return None
             refs += tdp + 1
@@ -982,7 +986,7 @@ class Vcpu:
             assert isinstance(probe, PageFault)
             return probe  # delivered by the hardware, no exit
         assert isinstance(probe, WalkResult)
-        update_accessed_dirty(self.memory, probe, kind is Access.WRITE)
+        update_accessed_dirty(self.memory, probe, kind is _WRITE)
         if tdp_cpu is None:
             self.reload()
             tdp_cpu = self._tdp_cpu()
@@ -1046,14 +1050,9 @@ class Vcpu:
         """Walk the TDP tables for ``gpa`` with ``tdp_cpu`` (:meth:`_tdp_cpu`, roots loaded):
         the references made, None after fixing a TDP fault, or -1 for an MMIO exit."""
         hw = walk_unchecked(  # gpa is below MAXPHYADDR: canonical for the TDP tables
-            self.vm.host_view,
-            tdp_cpu,
-            gpa,
-            Access.WRITE if kind is Access.WRITE else Access.READ,
-            set_ad=False,
+            self._host_view, tdp_cpu, gpa, _WRITE if kind is _WRITE else _READ, False, False
         )
-        if hw.__class__ is WalkResult:
-            assert isinstance(hw, WalkResult)
+        if type(hw) is WalkResult:  # narrows for mypy as cheaply as __class__ does
             spte = hw.pte
             if not spte & S.ACCESSED:
                 index = (gpa >> (PAGE_SHIFT + 9 * (hw.level - 1))) & 511

@@ -53,7 +53,6 @@ from kvmmu.hw.x86 import (
     PfErr,
     Pte,
     Rflags,
-    _is_canonical,
 )
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.fault import direct_page_fault, get_shadow_page, page_fault
@@ -384,6 +383,8 @@ class Vcpu:
         self._cr0_wp = bool(cpu.cr0 & _CR0_WP)
         self._smep = bool(cpu.cr4 & _CR4_SMEP)
         self._nx_active = bool(cpu.efer & _EFER_NXE) and self._spec.entry_size == 8
+        # gva >> (va_bits - 1) of a canonical upper-half address
+        self._canonical_top = (1 << (65 - self._spec.va_bits)) - 1
 
     @property
     def mode(self) -> PagingMode:
@@ -794,7 +795,7 @@ class Vcpu:
                 raise AddressError(
                     f"gva={gva:#x} does not fit in 32 bits in {spec.mode.value} mode"
                 )
-        elif not _is_canonical(gva, spec.va_bits):
+        elif (top := gva >> (spec.va_bits - 1)) and top != self._canonical_top:  # _is_canonical
             return GeneralProtection(
                 gva, f"{gva:#x} is not canonical for {spec.va_bits}-bit addresses"
             )

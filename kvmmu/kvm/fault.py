@@ -57,6 +57,7 @@ PTE_PREFETCH_NUM = 8  # sptes in one prefetch group (PTE_PREFETCH_NUM in mmu.c)
 # mmu.py/spte.py it spells out: a call per level and test costs more than the walk's own work.
 _LEVEL_SHIFT = tuple(PAGE_SHIFT + 9 * (level - 1) for level in range(6))  # shadow_index's shift
 _PRESENT_OR_LARGE = S.MMU_PRESENT | S.LARGE
+_MMU_PRESENT = S.MMU_PRESENT
 
 
 @dataclass(slots=True)
@@ -310,7 +311,7 @@ def pte_prefetch(vcpu: MmuVcpu, sp: MmuPage, index: int) -> None:
     spt = sp.spt
     first = index & ~(PTE_PREFETCH_NUM - 1)
     for i in range(first, first + PTE_PREFETCH_NUM):
-        if i == index or S.is_shadow_present(spt[i]):
+        if i == index or spt[i] & _MMU_PRESENT:  # is_shadow_present
             continue
         if not prefetch_gpte(vcpu, sp, i):
             break
@@ -361,8 +362,9 @@ def direct_pte_prefetch(vcpu: MmuVcpu, sp: MmuPage, index: int) -> None:
         return
     first = index & ~(PTE_PREFETCH_NUM - 1)
     start: int | None = None
+    spt = sp.spt
     for i in range(first, first + PTE_PREFETCH_NUM):
-        if i == index or S.is_shadow_present(sp.spt[i]):
+        if i == index or spt[i] & _MMU_PRESENT:  # is_shadow_present
             if start is not None:
                 if not direct_pte_prefetch_many(vcpu, sp, start, i):
                     return

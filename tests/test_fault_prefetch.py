@@ -164,3 +164,56 @@ def test_tdp_faults_prefetch_too() -> None:
     vcpu.access(0x10_0000)
     assert vm.mmu.stats.pages_4k == 8
     audit(vm)
+
+
+def _direct_leaf_page(vm: Vm, vcpu: Vcpu, gfn: int) -> object:
+    """The direct level-1 page a paging-off access to ``gfn`` installs, its group emptied."""
+    vcpu.access(gfn << 12)
+    sp, index = shadow_path(vcpu, gfn << 12)[-1]
+    for i in range(index & ~7, (index & ~7) + 8):
+        vm.mmu.drop_spte(sp, i)
+    return sp
+
+
+@pytest.mark.parametrize("logging", [False, True])
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_batched_direct_prefetch_equals_one_set_spte_per_spte(
+    logging: bool, readonly: bool
+) -> None:
+    """``Mmu.set_sptes_prefetch`` (the ``mmu_set_spte`` loop of ``direct_pte_prefetch_many``,
+    rights computed once) leaves what ``set_spte(prefetch=True)`` spte by spte leaves: sptes,
+    rmap, counters, dirty log and trace, with a present spte, an MMIO spte that recorded a
+    write right, and a gfn that a shadow page uses inside the run; writable sptes, and
+    read-only ones for a read-only slot."""
+    runs = []
+    for batched in (False, True):
+        vm, vcpu = _paging_off()
+        base = 0x9000 if readonly else 0x200
+        if readonly:
+            vm.add_memslot(base, 16, MemslotFlag.READONLY)
+        slot = vm.memory.slots.find(base)
+        assert slot is not None
+        if logging:
+            vm.set_memslot_flags(slot.slot_id, slot.flags | MemslotFlag.LOG_DIRTY_PAGES)
+        sp = _direct_leaf_page(vm, vcpu, base)
+        sp.spt[2] = S.make_mmio_spte(base + 2, int(S.WRITABLE), vm.memory.slots.generation)
+        vm.mmu.set_spte(sp, 4, 7, base + 4, slot, write_fault=False)  # present: left alone
+        vm.mmu.page_hash.setdefault(base + 5, [])  # a gfn shadow pages use: set_spte decides
+        with vm.mmu.trace.recording() as trace:
+            if batched:
+                vm.mmu.set_sptes_prefetch(sp, 0, 8, 7, base, slot)
+            else:
+                for i in range(8):
+                    vm.mmu.set_spte(sp, i, 7, base + i, slot, write_fault=False, prefetch=True)
+        runs.append(
+            (
+                list(sp.spt[:8]),
+                sorted((k, len(v)) for k, v in vm.mmu.rmap.items()),
+                vm.stats.as_series().to_dict(),
+                list(slot.dirty_bitmap[:8]),
+                trace.events,
+                vcpu.tlb.flushes,
+            )
+        )
+    assert runs[0] == runs[1]
+    assert runs[0][2]["pages_4k"] == 8 and (readonly or runs[0][0][0] & S.WRITABLE)

@@ -61,6 +61,24 @@ def test_large_spte_is_found_from_every_gfn_it_covers() -> None:
     assert {key: list(head) for key, head in rmap.items()} == {(2, 0x600): [(sp, 3)]}
 
 
+def test_a_head_counts_and_orders_its_sptes_from_the_first_to_the_last() -> None:
+    """``pte_list_add`` returns how many sptes the head held before (what
+    ``max_mmu_rmap_size`` peaks on): 0 for a lone spte, also when the same spte is filed again,
+    then 1, 2; the sptes come back in the order they were filed, through every view of the
+    rmap, and removing the first leaves the others in order."""
+    rmap = Rmap()
+    pages = [standalone_page(0x400, 1, direct=True) for _ in range(3)]
+    assert rmap.pte_list_add(pages[0], 1, 0x401) == 0
+    assert rmap.pte_list_add(pages[0], 1, 0x401) == 0 and rmap.count(0x401, 1) == 1
+    assert list(rmap.items()) == [((1, 0x401), ((pages[0], 1),))]
+    assert [rmap.pte_list_add(sp, 1, 0x401) for sp in pages[1:]] == [1, 2]
+    want = [(sp, 1) for sp in pages]
+    assert rmap.sptes(0x401, 1) == want and rmap.all_levels(0x401) == want
+    assert [list(head) for _, head in rmap.items()] == [want] and len(rmap) == 3
+    rmap.remove(pages[0], 1)
+    assert rmap.sptes(0x401, 1) == want[1:] and rmap.count(0x401, 1) == 2
+
+
 def test_remove_undoes_add_and_drops_empty_heads() -> None:
     """``rmap_remove``: the spte goes; a head with nothing left disappears."""
     rmap = Rmap()

@@ -8,6 +8,8 @@ cost of a nested walk, (n + 1)(m + 1) - 1 references for an n-level guest on m-l
 tables (each of the n guest entries and the final gpa needs an m-step TDP walk).
 """
 
+from dataclasses import replace
+
 import pytest
 
 import kvmmu.kvm.vcpu as vcpu_module
@@ -15,7 +17,7 @@ from kvmmu.errors import AddressError, KvmmuError, MemslotError, ModeError
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.walk import GeneralProtection, PageFault
 from kvmmu.hw.x86 import Access, PagingMode
-from kvmmu.kvm.vcpu import Translation, Vm
+from kvmmu.kvm.vcpu import Tlb, Translation, Vm
 
 MiB = 1 << 20
 
@@ -266,6 +268,60 @@ def test_invlpg_drops_every_fractured_piece_of_a_guest_large_page() -> None:
     assert len(vcpu.tlb) == 0
     fault = vcpu.access(0x4000_1234, Access.READ, cpl=3)
     assert isinstance(fault, PageFault) and int(fault.error_code) == 0b101
+
+
+def test_a_tlb_lookup_finds_what_its_entries_hold_whatever_sizes_come_and_go() -> None:
+    """``Tlb.lookup`` skips entry sizes the TLB holds none of: through inserts that evict,
+    re-inserts, INVLPG and flushes (global entries kept or not), it answers what a probe of
+    every size in the entries answers."""
+    import random
+
+    rng = random.Random(16)
+    tlb = Tlb(capacity=8)
+    cls = (Access.READ, False, True)
+
+    def probe(gva: int) -> int | None:
+        for level in (1, 2, 3):
+            shift = 12 + 9 * (level - 1)
+            hit = tlb.entries.get((gva >> shift, level, cls))
+            if hit is not None:
+                return hit[0] | (gva & ((1 << shift) - 1))
+        return None
+
+    for _ in range(2000):
+        gva = rng.randrange(1 << 32) & ~0xFFF
+        op = rng.randrange(10)
+        if op < 6:
+            level = rng.choice((1, 2, 3))
+            tlb.insert(gva, level, rng.randrange(1 << 30), cls, rng.random() < 0.3)
+        elif op < 8:
+            tlb.invlpg(gva)
+        elif op == 8:
+            tlb.flush(keep_global=rng.random() < 0.5)
+        cached = [page << (12 + 9 * (level - 1)) for page, level, _ in tlb.entries]
+        for addr in (gva, *cached):
+            assert tlb.lookup(addr | 0x123, cls) == probe(addr | 0x123)
+
+
+def test_a_cpl_switch_changes_only_the_cpl_of_the_guest_and_hardware_registers() -> None:
+    """``set_cpl`` (and ``access(..., cpl=)``) change the CPL alone: the guest's registers and
+    the registers of the hardware walk equal what a fresh computation gives, switch after
+    switch, and a user access to a supervisor page faults with U/S set in the error code."""
+    _, pt, vcpu = _vm_and_vcpu()
+    vcpu.access(0x400000)
+    fresh_cpu = vcpu.cpu
+    for cpl in (3, 0, 3, 1, 0):
+        vcpu.set_cpl(cpl)
+        assert vcpu.cpu == replace(fresh_cpu, cpl=cpl) and vcpu.mode is fresh_cpu.mode
+        switched = vcpu.hardware_cpu()
+        vcpu._hw_cpu = None  # what hardware_cpu() builds from nothing
+        assert switched == vcpu.hardware_cpu() and switched.cpl == cpl
+    pt.protect(0x400000, user=False)
+    vcpu.invlpg(0x400000)
+    fault = vcpu.access(0x400000, Access.READ, cpl=3)
+    assert isinstance(fault, PageFault) and int(fault.error_code) & 0b100
+    assert vcpu.cpu == fresh_cpu and vcpu.hardware_cpu().cpl == 0
+    assert isinstance(vcpu.access(0x400000), int)
 
 
 # --------------------------------------------------------------------------------------------

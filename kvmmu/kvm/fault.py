@@ -35,7 +35,6 @@ from kvmmu.kvm.mmu import (
     gpte_pte_access,
     prefetch_invalid_gpte,
     read_gpte,
-    shadow_index,
     shadow_path,
     shadow_walk_init,
 )
@@ -48,8 +47,17 @@ from kvmmu.kvm.sync import sync_children, sync_page_or_zap
 _PFERR_PRESENT, _PTE_DIRTY, _PTE_GLOBAL = int(PfErr.PRESENT), int(Pte.DIRTY), int(Pte.GLOBAL)
 _ACC_WRITE, _ACC_USER, _ACC_EXEC = int(Acc.WRITE), int(Acc.USER), int(Acc.EXEC)
 _ACC_ALL = int(Acc.ALL)
+# enum members as module names: a member read through its class costs several times a name
+_FIXED, _SPURIOUS, _MMIO = FaultOutcome.FIXED, FaultOutcome.SPURIOUS, FaultOutcome.MMIO
+_WRITE = Access.WRITE
 
 PTE_PREFETCH_NUM = 8  # sptes in one prefetch group (PTE_PREFETCH_NUM in mmu.c)
+
+# The shadow walks below test spte bits and index pages inline, each line naming the helper of
+# mmu.py/spte.py it spells out: a call per level and test costs more than the walk's own work.
+_LEVEL_SHIFT = tuple(PAGE_SHIFT + 9 * (level - 1) for level in range(6))  # shadow_index's shift
+_PRESENT_OR_LARGE = S.MMU_PRESENT | S.LARGE
+_MMU_PRESENT = S.MMU_PRESENT
 
 
 @dataclass(slots=True)
@@ -120,7 +128,7 @@ def page_fault(
         trace.emit("kvm_mmu_walker_error", addr=gva, pferr=int(result.error_code))
         return FaultResult(FaultOutcome.GUEST, fault=result)
     assert isinstance(result, WalkResult)
-    write = access is Access.WRITE
+    write = access is _WRITE
     gfn = result.gpa >> PAGE_SHIFT  # walker->gfn
     slot = mmu.memory.slots.find(gfn)  # fault->slot, found once (kvm_faultin_pfn)
     if slot is not None and write and slot.readonly:
@@ -164,13 +172,13 @@ def count_outcome(vcpu: MmuVcpu, outcome: FaultOutcome) -> None:
     An MMIO spte's fault is emulated (``RET_PF_EMULATE``) and the emulator exits to userspace.
     """
     stats = vcpu.mmu.stats
-    if outcome is FaultOutcome.FIXED:
+    if outcome is _FIXED:
         stats.pf_fixed += 1
-    elif outcome is FaultOutcome.SPURIOUS:
+    elif outcome is _SPURIOUS:
         stats.pf_spurious += 1
     else:
         stats.pf_emulate += 1
-        if outcome is FaultOutcome.MMIO:
+        if outcome is _MMIO:
             stats.mmio_exits += 1
 
 
@@ -184,15 +192,16 @@ def fetch(
     ``slot`` is the memslot of the guest's gfn (``fault->slot``), None for MMIO.
     """
     mmu = vcpu.mmu
+    by_pfn = mmu.by_pfn
     sp, level = shadow_walk_init(vcpu, gva)
     gfn = gw.gpa >> PAGE_SHIFT
     gw_level = gw.level
     while level > gw_level:
-        index = shadow_index(gva, level)
+        index = (gva >> _LEVEL_SHIFT[level]) & 511  # shadow_index
         sp.write_flooding_count = 0  # clear_sp_write_flooding_count: the guest uses this table
         spte = sp.spt[index]
-        if S.is_shadow_present(spte) and not S.is_large(spte):
-            child = mmu.child_of(spte)
+        if spte & _PRESENT_OR_LARGE == S.MMU_PRESENT:  # is_shadow_present and not is_large
+            child = by_pfn[(spte & S.PFN_MASK) >> PAGE_SHIFT]  # spte_to_child_sp
         else:
             table_gfn = gw.table_gfn(level - 1)
             role = sp.role.child(
@@ -214,11 +223,11 @@ def fetch(
     if mmu.trace.enabled:
         mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
     while level > goal:
-        index = shadow_index(gva, level)
+        index = (gva >> _LEVEL_SHIFT[level]) & 511  # shadow_index
         sp.write_flooding_count = 0
         spte = sp.spt[index]
-        if S.is_shadow_present(spte) and not S.is_large(spte):
-            child = mmu.child_of(spte)
+        if spte & _PRESENT_OR_LARGE == S.MMU_PRESENT:  # is_shadow_present and not is_large
+            child = by_pfn[(spte & S.PFN_MASK) >> PAGE_SHIFT]  # spte_to_child_sp
             if child.role.access == access:
                 sp, level = child, level - 1
                 continue
@@ -232,7 +241,7 @@ def fetch(
         mmu.link_shadow_page(sp, index, child)
         sp, level = child, level - 1
     sp.write_flooding_count = 0  # the page that holds the leaf spte was walked too
-    index = shadow_index(gva, level)
+    index = (gva >> _LEVEL_SHIFT[level]) & 511  # shadow_index
     outcome = mmu.set_spte(
         sp,
         index,
@@ -242,7 +251,7 @@ def fetch(
         write_fault=write,
         global_=bool(gw.pte & _PTE_GLOBAL) and vcpu.pge,
     )
-    if outcome is not FaultOutcome.SPURIOUS:
+    if outcome is not _SPURIOUS:
         pte_prefetch(vcpu, sp, index)
     return outcome
 
@@ -256,7 +265,7 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
     mmu.stats.pf_taken += 1  # kvm_mmu_do_page_fault
     gfn = gpa >> PAGE_SHIFT
     slot = mmu.memory.slots.find(gfn)
-    write = access is Access.WRITE
+    write = access is _WRITE
     if slot is not None and write and slot.readonly:
         mmu.stats.pf_emulate += 1
         mmu.stats.mmio_exits += 1
@@ -266,20 +275,21 @@ def direct_page_fault(vcpu: MmuVcpu, gpa: int, access: Access) -> FaultOutcome:
     goal = 1 if slot is None else mmu.max_mapping_level(slot, gfn, vcpu.max_huge_level)
     if mmu.trace.enabled:
         mmu.trace.emit("kvm_mmu_spte_requested", gfn=gfn, level=goal)
+    by_pfn = mmu.by_pfn
     while level > goal:
-        index = shadow_index(gpa, level)
+        index = (gpa >> _LEVEL_SHIFT[level]) & 511  # shadow_index
         spte = sp.spt[index]
-        if S.is_shadow_present(spte) and not S.is_large(spte):
-            sp, level = mmu.child_of(spte), level - 1
+        if spte & _PRESENT_OR_LARGE == S.MMU_PRESENT:  # is_shadow_present and not is_large
+            sp, level = by_pfn[(spte & S.PFN_MASK) >> PAGE_SHIFT], level - 1  # spte_to_child_sp
             continue
         child = get_shadow_page(
             vcpu, level_base(gfn, level), sp.role.child(direct=True, access=_ACC_ALL)
         )
         mmu.link_shadow_page(sp, index, child)
         sp, level = child, level - 1
-    index = shadow_index(gpa, level)
+    index = (gpa >> _LEVEL_SHIFT[level]) & 511  # shadow_index
     outcome = mmu.set_spte(sp, index, _ACC_ALL, level_base(gfn, level), slot, write_fault=write)
-    if outcome is not FaultOutcome.SPURIOUS:
+    if outcome is not _SPURIOUS:
         direct_pte_prefetch(vcpu, sp, index)
     count_outcome(vcpu, outcome)
     return outcome
@@ -301,7 +311,7 @@ def pte_prefetch(vcpu: MmuVcpu, sp: MmuPage, index: int) -> None:
     spt = sp.spt
     first = index & ~(PTE_PREFETCH_NUM - 1)
     for i in range(first, first + PTE_PREFETCH_NUM):
-        if i == index or S.is_shadow_present(spt[i]):
+        if i == index or spt[i] & _MMU_PRESENT:  # is_shadow_present
             continue
         if not prefetch_gpte(vcpu, sp, i):
             break
@@ -352,8 +362,9 @@ def direct_pte_prefetch(vcpu: MmuVcpu, sp: MmuPage, index: int) -> None:
         return
     first = index & ~(PTE_PREFETCH_NUM - 1)
     start: int | None = None
+    spt = sp.spt
     for i in range(first, first + PTE_PREFETCH_NUM):
-        if i == index or S.is_shadow_present(sp.spt[i]):
+        if i == index or spt[i] & _MMU_PRESENT:  # is_shadow_present
             if start is not None:
                 if not direct_pte_prefetch_many(vcpu, sp, start, i):
                     return
@@ -371,9 +382,7 @@ def direct_pte_prefetch_many(vcpu: MmuVcpu, sp: MmuPage, start: int, end: int) -
     slot = prefetchable(vcpu, gfn, end - start, access)
     if slot is None:
         return False
-    set_spte = vcpu.mmu.set_spte
-    for i in range(start, end):
-        set_spte(sp, i, access, gfn + i - start, slot, write_fault=False, prefetch=True)
+    vcpu.mmu.set_sptes_prefetch(sp, start, end, access, gfn, slot)  # mmu_set_spte, each spte
     return True
 
 

@@ -57,6 +57,11 @@ class FaultOutcome(Enum):
     MMIO = "mmio"  # emulate as MMIO: exit to userspace
 
 
+# the members set_spte returns, as module names: a member read through its class costs
+# several times a name (EnumType's __getattr__ hook)
+_FIXED, _SPURIOUS = FaultOutcome.FIXED, FaultOutcome.SPURIOUS
+
+
 class MmuVcpu(Protocol):
     """What the MMU reads of a vCPU: its registers and its roots.
 
@@ -166,9 +171,11 @@ class Mmu:
 
     def make_pages_available(self) -> None:
         """Reclaim the oldest pages when fewer than 5 are free (``make_mmu_pages_available``)."""
-        avail = self.available_pages()
+        n_max = self._n_max  # the budget, without the property's call when it is fixed
+        avail = (self.n_max_mmu_pages if n_max is None else n_max) - self.n_used_mmu_pages
         if avail >= KVM_MIN_FREE_MMU_PAGES:
             return
+        avail = max(avail, 0)  # kvm_mmu_available_pages
         self.zap_oldest_pages(KVM_REFILL_PAGES - avail)
         if not self.available_pages():
             raise MmuBudgetError(
@@ -405,7 +412,7 @@ class Mmu:
         was_rmapped = False
         if S.is_shadow_present(old):
             if prefetch:
-                return FaultOutcome.SPURIOUS
+                return _SPURIOUS
             if level > 1 and not S.is_large(old):
                 self.drop_spte(sp, index)  # a table pointer replaced by a large page
                 self.flush_remote_tlbs()
@@ -429,9 +436,9 @@ class Mmu:
             accessed=not prefetch,
             global_=global_,
         )
-        outcome = FaultOutcome.FIXED
+        outcome = _FIXED
         if new == old:
-            outcome = FaultOutcome.SPURIOUS
+            outcome = _SPURIOUS
         else:
             if old & S.WRITABLE and not new & S.WRITABLE:
                 self.flush_remote_tlbs()
@@ -459,6 +466,74 @@ class Mmu:
                 self.stats.max_mmu_rmap_size = count
             self._count_leaf(level, 1)
         return outcome
+
+    def set_sptes_prefetch(
+        self, sp: MmuPage, start: int, end: int, access: int, gfn: int, slot: Memslot
+    ) -> None:
+        """Prefetch leaf sptes ``start`` to ``end - 1`` of direct level-1 page ``sp`` for the
+        gfns from ``gfn`` of ``slot``: the loop of ``mmu_set_spte`` calls in
+        ``direct_pte_prefetch_many``, one memslot and one set of rights for the whole run.
+
+        Each spte ends as :meth:`set_spte` with ``prefetch=True`` leaves it (trace event, dirty
+        log, rmap entry, peak and gauge included). The spte bits are ``make_spte``'s for the
+        run, made once: only the pfn differs from one spte to the next. A present spte is left
+        alone (a prefetch never replaces one); a gfn that shadow pages use (writable sptes for
+        it are ``mmu_try_to_unsync_pages``' decision) goes through :meth:`set_spte` itself.
+        """
+        if not sp.role.direct or sp.role.level != 1:
+            raise KvmmuError(f"set_sptes_prefetch needs a direct level-1 page, got {sp.describe()}")
+        # A direct page stores neither gfns nor access (set_gfn and set_access only check them),
+        # and its gfns are linear: checking the run's first spte checks them all.
+        sp.set_gfn(start, gfn)
+        sp.set_access(start, access)
+        host_writable = not slot.readonly
+        writable = host_writable and bool(access & _ACC_WRITE)
+        bits = S.make_spte(  # make_spte(pfn) is this | pfn << PAGE_SHIFT
+            0,
+            access,
+            large=False,
+            writable=writable,
+            mmu_writable=writable,
+            host_writable=host_writable,
+            accessed=False,
+        )
+        spt, stats, trace = sp.spt, self.stats, self.trace
+        write_tracked, page_hash, pte_list_add = (
+            self.write_tracked,
+            self.page_hash,
+            self.rmap.pte_list_add,
+        )
+        pfn_base = slot.gfn_to_pfn(gfn) - start
+        log_dirty = writable and slot.dirty_logging
+        gfn -= start
+        for index in range(start, end):
+            old = spt[index]
+            if old & S.MMU_PRESENT:
+                continue  # set_spte: a prefetch finds the spte already there (RET_PF_SPURIOUS)
+            if writable and (gfn + index in write_tracked or gfn + index in page_hash):
+                self.set_spte(
+                    sp, index, access, gfn + index, slot, write_fault=False, prefetch=True
+                )
+                continue
+            new = bits | ((pfn_base + index) << PAGE_SHIFT)
+            if old & S.WRITABLE and not writable:
+                self.flush_remote_tlbs()  # an MMIO spte that recorded a write right
+            spt[index] = new
+            if trace.enabled:
+                trace.emit(
+                    "kvm_mmu_set_spte",
+                    level=1,
+                    gfn=gfn + index,
+                    spte=new,
+                    sp=sp.serial,
+                    index=index,
+                )
+            if log_dirty:
+                self.memory.mark_page_dirty(gfn + index)
+            count = pte_list_add(sp, index, gfn + index)
+            if count > stats.max_mmu_rmap_size:
+                stats.max_mmu_rmap_size = count
+            stats.pages_4k += 1
 
     def _count_leaf(self, level: int, delta: int) -> None:
         """Move the gauge of present leaf sptes at ``level`` (``kvm_update_page_stats``)."""

@@ -12,7 +12,7 @@ leaf spte comes from its page, computed for a direct page and stored for an indi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from kvmmu.kvm.page import LEVEL_BITS, MmuPage
 
@@ -25,12 +25,17 @@ def level_base(gfn: int, level: int) -> int:
 
 
 class Rmap:
-    """gfn -> the leaf sptes that map it (``rmap_add``, ``rmap_remove``, ``for_each_rmap_spte``)."""
+    """gfn -> the leaf sptes that map it (``rmap_add``, ``rmap_remove``, ``for_each_rmap_spte``).
+
+    A head holds its one spte itself, as ``rmap_head->val`` points at a lone spte; from the
+    second spte on it holds them in order (KVM's ``pte_list_desc``), so the common single
+    mapping costs no collection.
+    """
 
     def __init__(self) -> None:
         # dicts used as ordered sets: iteration follows insertion, never object addresses,
         # so every run of the same guest program does the same work in the same order
-        self._heads: dict[tuple[int, int], dict[Sptep, None]] = {}
+        self._heads: dict[tuple[int, int], Sptep | dict[Sptep, None]] = {}
 
     def add(self, sp: MmuPage, index: int) -> int:
         """Record leaf spte ``index`` of ``sp``; return its gfn (``rmap_add``)."""
@@ -46,10 +51,17 @@ class Rmap:
         recorded, so ``sp.get_gfn(index)`` answers the same.
         """
         key = (sp.role.level, gfn)
-        head = self._heads.get(key)
+        heads = self._heads
+        head = heads.get(key)
         if head is None:
-            self._heads[key] = {(sp, index): None}
+            heads[key] = (sp, index)  # a lone spte: the head is the spte
             return 0
+        if head.__class__ is tuple:
+            if head == (sp, index):
+                return 0
+            heads[key] = {head: None, (sp, index): None}
+            return 1
+        assert isinstance(head, dict)
         head[(sp, index)] = None
         return len(head) - 1
 
@@ -58,36 +70,45 @@ class Rmap:
         gfn = sp.get_gfn(index)
         key = (sp.level, gfn)
         head = self._heads[key]
-        head.pop((sp, index), None)
-        if not head:
+        if isinstance(head, dict):
+            head.pop((sp, index), None)
+            if not head:
+                del self._heads[key]
+        elif head == (sp, index):
             del self._heads[key]
         return gfn
 
+    def _head(self, gfn: int, level: int) -> tuple[Sptep, ...] | dict[Sptep, None]:
+        head = self._heads.get((level, level_base(gfn, level)))
+        if head is None:
+            return ()
+        return head if isinstance(head, dict) else (head,)
+
     def sptes(self, gfn: int, level: int) -> list[Sptep]:
         """The sptes mapping ``gfn`` with pages of ``level`` (``gfn_to_rmap`` + iteration)."""
-        return list(self._heads.get((level, level_base(gfn, level)), ()))
+        return list(self._head(gfn, level))
 
     def count(self, gfn: int, level: int) -> int:
         """How many sptes map ``gfn`` with pages of ``level`` (``pte_list_count``)."""
-        head = self._heads.get((level, level_base(gfn, level)))
-        return 0 if head is None else len(head)
+        return len(self._head(gfn, level))
 
     def all_levels(self, gfn: int, max_level: int = 3) -> list[Sptep]:
         """Every spte mapping ``gfn``, at every page size up to ``max_level``."""
         out: list[Sptep] = []
         for level in range(1, max_level + 1):
-            out.extend(self.sptes(gfn, level))
+            out.extend(self._head(gfn, level))
         return out
 
-    def items(self) -> Iterator[tuple[tuple[int, int], dict[Sptep, None]]]:
-        """Every (level, gfn) head and its sptes; for the audit.
+    def items(self) -> Iterator[tuple[tuple[int, int], Collection[Sptep]]]:
+        """Every (level, gfn) head and its sptes, in order; for the audit.
 
         Every ``slot->arch.rmap`` head, as an audit walks them.
         """
-        return iter(self._heads.items())
+        for key, head in self._heads.items():
+            yield key, head if isinstance(head, dict) else (head,)
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._heads.values())
+        return sum(len(v) if isinstance(v, dict) else 1 for v in self._heads.values())
 
 
 def add_parent_pte(child: MmuPage, parent: MmuPage, index: int) -> None:

@@ -53,7 +53,6 @@ from kvmmu.hw.x86 import (
     PfErr,
     Pte,
     Rflags,
-    _is_canonical,
 )
 from kvmmu.kvm import spte as S
 from kvmmu.kvm.fault import direct_page_fault, get_shadow_page, page_fault
@@ -87,6 +86,10 @@ Outcome = int | PageFault | GeneralProtection
 _CR0_WP, _CR4_PGE, _CR4_SMEP = int(Cr0.WP), int(Cr4.PGE), int(Cr4.SMEP)
 _EFER_NXE, _RFLAGS_AC, _PTE_GLOBAL = int(Efer.NXE), int(Rflags.AC), int(Pte.GLOBAL)
 _PFERR_RSVD = int(PfErr.RSVD)
+# enum members as module names on the access path: a member read through its class costs
+# several times a name (EnumType's __getattr__ hook)
+_READ, _WRITE, _NONPAGING, _PAE = Access.READ, Access.WRITE, PagingMode.NONE, PagingMode.PAE
+_FIXED, _SPURIOUS, _EMULATE = FaultOutcome.FIXED, FaultOutcome.SPURIOUS, FaultOutcome.EMULATE
 
 
 class HostPhysical(GuestMemory):
@@ -125,15 +128,17 @@ class Tlb:
         self.flushes = 0  # how many flushes so far: what a TDP walk resumed after a fault checks
         # (page number at level, level, access class) -> (gpa base, global, guest page level)
         self.entries: dict[tuple[int, int, tuple[Access, bool, bool]], tuple[int, bool, int]] = {}
+        self._per_level = [0, 0, 0, 0]  # entries of each size: a lookup skips absent sizes
 
     def lookup(self, gva: int, cls: tuple[Access, bool, bool]) -> int | None:
         """The gpa for ``gva`` if cached for this access class: a 4 KiB entry first, then
         2 MiB, then 1 GiB."""
-        entries = self.entries
+        entries, per_level = self.entries, self._per_level
         for level, shift, offset_mask in _TLB_LEVELS:
-            hit = entries.get((gva >> shift, level, cls))
-            if hit is not None:
-                return hit[0] | (gva & offset_mask)
+            if per_level[level]:
+                hit = entries.get((gva >> shift, level, cls))
+                if hit is not None:
+                    return hit[0] | (gva & offset_mask)
         return None
 
     def insert(
@@ -147,10 +152,16 @@ class Tlb:
     ) -> None:
         """Cache a translation of a level-``level`` piece of a level-``guest_level`` guest page."""
         shift = PAGE_SHIFT + 9 * (level - 1)
-        if len(self.entries) >= self.capacity:
-            del self.entries[next(iter(self.entries))]
+        entries = self.entries
+        if len(entries) >= self.capacity:
+            oldest = next(iter(entries))
+            del entries[oldest]
+            self._per_level[oldest[1]] -= 1
+        key = (gva >> shift, level, cls)
+        if key not in entries:
+            self._per_level[level] += 1
         whole = level if guest_level is None or guest_level < level else guest_level
-        self.entries[(gva >> shift, level, cls)] = (gpa & ~((1 << shift) - 1), global_, whole)
+        entries[key] = (gpa & ~((1 << shift) - 1), global_, whole)
 
     def invlpg(self, gva: int) -> None:
         """Drop every entry of the guest page holding ``gva``, global or not, fractured pieces
@@ -164,6 +175,7 @@ class Tlb:
                 doomed.append(key)
         for key in doomed:
             del self.entries[key]
+            self._per_level[key[1]] -= 1
 
     def flush(self, *, keep_global: bool = False) -> None:
         """Drop all entries, or all but the global ones (a CR3 load with CR4.PGE).
@@ -173,8 +185,12 @@ class Tlb:
         self.flushes += 1
         if keep_global:
             self.entries = {k: v for k, v in self.entries.items() if v[1]}
+            self._per_level = [0, 0, 0, 0]
+            for _, level, _ in self.entries:
+                self._per_level[level] += 1
         else:
             self.entries.clear()
+            self._per_level = [0, 0, 0, 0]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -330,8 +346,11 @@ class Vcpu:
         self.pae_root: list[MmuPage | None] | None = None
         self.prev_roots: list[MmuPage] = []  # KVM_MMU_NUM_PREV_ROOTS cached 64-bit roots
         self._hw_cpu: CpuState | None = None
+        # (id of a state, CPL) -> (that state, it with that CPL): see _cpl_variant
+        self._cpl_variants: dict[tuple[int, int], tuple[CpuState, CpuState]] = {}
         self._tdp_cpu_state: CpuState | None = None
         self.last_refs = 0  # memory references of the last hardware walk
+        self._host_view = vm.host_view
         self.cpu = self._checked(cpu)
 
     # -- registers -------------------------------------------------------------------------
@@ -364,6 +383,8 @@ class Vcpu:
         self._cr0_wp = bool(cpu.cr0 & _CR0_WP)
         self._smep = bool(cpu.cr4 & _CR4_SMEP)
         self._nx_active = bool(cpu.efer & _EFER_NXE) and self._spec.entry_size == 8
+        # gva >> (va_bits - 1) of a canonical upper-half address
+        self._canonical_top = (1 << (65 - self._spec.va_bits)) - 1
 
     @property
     def mode(self) -> PagingMode:
@@ -535,10 +556,31 @@ class Vcpu:
     def set_cpl(self, cpl: int) -> None:
         """Change the privilege level (no TLB effect).
 
-        KVM reads the CPL from the segment registers (``kvm_x86_get_cpl``).
+        KVM reads the CPL from the segment registers (``kvm_x86_get_cpl``). Only the CPL
+        changes: the paging mode and the register bits cached from CR0/CR4/EFER stay, and the
+        registers of the hardware walk get the same CPL (:meth:`_cpl_variant`).
         """
-        self.cpu = replace(self.cpu, cpl=cpl)
-        self._hw_cpu = None
+        if cpl.__class__ is not int or not 0 <= cpl <= 3:  # one cheap test
+            replace(self._cpu, cpl=cpl)  # CpuState names what is wrong
+        self._cpu = self._cpl_variant(self._cpu, cpl)
+        hw = self._hw_cpu
+        self._hw_cpu = None if hw is None else self._cpl_variant(hw, cpl)
+
+    def _cpl_variant(self, state: CpuState, cpl: int) -> CpuState:
+        """``state`` with CPL ``cpl``, built once: a switch back finds the state it came from.
+
+        No kernel counterpart (KVM reads the CPL from the segment registers on each use).
+        """
+        cache = self._cpl_variants
+        hit = cache.get((id(state), cpl))
+        if hit is not None and hit[0] is state:  # the value holds the key's object alive
+            return hit[1]
+        new = replace(state, cpl=cpl)
+        if len(cache) >= 32:
+            cache.clear()
+        cache[(id(state), cpl)] = (state, new)
+        cache[(id(new), state.cpl)] = (new, state)
+        return new
 
     def set_ac(self, ac: bool) -> None:
         """Set or clear RFLAGS.AC (SMAP override for explicit supervisor accesses).
@@ -727,13 +769,22 @@ class Vcpu:
             check_bool("implicit", implicit)
         cpu = self._cpu
         if cpl is not None and cpl != cpu.cpl:
-            saved = cpu
+            saved, saved_hw = cpu, self._hw_cpu
             self.set_cpl(cpl)
+            switched, switched_hw = self._cpu, self._hw_cpu
             try:
                 return self.translate(gva, kind, None, implicit=implicit)
             finally:
-                self.cpu = saved
-                self._hw_cpu = None
+                # back to the saved CPL; the hardware registers too, unless the roots changed
+                if self._cpu is switched:
+                    self._cpu = saved  # only the CPL differs: the cached register bits hold
+                else:
+                    self.cpu = saved
+                hw = self._hw_cpu
+                if hw is not None and hw is switched_hw:
+                    self._hw_cpu = saved_hw
+                else:
+                    self._hw_cpu = None if hw is None else self._cpl_variant(hw, saved.cpl)
         spec = self._spec
         if gva.__class__ is not int and (isinstance(gva, bool) or not isinstance(gva, int)):
             raise AddressError(f"gva={gva!r} must be a 64-bit unsigned int")
@@ -744,7 +795,7 @@ class Vcpu:
                 raise AddressError(
                     f"gva={gva:#x} does not fit in 32 bits in {spec.mode.value} mode"
                 )
-        elif not _is_canonical(gva, spec.va_bits):
+        elif (top := gva >> (spec.va_bits - 1)) and top != self._canonical_top:  # _is_canonical
             return GeneralProtection(
                 gva, f"{gva:#x} is not canonical for {spec.va_bits}-bit addresses"
             )
@@ -778,9 +829,8 @@ class Vcpu:
         ):
             hw_cpu = self.hardware_cpu()
         # translate() checked gva for this mode; the hardware tables are at least as wide
-        hw = walk_unchecked(self.vm.host_view, hw_cpu, gva, kind, implicit, False)
-        if hw.__class__ is WalkResult:
-            assert isinstance(hw, WalkResult)
+        hw = walk_unchecked(self._host_view, hw_cpu, gva, kind, implicit, False)
+        if type(hw) is WalkResult:  # narrows for mypy as cheaply as __class__ does
             self.last_refs = hw.refs
             level = hw.level
             sp = self.mmu.by_pfn[hw.leaf_table_gpa() >> PAGE_SHIFT]  # the leaf spte's page
@@ -806,19 +856,19 @@ class Vcpu:
             mmio = self._mmio_fault(gva, kind, implicit, hw)
             if mmio is not None:
                 return mmio
-        if self._mode is PagingMode.NONE:
+        if self._mode is _NONPAGING:
             # nonpaging_page_fault: with paging off gva == gpa, mapped by direct pages only. A
             # write to a frame that still holds a shadowed table (the guest's former page
             # tables) is emulated, as with paging on (RET_PF_EMULATE from direct_map).
             outcome = direct_page_fault(self, gva, kind)
             if outcome is FaultOutcome.MMIO:
                 return Translation(gva, mmio=True)
-            if outcome is FaultOutcome.EMULATE:
+            if outcome is _EMULATE:
                 return Translation(gva, emulated=True)
             return None
         result = page_fault(self, gva, kind, implicit=implicit, error_code=error_code)
         outcome = result.outcome
-        if outcome is FaultOutcome.FIXED or outcome is FaultOutcome.SPURIOUS:
+        if outcome is _FIXED or outcome is _SPURIOUS:
             return None
         if outcome is FaultOutcome.GUEST:
             return result.fault
@@ -921,7 +971,7 @@ class Vcpu:
         assert isinstance(probe, (WalkResult, PageFault))
         refs = 0
         entries = probe.entry_gpas()
-        if self._mode is PagingMode.PAE:
+        if self._mode is _PAE:
             entries = entries[1:]  # the PDPTEs were read at CR3 load
         # the TDP registers, with the roots loaded at the first TDP walk (kvm_mmu_reload)
         tdp_cpu: CpuState | None = None
@@ -929,7 +979,7 @@ class Vcpu:
             if tdp_cpu is None:
                 self.reload()
                 tdp_cpu = self._tdp_cpu()
-            tdp = self._tdp_reference(entry_gpa, Access.READ, tdp_cpu)
+            tdp = self._tdp_reference(entry_gpa, _READ, tdp_cpu)
             if tdp is None:
                 return None
             refs += tdp + 1
@@ -937,7 +987,7 @@ class Vcpu:
             assert isinstance(probe, PageFault)
             return probe  # delivered by the hardware, no exit
         assert isinstance(probe, WalkResult)
-        update_accessed_dirty(self.memory, probe, kind is Access.WRITE)
+        update_accessed_dirty(self.memory, probe, kind is _WRITE)
         if tdp_cpu is None:
             self.reload()
             tdp_cpu = self._tdp_cpu()
@@ -1001,14 +1051,9 @@ class Vcpu:
         """Walk the TDP tables for ``gpa`` with ``tdp_cpu`` (:meth:`_tdp_cpu`, roots loaded):
         the references made, None after fixing a TDP fault, or -1 for an MMIO exit."""
         hw = walk_unchecked(  # gpa is below MAXPHYADDR: canonical for the TDP tables
-            self.vm.host_view,
-            tdp_cpu,
-            gpa,
-            Access.WRITE if kind is Access.WRITE else Access.READ,
-            set_ad=False,
+            self._host_view, tdp_cpu, gpa, _WRITE if kind is _WRITE else _READ, False, False
         )
-        if hw.__class__ is WalkResult:
-            assert isinstance(hw, WalkResult)
+        if type(hw) is WalkResult:  # narrows for mypy as cheaply as __class__ does
             spte = hw.pte
             if not spte & S.ACCESSED:
                 index = (gpa >> (PAGE_SHIFT + 9 * (hw.level - 1))) & 511

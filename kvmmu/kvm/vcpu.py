@@ -39,6 +39,7 @@ from kvmmu.hw.walk import (
     PageFault,
     WalkResult,
     load_cr3,
+    reserved_mask,
     update_accessed_dirty,
     walk,
     walk_unchecked,
@@ -86,10 +87,42 @@ Outcome = int | PageFault | GeneralProtection
 _CR0_WP, _CR4_PGE, _CR4_SMEP = int(Cr0.WP), int(Cr4.PGE), int(Cr4.SMEP)
 _EFER_NXE, _RFLAGS_AC, _PTE_GLOBAL = int(Efer.NXE), int(Rflags.AC), int(Pte.GLOBAL)
 _PFERR_RSVD = int(PfErr.RSVD)
+# the bits of a TDP walk (plain ints) and the error codes of its faults: P | RSVD (| W)
+_P_BIT, _W_BIT, _PS_BIT = int(Pte.PRESENT), int(Pte.WRITABLE), int(Pte.PAGE_SIZE)
+_P_RSVD = _P_BIT | _PFERR_RSVD
+_P_RSVD_W = _P_RSVD | _W_BIT
+_ADDR_MASK = ((1 << 52) - 1) & ~0xFFF  # bits 51:12 of a table pointer
 # enum members as module names on the access path: a member read through its class costs
 # several times a name (EnumType's __getattr__ hook)
 _READ, _WRITE, _NONPAGING, _PAE = Access.READ, Access.WRITE, PagingMode.NONE, PagingMode.PAE
 _FIXED, _SPURIOUS, _EMULATE = FaultOutcome.FIXED, FaultOutcome.SPURIOUS, FaultOutcome.EMULATE
+
+
+def _tdp_walk_levels(levels: int) -> tuple[tuple[int, int, int, bool], ...]:
+    """The levels of a TDP walk on ``levels``-level tables, root first, each as (index shift,
+    reserved bits with PS clear, with PS set, PS maps a page here): the per-level checks of an
+    EPT walk (SDM 28.3.2). kvmmu's TDP sptes are 64-bit paging entries, so the reserved bits
+    are those of a 4/5-level walk with the host's MAXPHYADDR and EFER.NXE (``reserved_mask``):
+    bits 51:46, PS at levels 4 and 5, the low address bits of a 2 MiB or 1 GiB page."""
+    tdp_cpu = CpuState(
+        int(Cr0.PE | Cr0.PG | Cr0.WP),
+        0,
+        int(Cr4.PAE | (Cr4.LA57 if levels == 5 else 0)),
+        int(Efer.LME | Efer.LMA | Efer.NXE),
+        0,
+        int(Rflags.FIXED),
+        0,
+        S.HOST_MAXPHYADDR,
+    )
+    return tuple(
+        (
+            PAGE_SHIFT + 9 * (level - 1),
+            reserved_mask(tdp_cpu, level, False),
+            reserved_mask(tdp_cpu, level, True),
+            level in (2, 3),  # 2 MiB and 1 GiB pages
+        )
+        for level in range(levels, 0, -1)
+    )
 
 
 class HostPhysical(GuestMemory):
@@ -348,7 +381,9 @@ class Vcpu:
         self._hw_cpu: CpuState | None = None
         # (id of a state, CPL) -> (that state, it with that CPL): see _cpl_variant
         self._cpl_variants: dict[tuple[int, int], tuple[CpuState, CpuState]] = {}
-        self._tdp_cpu_state: CpuState | None = None
+        # the TDP walk's levels (_tdp_walk_levels) and the host frames it reads, as memoryviews
+        self._tdp_levels = _tdp_walk_levels(vm.tdp_levels) if vm.tdp else ()
+        self._host_words = vm.host_view.views[8]
         self.last_refs = 0  # memory references of the last hardware walk
         self._host_view = vm.host_view
         self.cpu = self._checked(cpu)
@@ -973,13 +1008,12 @@ class Vcpu:
         entries = probe.entry_gpas()
         if self._mode is _PAE:
             entries = entries[1:]  # the PDPTEs were read at CR3 load
-        # the TDP registers, with the roots loaded at the first TDP walk (kvm_mmu_reload)
-        tdp_cpu: CpuState | None = None
+        # the TDP root (the EPTP), loaded at the first TDP walk (kvm_mmu_reload)
+        root = -1
         for entry_gpa in entries:
-            if tdp_cpu is None:
-                self.reload()
-                tdp_cpu = self._tdp_cpu()
-            tdp = self._tdp_reference(entry_gpa, _READ, tdp_cpu)
+            if root < 0:
+                root = self._tdp_root()
+            tdp = self._tdp_reference(entry_gpa, _READ, root)
             if tdp is None:
                 return None
             refs += tdp + 1
@@ -988,10 +1022,9 @@ class Vcpu:
             return probe  # delivered by the hardware, no exit
         assert isinstance(probe, WalkResult)
         update_accessed_dirty(self.memory, probe, kind is _WRITE)
-        if tdp_cpu is None:
-            self.reload()
-            tdp_cpu = self._tdp_cpu()
-        tdp = self._tdp_reference(probe.gpa, kind, tdp_cpu)
+        if root < 0:
+            root = self._tdp_root()
+        tdp = self._tdp_reference(probe.gpa, kind, root)
         if tdp is None:
             return None
         if tdp < 0:
@@ -1009,7 +1042,7 @@ class Vcpu:
         )
         return Translation(probe.gpa)
 
-    def _tdp_reference(self, gpa: int, kind: Access, tdp_cpu: CpuState) -> int | None:
+    def _tdp_reference(self, gpa: int, kind: Access, root: int) -> int | None:
         """One guest-physical reference of a two-dimensional walk: :meth:`_tdp_translate`, and
         after a TDP fault it fixed, the same reference again; None: start the walk again.
 
@@ -1022,58 +1055,75 @@ class Vcpu:
         """
         for _ in range(4):  # a reference that keeps faulting goes back to translate()'s limit
             flushes = self.tlb.flushes
-            tdp = self._tdp_translate(gpa, kind, tdp_cpu)
+            tdp = self._tdp_translate(gpa, kind, root)
             if tdp is not None:
                 return tdp
             if self.tlb.flushes != flushes:
                 return None
         return None
 
-    def _tdp_cpu(self) -> CpuState:
-        """Registers of the TDP walk: 4/5-level tables from the TDP root, built once per root."""
-        root = shadow_walk_init(self, 0)[0]
-        cached = self._tdp_cpu_state
-        if cached is None or cached.cr3 != root.pfn << PAGE_SHIFT:
-            cr4 = int(Cr4.PAE | (Cr4.LA57 if self.vm.tdp_levels == 5 else 0))
-            cached = self._tdp_cpu_state = CpuState(
-                int(Cr0.PE | Cr0.PG | Cr0.WP),
-                root.pfn << PAGE_SHIFT,
-                cr4,
-                int(Efer.LME | Efer.LMA | Efer.NXE),
-                0,
-                int(Rflags.FIXED),
-                0,
-                S.HOST_MAXPHYADDR,
-            )
-        return cached
+    def _tdp_root(self) -> int:
+        """The pfn of the TDP root, the roots loaded first (``kvm_mmu_reload``): what the
+        hardware finds in the EPTP (SDM 24.6.11) or nCR3."""
+        self.reload()
+        return shadow_walk_init(self, 0)[0].pfn
 
-    def _tdp_translate(self, gpa: int, kind: Access, tdp_cpu: CpuState) -> int | None:
-        """Walk the TDP tables for ``gpa`` with ``tdp_cpu`` (:meth:`_tdp_cpu`, roots loaded):
-        the references made, None after fixing a TDP fault, or -1 for an MMIO exit."""
-        hw = walk_unchecked(  # gpa is below MAXPHYADDR: canonical for the TDP tables
-            self._host_view, tdp_cpu, gpa, _WRITE if kind is _WRITE else _READ, False, False
-        )
-        if type(hw) is WalkResult:  # narrows for mypy as cheaply as __class__ does
-            spte = hw.pte
-            if not spte & S.ACCESSED:
-                index = (gpa >> (PAGE_SHIFT + 9 * (hw.level - 1))) & 511
-                sp = self.mmu.by_pfn[hw.leaf_table_gpa() >> PAGE_SHIFT]
-                self._set_spte_accessed(sp, index, spte)
-            return hw.refs
-        assert isinstance(hw, PageFault)
+    def _tdp_translate(self, gpa: int, kind: Access, root: int) -> int | None:
+        """Walk the TDP tables from root pfn ``root`` for ``gpa``, as the CPU walks EPT tables
+        (SDM 28.3.2, the EPT translation mechanism): the references made, None after fixing a
+        TDP fault, or -1 for an MMIO exit.
+
+        kvmmu's TDP tables hold sptes in the 64-bit paging format, so the rules are those of a
+        supervisor walk with CR0.WP=1 and EFER.NXE (the ``tdp_cpu`` registers of
+        :func:`_tdp_walk_levels`): a missing table or a clear P bit is a violation, a reserved
+        bit (an MMIO spte among them) a misconfiguration, and a write needs W at every level;
+        U/S, SMEP, SMAP and protection keys play no part. The leaf spte gets its A bit, as in
+        :meth:`_set_spte_accessed`.
+        """
+        write = kind is _WRITE
+        views = self._host_words
+        table = root
+        refs = writable = 0
+        pte = index = 0
+        for shift, rsvd_table, rsvd_leaf, large_ok in self._tdp_levels:
+            words = views.get(table)
+            if words is None:
+                words = self._host_view.table_words(table)
+                if words is None:  # outside host memory: not present (no entry read)
+                    return self._tdp_violation(gpa, kind, _W_BIT if write else 0, 0)
+            index = (gpa >> shift) & 511
+            pte = words[index]
+            refs += 1
+            if not pte & _P_BIT:  # an EPT violation
+                return self._tdp_violation(gpa, kind, _W_BIT if write else 0, pte)
+            if pte & (rsvd_leaf if pte & _PS_BIT else rsvd_table):  # an EPT misconfiguration
+                return self._tdp_violation(gpa, kind, _P_RSVD_W if write else _P_RSVD, pte)
+            writable |= ~pte & _W_BIT  # a level without W
+            if large_ok and pte & _PS_BIT:
+                break  # a large page; otherwise the loop ends with the level-1 entry
+            if shift != PAGE_SHIFT:
+                table = (pte & _ADDR_MASK) >> PAGE_SHIFT
+        if write and writable:
+            return self._tdp_violation(gpa, kind, _P_BIT | _W_BIT, pte)
+        if not pte & S.ACCESSED:
+            self._set_spte_accessed(self.mmu.by_pfn[table], index, pte)
+        return refs
+
+    def _tdp_violation(self, gpa: int, kind: Access, error_code: int, spte: int) -> int | None:
+        """A TDP walk for ``gpa`` failed on ``spte`` with page-fault ``error_code``: -1 for an
+        MMIO exit (``handle_mmio_page_fault`` on a current MMIO spte, or ``direct_page_fault``
+        finding no memslot), None once ``direct_page_fault`` fixed the tables."""
         trace = self.mmu.trace
         if trace.enabled:
-            trace.emit("kvm_page_fault", fault_address=gpa, error_code=int(hw.error_code))
-        if int(hw.error_code) & _PFERR_RSVD:  # a plain int: PfErr arithmetic runs Python code
-            spte = hw.pte
-            if (
-                S.is_mmio(spte)
-                and S.mmio_generation(spte) == self.memory.slots.generation & S.MMIO_GEN_MASK
-            ):
-                self.mmu.stats.mmio_exits += 1
-                return -1
-        outcome = direct_page_fault(self, gpa, kind)
-        if outcome is FaultOutcome.MMIO:
+            trace.emit("kvm_page_fault", fault_address=gpa, error_code=error_code)
+        if (
+            error_code & _PFERR_RSVD
+            and S.is_mmio(spte)
+            and S.mmio_generation(spte) == self.memory.slots.generation & S.MMIO_GEN_MASK
+        ):
+            self.mmu.stats.mmio_exits += 1
+            return -1
+        if direct_page_fault(self, gpa, kind) is FaultOutcome.MMIO:
             return -1
         return None
 

@@ -92,15 +92,18 @@ _P_BIT, _W_BIT, _PS_BIT = int(Pte.PRESENT), int(Pte.WRITABLE), int(Pte.PAGE_SIZE
 _P_RSVD = _P_BIT | _PFERR_RSVD
 _P_RSVD_W = _P_RSVD | _W_BIT
 _ADDR_MASK = ((1 << 52) - 1) & ~0xFFF  # bits 51:12 of a table pointer
+_PDE_SHIFT = PAGE_SHIFT + 9  # a level-2 entry maps 2 MiB
+_ZERO_WORDS = memoryview(bytes(8)).cast("Q")  # no table read yet
 # enum members as module names on the access path: a member read through its class costs
 # several times a name (EnumType's __getattr__ hook)
 _READ, _WRITE, _NONPAGING, _PAE = Access.READ, Access.WRITE, PagingMode.NONE, PagingMode.PAE
 _FIXED, _SPURIOUS, _EMULATE = FaultOutcome.FIXED, FaultOutcome.SPURIOUS, FaultOutcome.EMULATE
 
 
-def _tdp_walk_levels(levels: int) -> tuple[tuple[int, int, int, bool], ...]:
-    """The levels of a TDP walk on ``levels``-level tables, root first, each as (index shift,
-    reserved bits with PS clear, with PS set, PS maps a page here): the per-level checks of an
+def _tdp_walk_levels(levels: int) -> tuple[tuple[int, int, int, int, bool], ...]:
+    """The levels of a TDP walk on ``levels``-level tables, root first, each as (references
+    made once its entry is read, index shift, reserved bits with PS clear, with PS set, PS maps
+    a page here): the per-level checks of an
     EPT walk (SDM 28.3.2). kvmmu's TDP sptes are 64-bit paging entries, so the reserved bits
     are those of a 4/5-level walk with the host's MAXPHYADDR and EFER.NXE (``reserved_mask``):
     bits 51:46, PS at levels 4 and 5, the low address bits of a 2 MiB or 1 GiB page."""
@@ -116,6 +119,7 @@ def _tdp_walk_levels(levels: int) -> tuple[tuple[int, int, int, bool], ...]:
     )
     return tuple(
         (
+            levels + 1 - level,
             PAGE_SHIFT + 9 * (level - 1),
             reserved_mask(tdp_cpu, level, False),
             reserved_mask(tdp_cpu, level, True),
@@ -383,7 +387,10 @@ class Vcpu:
         self._cpl_variants: dict[tuple[int, int], tuple[CpuState, CpuState]] = {}
         # the TDP walk's levels (_tdp_walk_levels) and the host frames it reads, as memoryviews
         self._tdp_levels = _tdp_walk_levels(vm.tdp_levels) if vm.tdp else ()
+        self._tdp_leaf_level = self._tdp_levels[-1:]
         self._host_words = vm.host_view.views[8]
+        # within one TDP walk: (gpa >> 21, its level-1 table's pfn, the AND of the entries above)
+        self._tdp_pde: tuple[int, int, int] | None = None
         self.last_refs = 0  # memory references of the last hardware walk
         self._host_view = vm.host_view
         self.cpu = self._checked(cpu)
@@ -1000,6 +1007,7 @@ class Vcpu:
         """
         # translate() checked gva for the guest's mode
         probe = walk_unchecked(self.memory, self._cpu, gva, kind, implicit, False)
+        self._tdp_pde = None  # a new walk: nothing kept from the last one
         if probe.__class__ is GeneralProtection:
             assert isinstance(probe, GeneralProtection)
             return probe
@@ -1079,40 +1087,53 @@ class Vcpu:
         bit (an MMIO spte among them) a misconfiguration, and a write needs W at every level;
         U/S, SMEP, SMAP and protection keys play no part. The leaf spte gets its A bit, as in
         :meth:`_set_spte_accessed`.
+
+        The entries above a level-1 TDP table are read once per two-dimensional walk for each
+        2 MiB of guest-physical space (``_tdp_pde``, like the CPU's paging-structure caches of
+        SDM 28.4.3): the guest's tables and the final gpa usually share them. Only a TDP fault
+        changes the TDP tables in the middle of a walk, and it drops what was kept; the entries
+        are counted in the references all the same.
         """
         write = kind is _WRITE
         views = self._host_words
-        table = root
-        refs = writable = 0
-        pte = index = 0
-        for shift, rsvd_table, rsvd_leaf, large_ok in self._tdp_levels:
-            words = views.get(table)
-            if words is None:
-                words = self._host_view.table_words(table)
-                if words is None:  # outside host memory: not present (no entry read)
+        pde = self._tdp_pde
+        if pde is not None and pde[0] == gpa >> _PDE_SHIFT:
+            # the entries above the leaf, as this walk read them for an earlier reference
+            table, writable, levels = pde[1], pde[2], self._tdp_leaf_level
+        else:
+            table, writable, levels = root, -1, self._tdp_levels
+        refs = pte = index = 0
+        words = _ZERO_WORDS
+        for refs, shift, rsvd_table, rsvd_leaf, large_ok in levels:  # noqa: B007 (read after)
+            found = views.get(table)
+            if found is None:
+                found = self._host_view.table_words(table)
+                if found is None:  # outside host memory: not present (no entry read)
                     return self._tdp_violation(gpa, kind, _W_BIT if write else 0, 0)
+            words = found
             index = (gpa >> shift) & 511
             pte = words[index]
-            refs += 1
             if not pte & _P_BIT:  # an EPT violation
                 return self._tdp_violation(gpa, kind, _W_BIT if write else 0, pte)
             if pte & (rsvd_leaf if pte & _PS_BIT else rsvd_table):  # an EPT misconfiguration
                 return self._tdp_violation(gpa, kind, _P_RSVD_W if write else _P_RSVD, pte)
-            writable |= ~pte & _W_BIT  # a level without W
+            writable &= pte  # W survives only if every level grants it
             if large_ok and pte & _PS_BIT:
                 break  # a large page; otherwise the loop ends with the level-1 entry
-            if shift != PAGE_SHIFT:
-                table = (pte & _ADDR_MASK) >> PAGE_SHIFT
-        if write and writable:
+            table = (pte & _ADDR_MASK) >> PAGE_SHIFT
+            if shift == _PDE_SHIFT:  # the path to this 2 MiB's level-1 table, kept
+                self._tdp_pde = (gpa >> _PDE_SHIFT, table, writable)
+        if write and not writable & _W_BIT:
             return self._tdp_violation(gpa, kind, _P_BIT | _W_BIT, pte)
-        if not pte & S.ACCESSED:
-            self._set_spte_accessed(self.mmu.by_pfn[table], index, pte)
+        if not pte & S.ACCESSED:  # _set_spte_accessed: words is the leaf page's spt
+            words[index] = pte | S.ACCESSED
         return refs
 
     def _tdp_violation(self, gpa: int, kind: Access, error_code: int, spte: int) -> int | None:
         """A TDP walk for ``gpa`` failed on ``spte`` with page-fault ``error_code``: -1 for an
         MMIO exit (``handle_mmio_page_fault`` on a current MMIO spte, or ``direct_page_fault``
         finding no memslot), None once ``direct_page_fault`` fixed the tables."""
+        self._tdp_pde = None  # the fault handler may change the TDP tables
         trace = self.mmu.trace
         if trace.enabled:
             trace.emit("kvm_page_fault", fault_address=gpa, error_code=error_code)

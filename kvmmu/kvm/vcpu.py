@@ -1091,8 +1091,9 @@ class Vcpu:
         The entries above a level-1 TDP table are read once per two-dimensional walk for each
         2 MiB of guest-physical space (``_tdp_pde``, like the CPU's paging-structure caches of
         SDM 28.4.3): the guest's tables and the final gpa usually share them. Only a TDP fault
-        changes the TDP tables in the middle of a walk, and it drops what was kept; the entries
-        are counted in the references all the same.
+        changes the TDP tables in the middle of a walk: it only adds sptes, unless it flushes
+        TLBs (it zapped a page or replaced an spte), and then what was kept goes too. The
+        entries are counted in the references all the same.
         """
         write = kind is _WRITE
         views = self._host_words
@@ -1133,7 +1134,6 @@ class Vcpu:
         """A TDP walk for ``gpa`` failed on ``spte`` with page-fault ``error_code``: -1 for an
         MMIO exit (``handle_mmio_page_fault`` on a current MMIO spte, or ``direct_page_fault``
         finding no memslot), None once ``direct_page_fault`` fixed the tables."""
-        self._tdp_pde = None  # the fault handler may change the TDP tables
         trace = self.mmu.trace
         if trace.enabled:
             trace.emit("kvm_page_fault", fault_address=gpa, error_code=error_code)
@@ -1144,9 +1144,11 @@ class Vcpu:
         ):
             self.mmu.stats.mmio_exits += 1
             return -1
-        if direct_page_fault(self, gpa, kind) is FaultOutcome.MMIO:
-            return -1
-        return None
+        flushes = self.tlb.flushes
+        outcome = direct_page_fault(self, gpa, kind)
+        if self.tlb.flushes != flushes:
+            self._tdp_pde = None  # it zapped or replaced sptes: the kept path may be gone
+        return -1 if outcome is FaultOutcome.MMIO else None
 
     # -- loads and stores ------------------------------------------------------------------
 

@@ -1021,9 +1021,11 @@ class Vcpu:
         for entry_gpa in entries:
             if root < 0:
                 root = self._tdp_root()
-            tdp = self._tdp_reference(entry_gpa, _READ, root)
-            if tdp is None:
-                return None
+            tdp = self._tdp_translate(entry_gpa, _READ, root)
+            if not tdp:  # a TDP fault: 0 once fixed, None if the walk must start again
+                tdp = self._tdp_reference(entry_gpa, _READ, root, tdp)
+                if tdp is None:
+                    return None
             refs += tdp + 1
         if probe.__class__ is PageFault:
             assert isinstance(probe, PageFault)
@@ -1032,9 +1034,11 @@ class Vcpu:
         update_accessed_dirty(self.memory, probe, kind is _WRITE)
         if root < 0:
             root = self._tdp_root()
-        tdp = self._tdp_reference(probe.gpa, kind, root)
-        if tdp is None:
-            return None
+        tdp = self._tdp_translate(probe.gpa, kind, root)
+        if not tdp:
+            tdp = self._tdp_reference(probe.gpa, kind, root, tdp)
+            if tdp is None:
+                return None
         if tdp < 0:
             return Translation(probe.gpa, mmio=True)
         self.last_refs = refs + tdp
@@ -1050,9 +1054,10 @@ class Vcpu:
         )
         return Translation(probe.gpa)
 
-    def _tdp_reference(self, gpa: int, kind: Access, root: int) -> int | None:
-        """One guest-physical reference of a two-dimensional walk: :meth:`_tdp_translate`, and
-        after a TDP fault it fixed, the same reference again; None: start the walk again.
+    def _tdp_reference(self, gpa: int, kind: Access, root: int, first: int | None) -> int | None:
+        """One guest-physical reference of a two-dimensional walk whose first
+        :meth:`_tdp_translate` took a TDP fault (``first``: 0 if it fixed it without a flush,
+        None if not): the same reference again; None: start the walk again.
 
         After the exit the CPU restarts the access, and the translations it made before the
         fault may serve it from its TLB (guest-physical mappings, SDM 28.4.1) until a flush;
@@ -1061,13 +1066,14 @@ class Vcpu:
         write-protected sptes): then the walk starts again from the root. The outcome, the
         faults taken and the references counted are those of a full restart.
         """
-        for _ in range(4):  # a reference that keeps faulting goes back to translate()'s limit
-            flushes = self.tlb.flushes
+        if first is None:
+            return None
+        for _ in range(3):  # a reference that keeps faulting goes back to translate()'s limit
             tdp = self._tdp_translate(gpa, kind, root)
-            if tdp is not None:
-                return tdp
-            if self.tlb.flushes != flushes:
+            if tdp is None:
                 return None
+            if tdp:
+                return tdp
         return None
 
     def _tdp_root(self) -> int:
@@ -1078,8 +1084,9 @@ class Vcpu:
 
     def _tdp_translate(self, gpa: int, kind: Access, root: int) -> int | None:
         """Walk the TDP tables from root pfn ``root`` for ``gpa``, as the CPU walks EPT tables
-        (SDM 28.3.2, the EPT translation mechanism): the references made, None after fixing a
-        TDP fault, or -1 for an MMIO exit.
+        (SDM 28.3.2, the EPT translation mechanism): the references made, -1 for an MMIO exit,
+        or after a TDP fault it fixed 0 (the same reference may go on) or None (the handler
+        flushed TLBs: the walk starts again).
 
         kvmmu's TDP tables hold sptes in the 64-bit paging format, so the rules are those of a
         supervisor walk with CR0.WP=1 and EFER.NXE (the ``tdp_cpu`` registers of
@@ -1133,7 +1140,8 @@ class Vcpu:
     def _tdp_violation(self, gpa: int, kind: Access, error_code: int, spte: int) -> int | None:
         """A TDP walk for ``gpa`` failed on ``spte`` with page-fault ``error_code``: -1 for an
         MMIO exit (``handle_mmio_page_fault`` on a current MMIO spte, or ``direct_page_fault``
-        finding no memslot), None once ``direct_page_fault`` fixed the tables."""
+        finding no memslot), 0 once ``direct_page_fault`` fixed the tables, None if it also
+        flushed TLBs."""
         trace = self.mmu.trace
         if trace.enabled:
             trace.emit("kvm_page_fault", fault_address=gpa, error_code=error_code)
@@ -1146,9 +1154,12 @@ class Vcpu:
             return -1
         flushes = self.tlb.flushes
         outcome = direct_page_fault(self, gpa, kind)
-        if self.tlb.flushes != flushes:
+        flushed = self.tlb.flushes != flushes
+        if flushed:
             self._tdp_pde = None  # it zapped or replaced sptes: the kept path may be gone
-        return -1 if outcome is FaultOutcome.MMIO else None
+        if outcome is FaultOutcome.MMIO:
+            return -1
+        return None if flushed else 0
 
     # -- loads and stores ------------------------------------------------------------------
 

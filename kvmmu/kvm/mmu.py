@@ -36,6 +36,7 @@ _PTE_PRESENT, _PTE_ACCESSED, _PTE_DIRTY = int(Pte.PRESENT), int(Pte.ACCESSED), i
 _PTE_PAGE_SIZE, _PTE_XD = int(Pte.PAGE_SIZE), int(Pte.XD)
 
 _ZERO_SPT = memoryview(bytes(PAGE_SIZE)).cast("Q")
+_MMU_PRESENT, _SPTE_WRITABLE = S.MMU_PRESENT, S.WRITABLE  # module names on the prefetch loop
 
 KVM_MIN_FREE_MMU_PAGES = 5
 KVM_REFILL_PAGES = 25
@@ -505,35 +506,32 @@ class Mmu:
         )
         pfn_base = slot.gfn_to_pfn(gfn) - start
         log_dirty = writable and slot.dirty_logging
+        tracing = trace.enabled
         gfn -= start
+        mapped = 0  # the level-1 gauge moves once for the run (kvm_update_page_stats)
         for index in range(start, end):
             old = spt[index]
-            if old & S.MMU_PRESENT:
+            if old & _MMU_PRESENT:
                 continue  # set_spte: a prefetch finds the spte already there (RET_PF_SPURIOUS)
-            if writable and (gfn + index in write_tracked or gfn + index in page_hash):
-                self.set_spte(
-                    sp, index, access, gfn + index, slot, write_fault=False, prefetch=True
-                )
+            index_gfn = gfn + index
+            if writable and (index_gfn in write_tracked or index_gfn in page_hash):
+                self.set_spte(sp, index, access, index_gfn, slot, write_fault=False, prefetch=True)
                 continue
             new = bits | ((pfn_base + index) << PAGE_SHIFT)
-            if old & S.WRITABLE and not writable:
+            if old & _SPTE_WRITABLE and not writable:
                 self.flush_remote_tlbs()  # an MMIO spte that recorded a write right
             spt[index] = new
-            if trace.enabled:
+            if tracing:
                 trace.emit(
-                    "kvm_mmu_set_spte",
-                    level=1,
-                    gfn=gfn + index,
-                    spte=new,
-                    sp=sp.serial,
-                    index=index,
+                    "kvm_mmu_set_spte", level=1, gfn=index_gfn, spte=new, sp=sp.serial, index=index
                 )
             if log_dirty:
-                self.memory.mark_page_dirty(gfn + index)
-            count = pte_list_add(sp, index, gfn + index)
+                self.memory.mark_page_dirty(index_gfn)
+            count = pte_list_add(sp, index, index_gfn)
             if count > stats.max_mmu_rmap_size:
                 stats.max_mmu_rmap_size = count
-            stats.pages_4k += 1
+            mapped += 1
+        stats.pages_4k += mapped
 
     def _count_leaf(self, level: int, delta: int) -> None:
         """Move the gauge of present leaf sptes at ``level`` (``kvm_update_page_stats``)."""

@@ -39,6 +39,7 @@ from kvmmu.hw.walk import (
     PageFault,
     WalkResult,
     load_cr3,
+    reserved_mask,
     update_accessed_dirty,
     walk,
     walk_unchecked,
@@ -86,10 +87,46 @@ Outcome = int | PageFault | GeneralProtection
 _CR0_WP, _CR4_PGE, _CR4_SMEP = int(Cr0.WP), int(Cr4.PGE), int(Cr4.SMEP)
 _EFER_NXE, _RFLAGS_AC, _PTE_GLOBAL = int(Efer.NXE), int(Rflags.AC), int(Pte.GLOBAL)
 _PFERR_RSVD = int(PfErr.RSVD)
+# the bits of a TDP walk (plain ints) and the error codes of its faults: P | RSVD (| W)
+_P_BIT, _W_BIT, _PS_BIT = int(Pte.PRESENT), int(Pte.WRITABLE), int(Pte.PAGE_SIZE)
+_P_RSVD = _P_BIT | _PFERR_RSVD
+_P_RSVD_W = _P_RSVD | _W_BIT
+_ADDR_MASK = ((1 << 52) - 1) & ~0xFFF  # bits 51:12 of a table pointer
+_PDE_SHIFT = PAGE_SHIFT + 9  # a level-2 entry maps 2 MiB
+_ZERO_WORDS = memoryview(bytes(8)).cast("Q")  # no table read yet
 # enum members as module names on the access path: a member read through its class costs
 # several times a name (EnumType's __getattr__ hook)
 _READ, _WRITE, _NONPAGING, _PAE = Access.READ, Access.WRITE, PagingMode.NONE, PagingMode.PAE
 _FIXED, _SPURIOUS, _EMULATE = FaultOutcome.FIXED, FaultOutcome.SPURIOUS, FaultOutcome.EMULATE
+
+
+def _tdp_walk_levels(levels: int) -> tuple[tuple[int, int, int, int, bool], ...]:
+    """The levels of a TDP walk on ``levels``-level tables, root first, each as (references
+    made once its entry is read, index shift, reserved bits with PS clear, with PS set, PS maps
+    a page here): the per-level checks of an
+    EPT walk (SDM 28.3.2). kvmmu's TDP sptes are 64-bit paging entries, so the reserved bits
+    are those of a 4/5-level walk with the host's MAXPHYADDR and EFER.NXE (``reserved_mask``):
+    bits 51:46, PS at levels 4 and 5, the low address bits of a 2 MiB or 1 GiB page."""
+    tdp_cpu = CpuState(
+        int(Cr0.PE | Cr0.PG | Cr0.WP),
+        0,
+        int(Cr4.PAE | (Cr4.LA57 if levels == 5 else 0)),
+        int(Efer.LME | Efer.LMA | Efer.NXE),
+        0,
+        int(Rflags.FIXED),
+        0,
+        S.HOST_MAXPHYADDR,
+    )
+    return tuple(
+        (
+            levels + 1 - level,
+            PAGE_SHIFT + 9 * (level - 1),
+            reserved_mask(tdp_cpu, level, False),
+            reserved_mask(tdp_cpu, level, True),
+            level in (2, 3),  # 2 MiB and 1 GiB pages
+        )
+        for level in range(levels, 0, -1)
+    )
 
 
 class HostPhysical(GuestMemory):
@@ -348,7 +385,12 @@ class Vcpu:
         self._hw_cpu: CpuState | None = None
         # (id of a state, CPL) -> (that state, it with that CPL): see _cpl_variant
         self._cpl_variants: dict[tuple[int, int], tuple[CpuState, CpuState]] = {}
-        self._tdp_cpu_state: CpuState | None = None
+        # the TDP walk's levels (_tdp_walk_levels) and the host frames it reads, as memoryviews
+        self._tdp_levels = _tdp_walk_levels(vm.tdp_levels) if vm.tdp else ()
+        self._tdp_leaf_level = self._tdp_levels[-1:]
+        self._host_words = vm.host_view.views[8]
+        # within one TDP walk: (gpa >> 21, its level-1 table's pfn, the AND of the entries above)
+        self._tdp_pde: tuple[int, int, int] | None = None
         self.last_refs = 0  # memory references of the last hardware walk
         self._host_view = vm.host_view
         self.cpu = self._checked(cpu)
@@ -965,6 +1007,7 @@ class Vcpu:
         """
         # translate() checked gva for the guest's mode
         probe = walk_unchecked(self.memory, self._cpu, gva, kind, implicit, False)
+        self._tdp_pde = None  # a new walk: nothing kept from the last one
         if probe.__class__ is GeneralProtection:
             assert isinstance(probe, GeneralProtection)
             return probe
@@ -973,27 +1016,29 @@ class Vcpu:
         entries = probe.entry_gpas()
         if self._mode is _PAE:
             entries = entries[1:]  # the PDPTEs were read at CR3 load
-        # the TDP registers, with the roots loaded at the first TDP walk (kvm_mmu_reload)
-        tdp_cpu: CpuState | None = None
+        # the TDP root (the EPTP), loaded at the first TDP walk (kvm_mmu_reload)
+        root = -1
         for entry_gpa in entries:
-            if tdp_cpu is None:
-                self.reload()
-                tdp_cpu = self._tdp_cpu()
-            tdp = self._tdp_reference(entry_gpa, _READ, tdp_cpu)
-            if tdp is None:
-                return None
+            if root < 0:
+                root = self._tdp_root()
+            tdp = self._tdp_translate(entry_gpa, _READ, root)
+            if not tdp:  # a TDP fault: 0 once fixed, None if the walk must start again
+                tdp = self._tdp_reference(entry_gpa, _READ, root, tdp)
+                if tdp is None:
+                    return None
             refs += tdp + 1
         if probe.__class__ is PageFault:
             assert isinstance(probe, PageFault)
             return probe  # delivered by the hardware, no exit
         assert isinstance(probe, WalkResult)
         update_accessed_dirty(self.memory, probe, kind is _WRITE)
-        if tdp_cpu is None:
-            self.reload()
-            tdp_cpu = self._tdp_cpu()
-        tdp = self._tdp_reference(probe.gpa, kind, tdp_cpu)
-        if tdp is None:
-            return None
+        if root < 0:
+            root = self._tdp_root()
+        tdp = self._tdp_translate(probe.gpa, kind, root)
+        if not tdp:
+            tdp = self._tdp_reference(probe.gpa, kind, root, tdp)
+            if tdp is None:
+                return None
         if tdp < 0:
             return Translation(probe.gpa, mmio=True)
         self.last_refs = refs + tdp
@@ -1009,9 +1054,10 @@ class Vcpu:
         )
         return Translation(probe.gpa)
 
-    def _tdp_reference(self, gpa: int, kind: Access, tdp_cpu: CpuState) -> int | None:
-        """One guest-physical reference of a two-dimensional walk: :meth:`_tdp_translate`, and
-        after a TDP fault it fixed, the same reference again; None: start the walk again.
+    def _tdp_reference(self, gpa: int, kind: Access, root: int, first: int | None) -> int | None:
+        """One guest-physical reference of a two-dimensional walk whose first
+        :meth:`_tdp_translate` took a TDP fault (``first``: 0 if it fixed it without a flush,
+        None if not): the same reference again; None: start the walk again.
 
         After the exit the CPU restarts the access, and the translations it made before the
         fault may serve it from its TLB (guest-physical mappings, SDM 28.4.1) until a flush;
@@ -1020,62 +1066,100 @@ class Vcpu:
         write-protected sptes): then the walk starts again from the root. The outcome, the
         faults taken and the references counted are those of a full restart.
         """
-        for _ in range(4):  # a reference that keeps faulting goes back to translate()'s limit
-            flushes = self.tlb.flushes
-            tdp = self._tdp_translate(gpa, kind, tdp_cpu)
-            if tdp is not None:
-                return tdp
-            if self.tlb.flushes != flushes:
+        if first is None:
+            return None
+        for _ in range(3):  # a reference that keeps faulting goes back to translate()'s limit
+            tdp = self._tdp_translate(gpa, kind, root)
+            if tdp is None:
                 return None
+            if tdp:
+                return tdp
         return None
 
-    def _tdp_cpu(self) -> CpuState:
-        """Registers of the TDP walk: 4/5-level tables from the TDP root, built once per root."""
-        root = shadow_walk_init(self, 0)[0]
-        cached = self._tdp_cpu_state
-        if cached is None or cached.cr3 != root.pfn << PAGE_SHIFT:
-            cr4 = int(Cr4.PAE | (Cr4.LA57 if self.vm.tdp_levels == 5 else 0))
-            cached = self._tdp_cpu_state = CpuState(
-                int(Cr0.PE | Cr0.PG | Cr0.WP),
-                root.pfn << PAGE_SHIFT,
-                cr4,
-                int(Efer.LME | Efer.LMA | Efer.NXE),
-                0,
-                int(Rflags.FIXED),
-                0,
-                S.HOST_MAXPHYADDR,
-            )
-        return cached
+    def _tdp_root(self) -> int:
+        """The pfn of the TDP root, the roots loaded first (``kvm_mmu_reload``): what the
+        hardware finds in the EPTP (SDM 24.6.11) or nCR3."""
+        self.reload()
+        return shadow_walk_init(self, 0)[0].pfn
 
-    def _tdp_translate(self, gpa: int, kind: Access, tdp_cpu: CpuState) -> int | None:
-        """Walk the TDP tables for ``gpa`` with ``tdp_cpu`` (:meth:`_tdp_cpu`, roots loaded):
-        the references made, None after fixing a TDP fault, or -1 for an MMIO exit."""
-        hw = walk_unchecked(  # gpa is below MAXPHYADDR: canonical for the TDP tables
-            self._host_view, tdp_cpu, gpa, _WRITE if kind is _WRITE else _READ, False, False
-        )
-        if type(hw) is WalkResult:  # narrows for mypy as cheaply as __class__ does
-            spte = hw.pte
-            if not spte & S.ACCESSED:
-                index = (gpa >> (PAGE_SHIFT + 9 * (hw.level - 1))) & 511
-                sp = self.mmu.by_pfn[hw.leaf_table_gpa() >> PAGE_SHIFT]
-                self._set_spte_accessed(sp, index, spte)
-            return hw.refs
-        assert isinstance(hw, PageFault)
+    def _tdp_translate(self, gpa: int, kind: Access, root: int) -> int | None:
+        """Walk the TDP tables from root pfn ``root`` for ``gpa``, as the CPU walks EPT tables
+        (SDM 28.3.2, the EPT translation mechanism): the references made, -1 for an MMIO exit,
+        or after a TDP fault it fixed 0 (the same reference may go on) or None (the handler
+        flushed TLBs: the walk starts again).
+
+        kvmmu's TDP tables hold sptes in the 64-bit paging format, so the rules are those of a
+        supervisor walk with CR0.WP=1 and EFER.NXE (the ``tdp_cpu`` registers of
+        :func:`_tdp_walk_levels`): a missing table or a clear P bit is a violation, a reserved
+        bit (an MMIO spte among them) a misconfiguration, and a write needs W at every level;
+        U/S, SMEP, SMAP and protection keys play no part. The leaf spte gets its A bit, as in
+        :meth:`_set_spte_accessed`.
+
+        The entries above a level-1 TDP table are read once per two-dimensional walk for each
+        2 MiB of guest-physical space (``_tdp_pde``, like the CPU's paging-structure caches of
+        SDM 28.4.3): the guest's tables and the final gpa usually share them. Only a TDP fault
+        changes the TDP tables in the middle of a walk: it only adds sptes, unless it flushes
+        TLBs (it zapped a page or replaced an spte), and then what was kept goes too. The
+        entries are counted in the references all the same.
+        """
+        write = kind is _WRITE
+        views = self._host_words
+        pde = self._tdp_pde
+        if pde is not None and pde[0] == gpa >> _PDE_SHIFT:
+            # the entries above the leaf, as this walk read them for an earlier reference
+            table, writable, levels = pde[1], pde[2], self._tdp_leaf_level
+        else:
+            table, writable, levels = root, -1, self._tdp_levels
+        refs = pte = index = 0
+        words = _ZERO_WORDS
+        for refs, shift, rsvd_table, rsvd_leaf, large_ok in levels:  # noqa: B007 (read after)
+            found = views.get(table)
+            if found is None:
+                found = self._host_view.table_words(table)
+                if found is None:  # outside host memory: not present (no entry read)
+                    return self._tdp_violation(gpa, kind, _W_BIT if write else 0, 0)
+            words = found
+            index = (gpa >> shift) & 511
+            pte = words[index]
+            if not pte & _P_BIT:  # an EPT violation
+                return self._tdp_violation(gpa, kind, _W_BIT if write else 0, pte)
+            if pte & (rsvd_leaf if pte & _PS_BIT else rsvd_table):  # an EPT misconfiguration
+                return self._tdp_violation(gpa, kind, _P_RSVD_W if write else _P_RSVD, pte)
+            writable &= pte  # W survives only if every level grants it
+            if large_ok and pte & _PS_BIT:
+                break  # a large page; otherwise the loop ends with the level-1 entry
+            table = (pte & _ADDR_MASK) >> PAGE_SHIFT
+            if shift == _PDE_SHIFT:  # the path to this 2 MiB's level-1 table, kept
+                self._tdp_pde = (gpa >> _PDE_SHIFT, table, writable)
+        if write and not writable & _W_BIT:
+            return self._tdp_violation(gpa, kind, _P_BIT | _W_BIT, pte)
+        if not pte & S.ACCESSED:  # _set_spte_accessed: words is the leaf page's spt
+            words[index] = pte | S.ACCESSED
+        return refs
+
+    def _tdp_violation(self, gpa: int, kind: Access, error_code: int, spte: int) -> int | None:
+        """A TDP walk for ``gpa`` failed on ``spte`` with page-fault ``error_code``: -1 for an
+        MMIO exit (``handle_mmio_page_fault`` on a current MMIO spte, or ``direct_page_fault``
+        finding no memslot), 0 once ``direct_page_fault`` fixed the tables, None if it also
+        flushed TLBs."""
         trace = self.mmu.trace
         if trace.enabled:
-            trace.emit("kvm_page_fault", fault_address=gpa, error_code=int(hw.error_code))
-        if int(hw.error_code) & _PFERR_RSVD:  # a plain int: PfErr arithmetic runs Python code
-            spte = hw.pte
-            if (
-                S.is_mmio(spte)
-                and S.mmio_generation(spte) == self.memory.slots.generation & S.MMIO_GEN_MASK
-            ):
-                self.mmu.stats.mmio_exits += 1
-                return -1
+            trace.emit("kvm_page_fault", fault_address=gpa, error_code=error_code)
+        if (
+            error_code & _PFERR_RSVD
+            and S.is_mmio(spte)
+            and S.mmio_generation(spte) == self.memory.slots.generation & S.MMIO_GEN_MASK
+        ):
+            self.mmu.stats.mmio_exits += 1
+            return -1
+        flushes = self.tlb.flushes
         outcome = direct_page_fault(self, gpa, kind)
+        flushed = self.tlb.flushes != flushes
+        if flushed:
+            self._tdp_pde = None  # it zapped or replaced sptes: the kept path may be gone
         if outcome is FaultOutcome.MMIO:
             return -1
-        return None
+        return None if flushed else 0
 
     # -- loads and stores ------------------------------------------------------------------
 

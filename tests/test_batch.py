@@ -6,8 +6,6 @@ leaf spte the gfn it maps (``get_gfn``) and its rights and flags, the gfns array
 rmap, counters, and bytes by era.
 """
 
-import time
-
 import pytest
 
 from kvmmu.hw.memory import MemslotFlag
@@ -207,17 +205,15 @@ def test_fast_tables_equal_the_guest_builder() -> None:
     assert sorted(g for *_, g, _ in _leaves(vm)) == sorted(g for *_, g, _ in _leaves(fast))
 
 
-def test_64_gib_guests_count_in_seconds() -> None:
-    start = time.perf_counter()
+def test_64_gib_guests_count_exactly() -> None:
+    """The 64 GiB counts the lessons show; how long they take is ``bench_mmu.py``'s batch rows."""
     vm = Vm(64 << 30, tdp=True, n_max_mmu_pages=1 << 20)
     tdp = plan_direct(vm.create_vcpu(), max_level=1, detail=False).summary()
     shadow_vm = Vm(64 << 30, n_max_mmu_pages=1 << 20)
     shadow = plan_shadow(fast_identity_tables(shadow_vm, 64 << 30, 4096), detail=False).summary()
-    elapsed = time.perf_counter() - start
     assert tdp.pages == {(4, True): 1, (3, True): 1, (2, True): 64, (1, True): 32768}
     assert shadow.pages == {(4, False): 1, (3, False): 1, (2, False): 64, (1, False): 32768}
     assert tdp.leaves == shadow.leaves == {1: 1 << 24}
-    assert elapsed < 15  # 5 s on one idle core; slack for a loaded CI machine
 
 
 def test_batch_refuses_a_used_mmu() -> None:

@@ -1,8 +1,6 @@
 """Experiments of notebooks 7 and 8 (kvmmu.teaching.experiments), checked against hand
 calculations."""
 
-import time
-
 import pytest
 
 from kvmmu.teaching.experiments import (
@@ -43,9 +41,7 @@ def test_shadow_2m_guest_has_one_direct_page_under_its_tables() -> None:
 
 
 def test_savings_by_size_matches_the_closed_form_up_to_64_gib() -> None:
-    start = time.perf_counter()
     table = savings_by_size("tdp-4k")
-    assert time.perf_counter() - start < 5
     assert table["match"].all()
     assert table.loc[64.0, "pages"] == 32768 + 64 + 1 + 1
     assert table.loc[64.0, "saved by 2010"] == 32834 * 4096
@@ -66,10 +62,9 @@ def test_formula_table_equals_batch_memory() -> None:
     assert formula_table("tdp-4k", 2 * GIB).equals(batch_summary("tdp-4k", 2 * GIB).memory())
 
 
-def test_savings_scenarios_is_fast_and_complete() -> None:
-    start = time.perf_counter()
+def test_savings_scenarios_is_complete() -> None:
+    """Complete and exact; its speed is measured by ``benchmarks/``, not asserted here."""
     table = savings_scenarios()
-    assert time.perf_counter() - start < 3
     scenarios = set(table.index.get_level_values("scenario"))
     assert scenarios == {"tdp-4k", "tdp-huge", "shadow-4k", "shadow-2m", "4 processes"}
     # 64 MiB TDP with 4 KiB leaves: 32 + 1 + 1 + 1 direct pages

@@ -531,7 +531,7 @@ class Mmu:
             if count > stats.max_mmu_rmap_size:
                 stats.max_mmu_rmap_size = count
             mapped += 1
-        stats.pages_4k += mapped
+        self._count_leaf(1, mapped)
 
     def _count_leaf(self, level: int, delta: int) -> None:
         """Move the gauge of present leaf sptes at ``level`` (``kvm_update_page_stats``)."""

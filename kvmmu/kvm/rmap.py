@@ -80,9 +80,7 @@ class Rmap:
 
     def _head(self, gfn: int, level: int) -> tuple[Sptep, ...] | dict[Sptep, None]:
         head = self._heads.get((level, level_base(gfn, level)))
-        if head is None:
-            return ()
-        return head if isinstance(head, dict) else (head,)
+        return () if head is None else _sptes_of(head)
 
     def sptes(self, gfn: int, level: int) -> list[Sptep]:
         """The sptes mapping ``gfn`` with pages of ``level`` (``gfn_to_rmap`` + iteration)."""
@@ -105,10 +103,15 @@ class Rmap:
         Every ``slot->arch.rmap`` head, as an audit walks them.
         """
         for key, head in self._heads.items():
-            yield key, head if isinstance(head, dict) else (head,)
+            yield key, _sptes_of(head)
 
     def __len__(self) -> int:
         return sum(len(v) if isinstance(v, dict) else 1 for v in self._heads.values())
+
+
+def _sptes_of(head: Sptep | dict[Sptep, None]) -> tuple[Sptep, ...] | dict[Sptep, None]:
+    """The sptes of a head: a lone spte stands for itself, a dict holds several in order."""
+    return head if isinstance(head, dict) else (head,)
 
 
 def add_parent_pte(child: MmuPage, parent: MmuPage, index: int) -> None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from timing import (
     Case,
     Results,
+    Spread,
     Trial,
     add_arguments,
     expect,
@@ -54,8 +55,8 @@ from timing import (
 )
 
 from kvmmu.hw.guest import GuestPageTables
-from kvmmu.hw.walk import WalkResult, walk
-from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Access, PagingMode
+from kvmmu.hw.walk import WalkResult, walk, walk_unchecked
+from kvmmu.hw.x86 import PAGE_SHIFT, PAGE_SIZE, Access, PagingMode, Pte
 from kvmmu.kvm.vcpu import Vcpu, Vm
 from kvmmu.teaching.batch import plan_direct, plan_shadow
 from kvmmu.teaching.workloads import (
@@ -67,6 +68,7 @@ from kvmmu.teaching.workloads import (
 )
 
 MIB, GIB = 1 << 20, 1 << 30
+READ = Access.READ
 HITS = 64  # addresses per TLB-hit run, one TLB entry each (the TLB holds 64)
 
 
@@ -148,6 +150,15 @@ def walk_case(n: int) -> Case:
 PREFETCH_GROUP = 8  # PTE_PREFETCH_NUM: one measured fault per aligned group of 8 sptes
 
 
+def _fresh_pages(n: int) -> tuple[int, list[int]]:
+    """A guest size and ``n`` pages in it, one per prefetch group, none the first of its 2 MiB."""
+    size = (n * PREFETCH_GROUP * PAGE_SIZE * 2 + 4 * MIB) // (2 * MIB) * (2 * MIB)
+    step = PREFETCH_GROUP * PAGE_SIZE
+    gvas = [gva for gva in range(step, size, step) if gva % (2 * MIB)][:n]
+    expect(len(gvas) == n, f"{n} fresh pages in a {size >> 20} MiB guest")
+    return size, gvas
+
+
 def fault_case(name: str, n: int, *, tdp: bool) -> Case:
     """Reads of ``n`` fresh 4 KiB pages, each a fault fixed by the MMU (``pf_fixed`` + 1 each).
 
@@ -156,10 +167,7 @@ def fault_case(name: str, n: int, *, tdp: bool) -> Case:
     guest's table frames, so each measured read takes exactly one fault, at its leaf. The pages
     are 8 apart, one per prefetch group, so prefetching (on, as by default) cannot answer one.
     """
-    size = (n * PREFETCH_GROUP * PAGE_SIZE * 2 + 4 * MIB) // (2 * MIB) * (2 * MIB)
-    step = PREFETCH_GROUP * PAGE_SIZE
-    gvas = [gva for gva in range(step, size, step) if gva % (2 * MIB)][:n]
-    expect(len(gvas) == n, f"{n} fresh pages in a {size >> 20} MiB guest")
+    size, gvas = _fresh_pages(n)
 
     def prepare() -> Trial:
         _, vcpu, _ = identity_guest(size, tdp=tdp)
@@ -167,6 +175,45 @@ def fault_case(name: str, n: int, *, tdp: bool) -> Case:
         return checked(vcpu, reads(vcpu, gvas), {"pf_fixed": n, "tlb_misses": n})
 
     return Case(name, prepare, n)
+
+
+def fault_walks_case(n: int) -> Case:
+    """The three walks inside each shadow fault, made alone: the part no fault path can shed.
+
+    For the same fresh pages as the shadow-fault case: the hardware walk of the shadow tables
+    that faults at the empty leaf spte; the guest walk ``FNAME(walk_addr)`` makes, which sets
+    the leaf's accessed bit; and a hardware walk that succeeds over the same shadow tables (to
+    the first page of the same 2 MiB, mapped beforehand), standing for the retry. Nothing else
+    of the fault runs, so the shadow fault's time minus this is KVM's own work.
+    """
+    size, gvas = _fresh_pages(n)
+
+    def prepare() -> Trial:
+        _, vcpu, _ = identity_guest(size)
+        reads(vcpu, list(range(0, size, 2 * MIB)))()
+        host, hw_cpu = vcpu.vm.host_view, vcpu.hardware_cpu()
+        memory, cpu = vcpu.vm.memory, vcpu.cpu
+        outcomes: list[object] = []
+
+        def run() -> None:
+            for gva in gvas:
+                outcomes.append(walk_unchecked(host, hw_cpu, gva, READ, False, False))
+                outcomes.append(walk_unchecked(memory, cpu, gva, READ))
+                outcomes.append(walk_unchecked(host, hw_cpu, gva & ~(2 * MIB - 1), READ))
+
+        stats = checked(vcpu, run, {}, ("pf_fixed", "pf_taken", "tlb_misses"))
+
+        def check() -> None:
+            stats.check()
+            kinds = [type(out).__name__ for out in outcomes[:3]]
+            expect(kinds == ["PageFault", "WalkResult", "WalkResult"], f"the walks {kinds}")
+            expect(len(outcomes) == 3 * n, f"{3 * n} walks")
+            leaf = walk_unchecked(memory, cpu, gvas[-1], READ, False, False)
+            expect(isinstance(leaf, WalkResult) and bool(leaf.pte & Pte.ACCESSED), "A set")
+
+        return Trial(run, check)
+
+    return Case(FAULT_WALKS, prepare, n)
 
 
 def miss_case(n: int) -> Case:
@@ -335,6 +382,7 @@ def batch_cases() -> list[Case]:
 
 WALK = "guest walk (4-level, 4 KiB)"
 SHADOW = "shadow page fault (4-level, 4 KiB)"
+FAULT_WALKS = "the shadow fault's 3 walks alone"
 TDP = "TDP page fault (4-level guest, 4 KiB)"
 MISS = "access, TLB miss (shadow walk, no fault)"
 RATIOS = (
@@ -345,7 +393,8 @@ RATIOS = (
 
 
 def ratio_rows(res: Results) -> tuple[list[tuple[str, ...]], list[str]]:
-    """The ratios table and its goal lines."""
+    """The ratios table and its goal lines; then, with no goal, how a shadow fault divides
+    between its three walks and the rest (KVM's own work), in walks."""
     rows, goals = [], []
     for label, num, den, goal, unit in RATIOS:
         value = res.ratio_of_medians(num, den)
@@ -360,6 +409,28 @@ def ratio_rows(res: Results) -> tuple[list[tuple[str, ...]], list[str]]:
             )
         )
         goals.append(goal_line(label, value, goal, unit, f"per-round {spread.format()}"))
+    walks = res.ratio(FAULT_WALKS, WALK)
+    rows.append(
+        (
+            "its 3 walks alone / walk",
+            f"{res.ratio_of_medians(FAULT_WALKS, WALK):.2f}",
+            walks.format(),
+            "-",
+            "",
+        )
+    )
+    per_round = zip(res.samples[SHADOW], res.samples[FAULT_WALKS], res.samples[WALK], strict=True)
+    rest = Spread.of((fault - own) / walk for fault, own, walk in per_round)
+    medians = [res.spread(name).median for name in (SHADOW, FAULT_WALKS, WALK)]
+    rows.append(
+        (
+            "the rest of the shadow fault / walk",
+            f"{(medians[0] - medians[1]) / medians[2]:.2f}",
+            rest.format(),
+            "-",
+            "",
+        )
+    )
     return rows, goals
 
 
@@ -374,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [
         walk_case(n.walks),
         fault_case(SHADOW, n.faults, tdp=False),
+        fault_walks_case(n.faults),
         fault_case(TDP, n.faults, tdp=True),
         miss_case(n.misses),
         *(hit_case(level, page, label, n.hits) for level, page, label in HIT_SIZES),

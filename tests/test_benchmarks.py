@@ -196,11 +196,20 @@ def test_bench_mmu_quick_prints_every_operation_ratios_goals_and_batch() -> None
         "CR3 switch, no root cache",
         "sync_page on CR3 load, per page",
         "TDP, 4 KiB leaves: count only, no tables built",
+        "the shadow fault's 3 walks alone",
     ):
         assert len(figures(row(out, label))) == 1, label
     for name in ("shadow fault / walk", "TLB-miss access / walk", "TDP fault / shadow fault"):
         assert goal(out, name) > 0
         assert len(figures(row(out, name))) == 1
+    # how the shadow fault divides: its own walks plus the rest make up the whole, in walks
+    parts = [
+        row(out, label)
+        for label in ("its 3 walks alone / walk", "the rest of the shadow fault / walk")
+    ]
+    medians = [float(part.split("|")[2]) for part in parts]
+    assert all(len(figures(part)) == 1 for part in parts)
+    assert sum(medians) == pytest.approx(float(row(out, "shadow fault / walk").split("|")[2]), 0.02)
     assert "0.00 s" not in out
 
 
@@ -240,6 +249,20 @@ def test_bench_host_quick_compares_kvm_and_kvmmu_or_says_why_not() -> None:
     for machine in ("host KVM", "kvmmu"):
         assert re.fullmatch(r"\| .+ \| [\d,]+ \| [\d,]+ \| [\d,]+ \|", row(out, machine))
     assert re.search(r"^KVM / kvmmu: [\d.]+x median of per-round ratios", out, re.MULTILINE)
+
+
+def test_bench_mmu_fault_walks_case_makes_the_three_walks_and_nothing_else() -> None:
+    """The walks-alone row: a faulting shadow walk, a guest walk that sets A, a shadow walk
+    that lands, per page; no fault handled, and its check refuses a run that did otherwise."""
+    import bench_mmu
+
+    case = bench_mmu.fault_walks_case(4)
+    trial = case.prepare()
+    trial.run()
+    trial.check()  # the walks it claims, the A bits set, no fault counted
+    trial = case.prepare()
+    with pytest.raises(timing.BenchError, match="expected the walks"):
+        trial.check()  # not run: no walks made
 
 
 def test_bench_mmu_checks_catch_a_run_that_did_not_do_what_its_row_says() -> None:

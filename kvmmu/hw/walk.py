@@ -920,28 +920,42 @@ def _update_accessed_dirty(
 ) -> None:
     """Set A on every entry used and D on the leaf of a write (``update_accessed_dirty_bits``).
 
-    Works from the walk's own entries (``walker->ptes``): each entry's table is the one the
-    entry above points to. The PAE PDPTEs have no accessed bit and are skipped. Entries in a
-    read-only memslot are left alone, as KVM leaves them when the host mapping is not writable.
+    Works from the walk's own entries (``walker->ptes``): entry ``i`` is at level
+    ``root_level - i`` and its table is the one entry ``i - 1`` points to. The PAE PDPTEs have
+    no accessed bit and are skipped. Entries in a read-only memslot are left alone, as KVM
+    leaves them when the host mapping is not writable.
     """
     last = len(ptes) - 1
-    addr_mask = ctx.addr_mask
-    table, level, start = first_table, ctx.root_level, 0
-    if ctx.pae:  # the PDPTE, read at CR3 load
-        table, level, start = ptes[0] & addr_mask, 2, 1
-    for i in range(start, last + 1):
-        pte = ptes[i]
-        want = _A | _D if write and i == last else _A
-        if pte & want != want:
-            gfn = table >> PAGE_SHIFT
-            slot = memory.slots.find(gfn)
-            if slot is not None and not slot.readonly:
-                words = memory.table_words(gfn, ctx.entry_size)
-                assert words is not None
-                words[(gva >> ctx.shifts[level]) & ctx.index_masks[level]] = pte | want
-                if slot.dirty_logging:
-                    memory.mark_page_dirty(gfn)
-        table, level = pte & addr_mask, level - 1
+    for i in range(1 if ctx.pae else 0, last):  # the PDPTE, read at CR3 load, has no A bit
+        if not ptes[i] & _A:
+            _set_entry_bits(memory, ctx, gva, first_table, ptes, i, _A)
+    want = _A | _D if write else _A
+    if ptes[last] & want != want:
+        _set_entry_bits(memory, ctx, gva, first_table, ptes, last, want)
+
+
+def _set_entry_bits(
+    memory: GuestMemory,
+    ctx: _Context,
+    gva: int,
+    first_table: int,
+    ptes: list[int],
+    i: int,
+    bits: int,
+) -> None:
+    """Write ``bits`` into entry ``i`` of a walk, in guest memory, unless its memslot is
+    read-only; a logging slot records the page dirty (``__try_cmpxchg_user`` in
+    ``FNAME(update_accessed_dirty_bits)``, then ``mark_page_dirty_in_slot``)."""
+    table = ptes[i - 1] & ctx.addr_mask if i else first_table
+    gfn = table >> PAGE_SHIFT
+    slot = memory.slots.find(gfn)
+    if slot is not None and not slot.readonly:
+        words = memory.table_words(gfn, ctx.entry_size)
+        assert words is not None
+        level = ctx.root_level - i
+        words[(gva >> ctx.shifts[level]) & ctx.index_masks[level]] = ptes[i] | bits
+        if slot.dirty_logging:
+            memory.mark_page_dirty(gfn)
 
 
 def update_accessed_dirty(memory: GuestMemory, result: WalkResult, write: bool) -> None:

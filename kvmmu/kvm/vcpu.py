@@ -188,17 +188,17 @@ class Tlb:
         guest_level: int | None = None,
     ) -> None:
         """Cache a translation of a level-``level`` piece of a level-``guest_level`` guest page."""
-        shift = PAGE_SHIFT + 9 * (level - 1)
-        entries = self.entries
+        _, shift, offset_mask = _TLB_LEVELS[level - 1]
+        entries, per_level = self.entries, self._per_level
         if len(entries) >= self.capacity:
             oldest = next(iter(entries))
             del entries[oldest]
-            self._per_level[oldest[1]] -= 1
+            per_level[oldest[1]] -= 1
         key = (gva >> shift, level, cls)
         if key not in entries:
-            self._per_level[level] += 1
+            per_level[level] += 1
         whole = level if guest_level is None or guest_level < level else guest_level
-        entries[key] = (gpa & ~((1 << shift) - 1), global_, whole)
+        entries[key] = (gpa & ~offset_mask, global_, whole)
 
     def invlpg(self, gva: int) -> None:
         """Drop every entry of the guest page holding ``gva``, global or not, fractured pieces
@@ -791,7 +791,7 @@ class Vcpu:
 
         ``cpl`` overrides the vCPU's privilege level for this access only.
         """
-        result = self.translate(gva, kind, cpl, implicit=implicit)
+        result = self._translate(gva, kind, cpl, implicit)
         return result.gpa if isinstance(result, Translation) else result
 
     def translate(
@@ -806,6 +806,14 @@ class Vcpu:
 
         What ``kvm_mmu_page_fault`` tells its caller: fixed, ``RET_PF_EMULATE``, or MMIO.
         """
+        result = self._translate(gva, kind, cpl, implicit)
+        return Translation(result) if isinstance(result, int) else result
+
+    def _translate(
+        self, gva: int, kind: Access, cpl: int | None, implicit: bool
+    ) -> int | Translation | PageFault | GeneralProtection:
+        """:meth:`translate`, with an access that simply landed given as its gpa (an int): the
+        TLB hit and the hardware walk that succeeds build no :class:`Translation`."""
         if kind.__class__ is not Access or implicit.__class__ is not bool:  # one cheap test
             check_instance("kind", kind, Access, "Access.READ, Access.WRITE or Access.FETCH")
             check_bool("implicit", implicit)
@@ -815,7 +823,7 @@ class Vcpu:
             self.set_cpl(cpl)
             switched, switched_hw = self._cpu, self._hw_cpu
             try:
-                return self.translate(gva, kind, None, implicit=implicit)
+                return self._translate(gva, kind, None, implicit)
             finally:
                 # back to the saved CPL; the hardware registers too, unless the roots changed
                 if self._cpu is switched:
@@ -846,7 +854,7 @@ class Vcpu:
         hit = self.tlb.lookup(gva, cls)
         if hit is not None:
             stats.tlb_hits += 1
-            return Translation(hit)
+            return hit
         stats.tlb_misses += 1
         step_once = self._tdp_step if self.vm.tdp else self._shadow_step
         for _ in range(16):
@@ -859,8 +867,9 @@ class Vcpu:
 
     def _shadow_step(
         self, gva: int, kind: Access, implicit: bool, cls: tuple[Access, bool, bool]
-    ) -> Translation | PageFault | GeneralProtection | None:
-        """One try of the hardware walk over the shadow tables; None means "retry"."""
+    ) -> int | Translation | PageFault | GeneralProtection | None:
+        """One try of the hardware walk over the shadow tables; None means "retry", an int the
+        gpa of an access that landed."""
         hw_cpu = self._hw_cpu
         root = self.root
         if (  # hardware_cpu(), tested inline: the roots are loaded and valid
@@ -885,7 +894,7 @@ class Vcpu:
             # larger than the leaf spte's
             guest_level = self._guest_page_level(hw) if sp.role.direct else level
             self.tlb.insert(gva, level, gpa, cls, bool(spte & _PTE_GLOBAL), guest_level)
-            return Translation(gpa)
+            return gpa
         if hw.__class__ is GeneralProtection:
             assert isinstance(hw, GeneralProtection)
             return hw

@@ -142,7 +142,12 @@ GFN_READERS: tuple[tuple[str, str, str], ...] = (
         "stores, or checks, a new leaf's gfn",
         "kvmmu.kvm.page.MmuPage.set_gfn (from kvmmu.kvm.mmu.Mmu.set_spte)",
     ),
-    ("rmap_add", "files a new leaf spte under its gfn", "kvmmu.kvm.rmap.Rmap.add"),
+    (
+        "rmap_add -> pte_list_add",
+        "files a new leaf spte under the gfn it was given",
+        "kvmmu.kvm.rmap.Rmap.pte_list_add (from kvmmu.kvm.mmu.Mmu.set_spte; the batch path's "
+        "Rmap.add reads get_gfn)",
+    ),
     (
         "rmap_remove (drop_spte, mmu_page_zap_pte)",
         "finds the rmap head to unlink a leaf from",

@@ -498,18 +498,18 @@ def _raw_steps(ctx: _Context, gva: int, first_table: int, ptes: list[int]) -> li
 def _entry_gpas(ctx: _Context, gva: int, first_table: int, ptes: list[int]) -> list[int]:
     """The gpa of each entry a walk read, root first: the entry-address column of
     :func:`_raw_steps`, without the rest."""
+    if not ptes:
+        return []
+    addr_mask, entry_size = ctx.addr_mask, ctx.entry_size
     out: list[int] = []
-    level = ctx.root_level
-    table = first_table
-    entry_size = ctx.entry_size
-    addr_mask = ctx.addr_mask
-    for i, pte in enumerate(ptes):
-        if i == 0 and ctx.pae:  # a PDPTE, 8 bytes, indexed by bits 31:30
-            out.append(table + ((gva >> 30) & 3) * 8)
-            table, level = pte & addr_mask, 2
-            continue
-        out.append(table + ((gva >> ctx.shifts[level]) & ctx.index_masks[level]) * entry_size)
-        table, level = pte & addr_mask, level - 1
+    table, below = first_table, ptes
+    if ctx.pae:  # a PDPTE, 8 bytes, indexed by bits 31:30; walk_levels start below the PDPT
+        out.append(first_table + ((gva >> 30) & 3) * 8)
+        table, below = ptes[0] & addr_mask, ptes[1:]
+    # a walk that faulted read fewer entries than its mode has levels
+    for (_, shift, index_mask, _, _, _), pte in zip(ctx.walk_levels, below, strict=False):
+        out.append(table + ((gva >> shift) & index_mask) * entry_size)
+        table = pte & addr_mask
     return out
 
 
@@ -916,50 +916,72 @@ def _fault(
 
 
 def _update_accessed_dirty(
-    memory: GuestMemory, ctx: _Context, gva: int, first_table: int, ptes: list[int], write: bool
+    memory: GuestMemory,
+    ctx: _Context,
+    gva: int,
+    first_table: int,
+    ptes: list[int],
+    write: bool,
+    entry_gpas: list[int] | None = None,
 ) -> None:
     """Set A on every entry used and D on the leaf of a write (``update_accessed_dirty_bits``).
 
-    Works from the walk's own entries (``walker->ptes``): each entry's table is the one the
-    entry above points to. The PAE PDPTEs have no accessed bit and are skipped. Entries in a
-    read-only memslot are left alone, as KVM leaves them when the host mapping is not writable.
+    Works from the walk's own entries (``walker->ptes``) and their addresses (``entry_gpas``,
+    the walk's :func:`_entry_gpas` when the caller has them already). The PAE PDPTEs have no
+    accessed bit and are skipped. Entries in a read-only memslot are left alone, as KVM leaves
+    them when the host mapping is not writable.
     """
     last = len(ptes) - 1
-    addr_mask = ctx.addr_mask
-    table, level, start = first_table, ctx.root_level, 0
-    if ctx.pae:  # the PDPTE, read at CR3 load
-        table, level, start = ptes[0] & addr_mask, 2, 1
+    entry_size = ctx.entry_size
+    start = 1 if ctx.pae else 0  # the PDPTE was read at CR3 load
     for i in range(start, last + 1):
         pte = ptes[i]
         want = _A | _D if write and i == last else _A
         if pte & want != want:
-            gfn = table >> PAGE_SHIFT
+            if entry_gpas is not None:
+                gpa = entry_gpas[i]
+            else:  # this entry's address only: a walk usually owes a bit to one or two
+                _, shift, index_mask, _, _, _ = ctx.walk_levels[i - start]
+                table = ptes[i - 1] & ctx.addr_mask if i else first_table
+                gpa = table + ((gva >> shift) & index_mask) * entry_size
+            gfn = gpa >> PAGE_SHIFT
             slot = memory.slots.find(gfn)
             if slot is not None and not slot.readonly:
-                words = memory.table_words(gfn, ctx.entry_size)
+                words = memory.table_words(gfn, entry_size)
                 assert words is not None
-                words[(gva >> ctx.shifts[level]) & ctx.index_masks[level]] = pte | want
+                words[(gpa & PAGE_MASK) // entry_size] = pte | want
                 if slot.dirty_logging:
                     memory.mark_page_dirty(gfn)
-        table, level = pte & addr_mask, level - 1
 
 
-def update_accessed_dirty(memory: GuestMemory, result: WalkResult, write: bool) -> None:
+def update_accessed_dirty(
+    memory: GuestMemory, result: WalkResult, write: bool, entry_gpas: list[int] | None = None
+) -> None:
     """Set the accessed bits a successful walk owes, and the leaf's dirty bit for a write
     (``FNAME(update_accessed_dirty_bits)``), from the entries the walk read.
 
     What :func:`walk` with ``set_ad`` does once its checks pass, for a walk made with
     ``set_ad=False`` whose access then went ahead: the two-dimensional walk sets the bits
-    only after each guest-table reference was translated.
+    only after each guest-table reference was translated. ``entry_gpas``: the walk's
+    :meth:`WalkResult.entry_gpas`, if the caller made them already (the two-dimensional walk
+    did, to translate them), so they are not worked out twice.
     """
     if result.__class__ is not WalkResult or write.__class__ is not _BOOL:  # one cheap test
         check_instance("result", result, WalkResult, "a WalkResult from walk()", ModeError)
         check_bool("write", write, ModeError)
     if not isinstance(memory, GuestMemory):
         raise MemslotError(f"memory must be a GuestMemory, got {type(memory).__name__}")
-    if result._ptes:
+    ptes = result._ptes
+    if ptes:
+        if entry_gpas is not None and len(entry_gpas) != len(ptes):
+            raise ModeError(
+                f"entry_gpas holds {len(entry_gpas)} addresses for a walk that read "
+                f"{len(ptes)} entries: pass the walk's own entry_gpas()"
+            )
         ctx = result._ctx
-        _update_accessed_dirty(memory, ctx, result.gva, result._first_table, result._ptes, write)
+        _update_accessed_dirty(
+            memory, ctx, result.gva, result._first_table, ptes, write, entry_gpas
+        )
 
 
 def walk_many(

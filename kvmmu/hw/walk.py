@@ -501,15 +501,16 @@ def _entry_gpas(ctx: _Context, gva: int, first_table: int, ptes: list[int]) -> l
     if not ptes:
         return []
     addr_mask, entry_size = ctx.addr_mask, ctx.entry_size
+    shifts, index_masks = ctx.shifts, ctx.index_masks
     out: list[int] = []
-    table, below = first_table, ptes
-    if ctx.pae:  # a PDPTE, 8 bytes, indexed by bits 31:30; walk_levels start below the PDPT
+    table, below, level = first_table, ptes, ctx.root_level
+    if ctx.pae:  # a PDPTE, 8 bytes, indexed by bits 31:30
         out.append(first_table + ((gva >> 30) & 3) * 8)
-        table, below = ptes[0] & addr_mask, ptes[1:]
-    # a walk that faulted read fewer entries than its mode has levels
-    for (_, shift, index_mask, _, _, _), pte in zip(ctx.walk_levels, below, strict=False):
-        out.append(table + ((gva >> shift) & index_mask) * entry_size)
+        table, below, level = ptes[0] & addr_mask, ptes[1:], 2
+    for pte in below:
+        out.append(table + ((gva >> shifts[level]) & index_masks[level]) * entry_size)
         table = pte & addr_mask
+        level -= 1
     return out
 
 

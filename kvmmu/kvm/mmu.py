@@ -500,7 +500,9 @@ class Mmu:
         )
         spt, trace = sp.spt, self.trace
         write_tracked, page_hash = self.write_tracked, self.page_hash
-        pfn_base = slot.gfn_to_pfn(gfn) - start
+        # the spte of index i is bits | (pfn of gfn + i - start) << PAGE_SHIFT; bits has no pfn
+        # bits, so that is spte_base + (i << PAGE_SHIFT): one operation on a large int per spte
+        spte_base = bits + ((slot.gfn_to_pfn(gfn) - start) << PAGE_SHIFT)
         log_dirty = writable and slot.dirty_logging
         tracing = trace.enabled
         # only a write-tracked gfn or one that indirect pages shadow keeps a writable spte
@@ -522,7 +524,7 @@ class Mmu:
                     sp, index, access, gfn + index, slot, write_fault=False, prefetch=True
                 )
                 continue
-            new = bits | ((pfn_base + index) << PAGE_SHIFT)
+            new = spte_base + (index << PAGE_SHIFT)
             if old & _SPTE_WRITABLE and not writable:
                 self.flush_remote_tlbs()  # an MMIO spte that recorded a write right
             spt[index] = new

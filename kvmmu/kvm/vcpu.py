@@ -1027,10 +1027,8 @@ class Vcpu:
         if self._mode is _PAE:
             entries = entries[1:]  # the PDPTEs were read at CR3 load
         # the TDP root (the EPTP), loaded at the first TDP walk (kvm_mmu_reload)
-        root = -1
+        root = self._tdp_root() if entries else -1
         for entry_gpa in entries:
-            if root < 0:
-                root = self._tdp_root()
             tdp = self._tdp_translate(entry_gpa, _READ, root)
             if not tdp:  # a TDP fault: 0 once fixed, None if the walk must start again
                 tdp = self._tdp_reference(entry_gpa, _READ, root, tdp)
@@ -1053,14 +1051,15 @@ class Vcpu:
             return Translation(probe.gpa, mmio=True)
         self.last_refs = refs + tdp
         # the TLB holds the smaller of the guest page and the TDP page that maps it
+        guest_level = probe.level or 1
         tdp_level = self.vm.tdp_levels + 1 - tdp
         self.tlb.insert(
             gva,
-            min(probe.level or 1, tdp_level),
+            guest_level if guest_level < tdp_level else tdp_level,
             probe.gpa,
             cls,
             bool(probe.pte & _PTE_GLOBAL) and self._pge,
-            guest_level=probe.level or 1,
+            guest_level=guest_level,
         )
         return Translation(probe.gpa)
 
@@ -1126,7 +1125,16 @@ class Vcpu:
         pde = pdes.get(gpa >> _PDE_SHIFT)
         if pde is not None:  # the entries above the leaf, as an earlier reference read them
             table, writable = pde
-            levels = self._tdp_leaf_level
+            words = views.get(table)
+            if words is not None:  # the common case, the loop below for the leaf alone
+                refs, _, present, _ = self._tdp_leaf_level[0]
+                index = (gpa >> PAGE_SHIFT) & 511
+                pte = words[index]
+                if pte & present == _P_BIT and (not write or writable & pte & _W_BIT):
+                    if not pte & S.ACCESSED:  # _set_spte_accessed
+                        words[index] = pte | S.ACCESSED
+                    return refs
+            levels = self._tdp_leaf_level  # a fault to take: the loop says which
         else:
             table, writable, levels = root, -1, self._tdp_levels
         refs = pte = index = 0

@@ -19,7 +19,9 @@ from kvmmu.errors import KvmmuError
 from kvmmu.hw.x86 import PAGE_SHIFT
 from kvmmu.kvm.page import LEVEL_BITS, MmuPage
 
-Sptep = tuple[MmuPage, int]  # (shadow page, index): kvmmu's "u64 *sptep"
+# (shadow page, index): an spte as the rmap's lookups give it; the rmap itself holds the
+# spte's address (sptep_of), KVM's "u64 *sptep"
+Sptep = tuple[MmuPage, int]
 
 _LEVEL_KEY_BITS = 3  # a head's key is gfn << 3 | level (levels 1 to 5)
 _SPTE_SHIFT = 3  # an spte is 8 bytes: its address is the page's plus index << 3
@@ -168,6 +170,17 @@ class Rmap:
         """
         for key, head in self._heads.items():
             yield (key & ((1 << _LEVEL_KEY_BITS) - 1), key >> _LEVEL_KEY_BITS), self._sptes_of(head)
+
+    def addresses(self) -> Iterator[tuple[int, int, int, int]]:
+        """Every spte filed, as (level, gfn, pfn of its page, index), in order; for the audit,
+        which must name an spte whose page was freed (its frame no longer finds a page).
+
+        The ``u64 *sptep`` values of every head, as ``for_each_rmap_spte`` yields them.
+        """
+        for key, head in self._heads.items():
+            level, gfn = key & ((1 << _LEVEL_KEY_BITS) - 1), key >> _LEVEL_KEY_BITS
+            for sptep in (head,) if isinstance(head, int) else head:
+                yield level, gfn, sptep >> PAGE_SHIFT, (sptep >> _SPTE_SHIFT) & 511
 
     def __len__(self) -> int:
         return sum(len(v) if isinstance(v, dict) else 1 for v in self._heads.values())

@@ -399,9 +399,9 @@ class Vcpu:
         self._tdp_leaf_level = self._tdp_levels[-1:]
         self._host_words = vm.host_view.views[8]
         # the TDP paging-structure cache: gpa >> 21 -> (its level-1 table's pfn, the AND of the
-        # entries above), kept for the root and TLB flush count in _tdp_epoch
+        # entries above), kept for the root and the TLB flush count they were read under
         self._tdp_pdes: dict[int, tuple[int, int]] = {}
-        self._tdp_epoch = (-1, -1)
+        self._tdp_pdes_root = self._tdp_pdes_flushes = -1
         self.last_refs = 0  # memory references of the last hardware walk
         self._host_view = vm.host_view
         self.cpu = self._checked(cpu)
@@ -1090,10 +1090,10 @@ class Vcpu:
         hardware finds in the EPTP (SDM 24.6.11) or nCR3."""
         self.reload()
         root = shadow_walk_init(self, 0)[0].pfn
-        epoch = (root, self.tlb.flushes)
-        if epoch != self._tdp_epoch:  # another root, or a flush (INVEPT): nothing cached holds
-            self._tdp_pdes.clear()
-            self._tdp_epoch = epoch
+        flushes = self.tlb.flushes
+        if root != self._tdp_pdes_root or flushes != self._tdp_pdes_flushes:
+            self._tdp_pdes.clear()  # another root, or a flush (INVEPT): nothing kept holds
+            self._tdp_pdes_root, self._tdp_pdes_flushes = root, flushes
         return root
 
     def _tdp_translate(self, gpa: int, kind: Access, root: int) -> int | None:

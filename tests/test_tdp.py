@@ -80,3 +80,23 @@ def test_tdp_walks_keep_the_path_to_a_level_1_table_until_a_flush() -> None:
     assert vcpu.access(0x401000) == 0x101000 and vm.stats.pf_taken == taken  # the kept path
     vcpu.tlb.flush()
     assert vcpu.access(0x402000) == 0x102000 and vm.stats.pf_taken > taken  # read again
+
+
+def test_tdp_walks_keep_the_guest_physical_mappings_of_guest_tables_until_a_flush() -> None:
+    """SDM 28.4.1: the TLB caches guest-physical mappings, those of the guest's own page tables
+    among them, until an INVEPT (KVM's TLB flush). A TDP leaf for the guest's PML4 cleared
+    behind the MMU's back goes unnoticed by the next walks; after a flush the walk translates
+    the PML4's gpa again and takes a TDP fault."""
+    vm = Vm(4 << 20, tdp=True, huge_pages=False)
+    pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
+    for page in range(3):
+        pt.map(0x400000 + page * 0x1000, 0x100000 + page * 0x1000)
+    vcpu = vm.create_vcpu(pt.cpu())
+    assert vcpu.access(0x400000) == 0x100000
+    [(leaf, index)] = vm.mmu.rmap.sptes(vcpu.cpu.cr3 >> 12, 1)  # the PML4's frame
+    leaf.spt[index] = 0  # behind the MMU's back: no flush
+    taken = vm.stats.pf_taken
+    assert vcpu.access(0x401000) == 0x101000 and vm.stats.pf_taken == taken  # kept
+    assert vcpu.last_refs == 24  # counted all the same
+    vcpu.tlb.flush()
+    assert vcpu.access(0x402000) == 0x102000 and vm.stats.pf_taken > taken  # read again

@@ -401,6 +401,9 @@ class Vcpu:
         # the TDP paging-structure cache: gpa >> 21 -> (its level-1 table's pfn, the AND of the
         # entries above), kept for the root and the TLB flush count they were read under
         self._tdp_pdes: dict[int, tuple[int, int]] = {}
+        # the guest-physical mappings of the TLB for the guest's table reads: gpa >> 12 -> the
+        # references a read of that frame counts; kept with _tdp_pdes
+        self._tdp_reads: dict[int, int] = {}
         self._tdp_pdes_root = self._tdp_pdes_flushes = -1
         self.last_refs = 0  # memory references of the last hardware walk
         self._host_view = vm.host_view
@@ -1028,12 +1031,19 @@ class Vcpu:
             entries = entries[1:]  # the PDPTEs were read at CR3 load
         # the TDP root (the EPTP), loaded at the first TDP walk (kvm_mmu_reload)
         root = self._tdp_root() if entries else -1
+        reads = self._tdp_reads
         for entry_gpa in entries:
-            tdp = self._tdp_translate(entry_gpa, _READ, root)
-            if not tdp:  # a TDP fault: 0 once fixed, None if the walk must start again
-                tdp = self._tdp_reference(entry_gpa, _READ, root, tdp)
-                if tdp is None:
-                    return None
+            tdp = reads.get(entry_gpa >> PAGE_SHIFT)
+            if tdp is None:  # not translated since the last flush
+                tdp = self._tdp_translate(entry_gpa, _READ, root)
+                if not tdp:  # a TDP fault: 0 once fixed, None if the walk must start again
+                    tdp = self._tdp_reference(entry_gpa, _READ, root, tdp)
+                    if tdp is None:
+                        return None
+                if tdp > 0:  # a translation, not an MMIO exit: kept
+                    if len(reads) >= _TDP_PDE_CACHE:
+                        reads.clear()
+                    reads[entry_gpa >> PAGE_SHIFT] = tdp
             refs += tdp + 1
         if probe.__class__ is PageFault:
             assert isinstance(probe, PageFault)
@@ -1092,9 +1102,15 @@ class Vcpu:
         root = shadow_walk_init(self, 0)[0].pfn
         flushes = self.tlb.flushes
         if root != self._tdp_pdes_root or flushes != self._tdp_pdes_flushes:
-            self._tdp_pdes.clear()  # another root, or a flush (INVEPT): nothing kept holds
+            self._tdp_forget()  # another root, or a flush (INVEPT): nothing kept holds
             self._tdp_pdes_root, self._tdp_pdes_flushes = root, flushes
         return root
+
+    def _tdp_forget(self) -> None:
+        """Drop what the TDP walks kept: the paths to level-1 tables and the guest-physical
+        mappings of the guest's tables (INVEPT, SDM 28.4.3)."""
+        self._tdp_pdes.clear()
+        self._tdp_reads.clear()
 
     def _tdp_translate(self, gpa: int, kind: Access, root: int) -> int | None:
         """Walk the TDP tables from root pfn ``root`` for ``gpa``, as the CPU walks EPT tables
@@ -1187,7 +1203,7 @@ class Vcpu:
         outcome = direct_page_fault(self, gpa, kind)
         flushed = self.tlb.flushes != flushes
         if flushed:
-            self._tdp_pdes.clear()  # it zapped or replaced sptes: the kept paths may be gone
+            self._tdp_forget()  # it zapped or replaced sptes: what was kept may be gone
         if outcome is FaultOutcome.MMIO:
             return -1
         return None if flushed else 0

@@ -93,7 +93,7 @@ _P_RSVD = _P_BIT | _PFERR_RSVD
 _P_RSVD_W = _P_RSVD | _W_BIT
 _ADDR_MASK = ((1 << 52) - 1) & ~0xFFF  # bits 51:12 of a table pointer
 _PDE_SHIFT = PAGE_SHIFT + 9  # a level-2 entry maps 2 MiB
-_TDP_PDE_CACHE = 64  # 2 MiB paths the TDP paging-structure cache keeps (SDM 28.4.3)
+_TDP_PDE_CACHE = 64  # entries each of the TDP walk's caches keeps (SDM 28.4.1, 28.4.3)
 _ZERO_WORDS = memoryview(bytes(8)).cast("Q")  # no table read yet
 # enum members as module names on the access path: a member read through its class costs
 # several times a name (EnumType's __getattr__ hook)
@@ -125,8 +125,10 @@ def _tdp_walk_levels(levels: int) -> tuple[tuple[int, int, int, int], ...]:
         rsvd_table = reserved_mask(tdp_cpu, level, False)
         rsvd_large = reserved_mask(tdp_cpu, level, True)
         large_ok = level in (2, 3)  # 2 MiB and 1 GiB pages
-        if not large_ok and rsvd_large != rsvd_table:
-            raise KvmmuError(f"TDP level {level}: the reserved bits depend on bit 7: a kvmmu bug")
+        # the walk tests the PS-clear bits first, then a large page's own: they must include
+        # them, and where PS maps no page they must be the same
+        if rsvd_table & ~rsvd_large or (not large_ok and rsvd_large != rsvd_table):
+            raise KvmmuError(f"TDP level {level}: reserved bits not as the walk expects: a bug")
         out.append(
             (
                 levels + 1 - level,

@@ -525,7 +525,7 @@ class Mmu:
                 )
                 continue
             new = spte_base + (index << PAGE_SHIFT)
-            if old & _SPTE_WRITABLE and not writable:
+            if not writable and old & _SPTE_WRITABLE:
                 self.flush_remote_tlbs()  # an MMIO spte that recorded a write right
             spt[index] = new
             if extras:

@@ -111,7 +111,7 @@ class Rmap:
         most = 0
         for index in indices:
             sptep = base | index << _SPTE_SHIFT
-            key = key_base + (index << _LEVEL_KEY_BITS)
+            key = key_base + (index << _LEVEL_KEY_BITS)  # gfn + index, at level 1
             head = setdefault(key, sptep)  # a new head: a lone spte, filed
             if head is not sptep:
                 count = _add_to_head(heads, key, head, sptep)

@@ -189,6 +189,12 @@ def test_rmap_a_present_leaf_spte_missing_from_the_rmap(b: Built) -> None:
     assert "not in the rmap" in expect(b.vm, "rmap", sp, i)
 
 
+def test_rmap_an_entry_whose_page_was_freed(b: Built) -> None:
+    sp, _ = spte_of_gfn(b.vm, DATA_GPA >> 12)
+    b.vm.mmu._free_page(sp)  # behind the rmap's back: the page's sptes stay filed
+    assert f"freed frame {sp.pfn:#x}" in expect(b.vm, "rmap")
+
+
 def test_rmap_an_rmap_entry_for_an_empty_spte(b: Built) -> None:
     sp, _ = spte_of_gfn(b.vm, DATA_GPA >> 12)
     empty = next(j for j in range(512) if not int(sp.spt[j]))

@@ -6,16 +6,25 @@ spte is found under the first gfn of its large page); ``rmap_remove`` takes it o
 ``mmu_page_add_parent_pte`` / ``mmu_page_remove_parent_pte`` keep each child's parent list.
 """
 
+from dataclasses import replace
+
 import pytest
 
+from kvmmu.errors import KvmmuError
 from kvmmu.hw.guest import GuestPageTables
 from kvmmu.hw.x86 import Access, PagingMode
 from kvmmu.kvm import spte as S
-from kvmmu.kvm.page import standalone_page
-from kvmmu.kvm.rmap import Rmap, add_parent_pte, level_base, remove_parent_pte
+from kvmmu.kvm.page import MmuPage, standalone_page
+from kvmmu.kvm.rmap import Rmap, add_parent_pte, level_base, remove_parent_pte, sptep_of
 from kvmmu.kvm.vcpu import Vm
 
 MiB = 1 << 20
+
+
+def _page_in_frame(pfn: int, gfn: int, level: int = 1) -> MmuPage:
+    """A standalone direct page in host frame ``pfn``: an rmap holds sptes by their address,
+    so pages filed side by side need frames of their own."""
+    return replace(standalone_page(gfn, level, direct=True), pfn=pfn)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +76,7 @@ def test_a_head_counts_and_orders_its_sptes_from_the_first_to_the_last() -> None
     then 1, 2; the sptes come back in the order they were filed, through every view of the
     rmap, and removing the first leaves the others in order."""
     rmap = Rmap()
-    pages = [standalone_page(0x400, 1, direct=True) for _ in range(3)]
+    pages = [_page_in_frame(pfn, 0x400) for pfn in (5, 6, 7)]
     assert rmap.pte_list_add(pages[0], 1, 0x401) == 0
     assert rmap.pte_list_add(pages[0], 1, 0x401) == 0 and rmap.count(0x401, 1) == 1
     assert list(rmap.items()) == [((1, 0x401), ((pages[0], 1),))]
@@ -82,7 +91,7 @@ def test_a_head_counts_and_orders_its_sptes_from_the_first_to_the_last() -> None
 def test_remove_undoes_add_and_drops_empty_heads() -> None:
     """``rmap_remove``: the spte goes; a head with nothing left disappears."""
     rmap = Rmap()
-    a, b = standalone_page(0x400, 1, direct=True), standalone_page(0x400, 1, direct=True)
+    a, b = _page_in_frame(5, 0x400), _page_in_frame(6, 0x400)
     rmap.add(a, 1)
     rmap.add(b, 1)
     assert sorted(id(sp) for sp, _ in rmap.sptes(0x401, 1)) == sorted([id(a), id(b)])
@@ -91,6 +100,55 @@ def test_remove_undoes_add_and_drops_empty_heads() -> None:
     rmap.remove(b, 1)
     assert rmap.sptes(0x401, 1) == [] and len(rmap) == 0
     assert list(rmap.items()) == []
+
+
+def test_a_head_holds_the_address_of_its_spte() -> None:
+    """``rmap_head->val`` is a ``u64 *sptep``: the spte's host address, its page's frame
+    ``<< 12`` plus ``index * 8``; the rmap turns it back into the page through the frames it
+    was given (``sptep_to_sp``, here the MMU's ``by_pfn``)."""
+    sp = _page_in_frame(0x1234, 0x400)
+    assert sptep_of(sp, 7) == 0x1234 << 12 | 7 * 8
+    rmap = Rmap({0x1234: sp})
+    rmap.add(sp, 7)
+    assert rmap.sptes(0x407, 1) == [(sp, 7)]
+    assert list(rmap._heads.values()) == [sptep_of(sp, 7)]
+
+
+def test_an_mmu_rmap_finds_pages_through_by_pfn() -> None:
+    """The MMU's rmap resolves sptes through ``by_pfn``: every spte it lists is one of the
+    MMU's live pages, at the index that maps the gfn."""
+    vm = Vm(4 * MiB, tdp=True, huge_pages=False)
+    pt = GuestPageTables(vm.memory, PagingMode.LEVEL4)
+    pt.map(0x40_0000, 0x10_0000)
+    vcpu = vm.create_vcpu(pt.cpu())
+    assert isinstance(vcpu.access(0x40_0000), int)
+    [(sp, index)] = vm.mmu.rmap.sptes(0x100, 1)
+    assert vm.mmu.by_pfn[sp.pfn] is sp and sp.get_gfn(index) == 0x100
+
+
+def test_pages_of_an_rmap_without_an_mmu_need_frames_of_their_own() -> None:
+    """An rmap made without pages remembers each page by its frame; a second page in the same
+    frame would make two sptes one address, so it is refused with a message that says why."""
+    rmap = Rmap()
+    rmap.add(_page_in_frame(5, 0x400), 1)
+    with pytest.raises(KvmmuError, match="frames of their own"):
+        rmap.add(_page_in_frame(5, 0x800), 1)
+
+
+def test_pte_list_add_many_files_each_spte_as_pte_list_add_does() -> None:
+    """The prefetch's batch of ``rmap_add`` calls: each spte under its own gfn, the same heads
+    in the same order as one ``pte_list_add`` per spte, and the largest earlier count."""
+    one, many = Rmap(), Rmap()
+    sp, others = _page_in_frame(5, 0x400), [_page_in_frame(pfn, 0x400) for pfn in (6, 7)]
+    for rmap in (one, many):
+        for other in others:
+            rmap.pte_list_add(other, 3, 0x403)
+    assert [one.pte_list_add(sp, i, 0x400 + i) for i in (1, 2, 3, 4)] == [0, 0, 2, 0]
+    assert many.pte_list_add_many(sp, [1, 2, 3, 4], 0x400) == 2
+    assert list(many.items()) == list(one.items()) and len(many) == len(one) == 6
+    assert many.pte_list_add_many(sp, [], 0x400) == 0
+    with pytest.raises(KvmmuError, match="level-1 page"):
+        many.pte_list_add_many(_page_in_frame(8, 0, level=2), [0], 0)
 
 
 def test_parent_ptes_add_and_remove() -> None:

@@ -32,6 +32,7 @@ from kvmmu.hw.walk import (
     cpu_for_mode,
     load_cr3,
     reserved_mask,
+    update_accessed_dirty,
     walk,
     walk_many,
 )
@@ -984,6 +985,35 @@ def test_a_faulting_access_changes_no_entry(mode: PagingMode) -> None:
         keyed = t.cpu(cpl=3, pke=True, pkru=0b01)  # key 0: access disabled
         assert fault(walk(t.mem, keyed, 0x1000, READ)).error_code & EC_PK
     assert t.snapshot() == before
+
+
+@pytest.mark.parametrize(("mode", "leaf"), LEAF_CASES)
+@pytest.mark.parametrize("kind", [READ, WRITE])
+def test_update_accessed_dirty_with_the_walks_entry_gpas_sets_the_same_bits(
+    mode: PagingMode, leaf: int, kind: Access
+) -> None:
+    """``update_accessed_dirty`` given the walk's own ``entry_gpas()`` (as the two-dimensional
+    walk passes them) sets exactly the bits it sets when it works them out itself."""
+    snapshots = []
+    for pass_gpas in (False, True):
+        t = Tables(mode)
+        gva = 0x4060_3000
+        t.map(gva, 0x80_0000 if leaf == 1 else 0, level=leaf)
+        result = ok(walk(t.mem, t.cpu(), gva, kind, set_ad=False))
+        update_accessed_dirty(
+            t.mem, result, kind is WRITE, result.entry_gpas() if pass_gpas else None
+        )
+        snapshots.append(t.snapshot())
+    assert snapshots[0] == snapshots[1]
+
+
+def test_update_accessed_dirty_refuses_entry_gpas_of_another_walk() -> None:
+    """The addresses must be the walk's own, one per entry it read."""
+    t = Tables(PagingMode.LEVEL4)
+    t.map(0x1000, 0x5000)
+    result = ok(walk(t.mem, t.cpu(), 0x1000, READ, set_ad=False))
+    with pytest.raises(ModeError, match="the walk's own entry_gpas"):
+        update_accessed_dirty(t.mem, result, False, result.entry_gpas()[1:])
 
 
 @pytest.mark.parametrize("mode", PAGING_MODES)

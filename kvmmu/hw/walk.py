@@ -498,18 +498,19 @@ def _raw_steps(ctx: _Context, gva: int, first_table: int, ptes: list[int]) -> li
 def _entry_gpas(ctx: _Context, gva: int, first_table: int, ptes: list[int]) -> list[int]:
     """The gpa of each entry a walk read, root first: the entry-address column of
     :func:`_raw_steps`, without the rest."""
+    if not ptes:
+        return []
+    addr_mask, entry_size = ctx.addr_mask, ctx.entry_size
+    shifts, index_masks = ctx.shifts, ctx.index_masks
     out: list[int] = []
-    level = ctx.root_level
-    table = first_table
-    entry_size = ctx.entry_size
-    addr_mask = ctx.addr_mask
-    for i, pte in enumerate(ptes):
-        if i == 0 and ctx.pae:  # a PDPTE, 8 bytes, indexed by bits 31:30
-            out.append(table + ((gva >> 30) & 3) * 8)
-            table, level = pte & addr_mask, 2
-            continue
-        out.append(table + ((gva >> ctx.shifts[level]) & ctx.index_masks[level]) * entry_size)
-        table, level = pte & addr_mask, level - 1
+    table, below, level = first_table, ptes, ctx.root_level
+    if ctx.pae:  # a PDPTE, 8 bytes, indexed by bits 31:30
+        out.append(first_table + ((gva >> 30) & 3) * 8)
+        table, below, level = ptes[0] & addr_mask, ptes[1:], 2
+    for pte in below:
+        out.append(table + ((gva >> shifts[level]) & index_masks[level]) * entry_size)
+        table = pte & addr_mask
+        level -= 1
     return out
 
 
@@ -916,22 +917,29 @@ def _fault(
 
 
 def _update_accessed_dirty(
-    memory: GuestMemory, ctx: _Context, gva: int, first_table: int, ptes: list[int], write: bool
+    memory: GuestMemory,
+    ctx: _Context,
+    gva: int,
+    first_table: int,
+    ptes: list[int],
+    write: bool,
+    entry_gpas: list[int] | None = None,
 ) -> None:
     """Set A on every entry used and D on the leaf of a write (``update_accessed_dirty_bits``).
 
     Works from the walk's own entries (``walker->ptes``): entry ``i`` is at level
-    ``root_level - i`` and its table is the one entry ``i - 1`` points to. The PAE PDPTEs have
-    no accessed bit and are skipped. Entries in a read-only memslot are left alone, as KVM
-    leaves them when the host mapping is not writable.
+    ``root_level - i`` and its table is the one entry ``i - 1`` points to, or its address is
+    ``entry_gpas[i]`` (the walk's :func:`_entry_gpas`, when the caller has them already). The
+    PAE PDPTEs have no accessed bit and are skipped. Entries in a read-only memslot are left
+    alone, as KVM leaves them when the host mapping is not writable.
     """
     last = len(ptes) - 1
     for i in range(1 if ctx.pae else 0, last):  # the PDPTE, read at CR3 load, has no A bit
         if not ptes[i] & _A:
-            _set_entry_bits(memory, ctx, gva, first_table, ptes, i, _A)
+            _set_entry_bits(memory, ctx, gva, first_table, ptes, i, _A, entry_gpas)
     want = _A | _D if write else _A
-    if ptes[last] & want != want:
-        _set_entry_bits(memory, ctx, gva, first_table, ptes, last, want)
+    if ptes[last] & want != want:  # a walk usually owes a bit to one entry or two
+        _set_entry_bits(memory, ctx, gva, first_table, ptes, last, want, entry_gpas)
 
 
 def _set_entry_bits(
@@ -942,38 +950,56 @@ def _set_entry_bits(
     ptes: list[int],
     i: int,
     bits: int,
+    entry_gpas: list[int] | None,
 ) -> None:
     """Write ``bits`` into entry ``i`` of a walk, in guest memory, unless its memslot is
     read-only; a logging slot records the page dirty (``__try_cmpxchg_user`` in
     ``FNAME(update_accessed_dirty_bits)``, then ``mark_page_dirty_in_slot``)."""
-    table = ptes[i - 1] & ctx.addr_mask if i else first_table
-    gfn = table >> PAGE_SHIFT
+    entry_size = ctx.entry_size
+    if entry_gpas is not None:
+        gpa = entry_gpas[i]
+    else:  # this entry's address only
+        table = ptes[i - 1] & ctx.addr_mask if i else first_table
+        level = ctx.root_level - i
+        gpa = table + ((gva >> ctx.shifts[level]) & ctx.index_masks[level]) * entry_size
+    gfn = gpa >> PAGE_SHIFT
     slot = memory.slots.find(gfn)
     if slot is not None and not slot.readonly:
-        words = memory.table_words(gfn, ctx.entry_size)
+        words = memory.table_words(gfn, entry_size)
         assert words is not None
-        level = ctx.root_level - i
-        words[(gva >> ctx.shifts[level]) & ctx.index_masks[level]] = ptes[i] | bits
+        words[(gpa & PAGE_MASK) // entry_size] = ptes[i] | bits
         if slot.dirty_logging:
             memory.mark_page_dirty(gfn)
 
 
-def update_accessed_dirty(memory: GuestMemory, result: WalkResult, write: bool) -> None:
+def update_accessed_dirty(
+    memory: GuestMemory, result: WalkResult, write: bool, entry_gpas: list[int] | None = None
+) -> None:
     """Set the accessed bits a successful walk owes, and the leaf's dirty bit for a write
     (``FNAME(update_accessed_dirty_bits)``), from the entries the walk read.
 
     What :func:`walk` with ``set_ad`` does once its checks pass, for a walk made with
     ``set_ad=False`` whose access then went ahead: the two-dimensional walk sets the bits
-    only after each guest-table reference was translated.
+    only after each guest-table reference was translated. ``entry_gpas``: the walk's
+    :meth:`WalkResult.entry_gpas`, if the caller made them already (the two-dimensional walk
+    did, to translate them), so they are not worked out twice.
     """
     if result.__class__ is not WalkResult or write.__class__ is not _BOOL:  # one cheap test
         check_instance("result", result, WalkResult, "a WalkResult from walk()", ModeError)
         check_bool("write", write, ModeError)
     if not isinstance(memory, GuestMemory):
         raise MemslotError(f"memory must be a GuestMemory, got {type(memory).__name__}")
-    if result._ptes:
+    ptes = result._ptes
+    if ptes:
+        if entry_gpas is not None and len(entry_gpas) != len(ptes):
+            raise ModeError(
+                f"entry_gpas holds {len(entry_gpas)} addresses for a walk that read "
+                f"{len(ptes)} entries: pass the walk's own entry_gpas()"
+            )
         ctx = result._ctx
-        _update_accessed_dirty(memory, ctx, result.gva, result._first_table, result._ptes, write)
+        _update_accessed_dirty(
+            memory, ctx, result.gva, result._first_table, ptes, write, entry_gpas
+        )
 
 
 def walk_many(

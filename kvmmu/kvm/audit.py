@@ -431,25 +431,29 @@ class _Auditor:
 
     def check_rmap(self, rmapped: set[tuple[MmuPage, int]]) -> None:
         seen: set[tuple[MmuPage, int]] = set()
-        for (level, gfn), head in self.mmu.rmap.items():
-            for sp, i in head:
-                seen.add((sp, i))
-                if sp not in self.live_set:
-                    self.bad("rmap", sp, i, f"rmap ({level}, {gfn:#x}) names a freed page")
-                    continue
-                spte = sp.spt[i]
-                if not S.is_shadow_present(spte) or _is_table(spte, sp.level):
-                    self.bad(
-                        "rmap", sp, i, f"rmap ({level}, {gfn:#x}) names an spte that is no leaf"
-                    )
-                elif sp.level != level or sp.get_gfn(i) != gfn:
-                    self.bad(
-                        "rmap",
-                        sp,
-                        i,
-                        f"rmap head ({level}, {gfn:#x}) holds an spte of level {sp.level} "
-                        f"for gfn {sp.get_gfn(i):#x}",
-                    )
+        by_pfn = self.mmu.by_pfn
+        for level, gfn, pfn, i in self.mmu.rmap.addresses():
+            sp = by_pfn.get(pfn)  # sptep_to_sp: the rmap holds spte addresses
+            if sp is None:  # by_pfn holds every live page
+                self.bad(
+                    "rmap",
+                    None,
+                    i,
+                    f"rmap ({level}, {gfn:#x}) names an spte of freed frame {pfn:#x}",
+                )
+                continue
+            seen.add((sp, i))
+            spte = sp.spt[i]
+            if not S.is_shadow_present(spte) or _is_table(spte, sp.level):
+                self.bad("rmap", sp, i, f"rmap ({level}, {gfn:#x}) names an spte that is no leaf")
+            elif sp.level != level or sp.get_gfn(i) != gfn:
+                self.bad(
+                    "rmap",
+                    sp,
+                    i,
+                    f"rmap head ({level}, {gfn:#x}) holds an spte of level {sp.level} "
+                    f"for gfn {sp.get_gfn(i):#x}",
+                )
         for sp, i in sorted(rmapped - seen, key=lambda t: (t[0].serial, t[1])):
             self.bad(
                 "rmap", sp, i, f"present leaf spte for gfn {sp.get_gfn(i):#x} is not in the rmap"

@@ -130,7 +130,7 @@ class Mmu:
         self.page_hash: dict[int, list[MmuPage]] = {}
         self.active: dict[MmuPage, None] = {}
         self.by_pfn: dict[int, MmuPage] = {}
-        self.rmap = Rmap()
+        self.rmap = Rmap(self.by_pfn)
         self.lpage_disallowed: dict[tuple[int, int], int] = {}
         self.write_tracked: dict[int, int] = {}
         self.indirect_shadow_pages = 0
@@ -498,40 +498,61 @@ class Mmu:
             host_writable=host_writable,
             accessed=False,
         )
-        spt, stats, trace = sp.spt, self.stats, self.trace
-        write_tracked, page_hash, pte_list_add = (
-            self.write_tracked,
-            self.page_hash,
-            self.rmap.pte_list_add,
-        )
-        pfn_base = slot.gfn_to_pfn(gfn) - start
+        spt, trace = sp.spt, self.trace
+        write_tracked, page_hash = self.write_tracked, self.page_hash
+        # the spte of index i is bits | (pfn of gfn + i - start) << PAGE_SHIFT; bits has no pfn
+        # bits, so that is spte_base + (i << PAGE_SHIFT): one operation on a large int per spte
+        spte_base = bits + ((slot.gfn_to_pfn(gfn) - start) << PAGE_SHIFT)
         log_dirty = writable and slot.dirty_logging
         tracing = trace.enabled
+        # only a write-tracked gfn or one that indirect pages shadow keeps a writable spte
+        # from the plain path (mmu_try_to_unsync_pages); with neither in the VM, no gfn does
+        may_unsync = writable and bool(write_tracked or self.indirect_shadow_pages)
+        extras = tracing or log_dirty
         gfn -= start
         mapped = 0  # the level-1 gauge moves once for the run (kvm_update_page_stats)
+        rmapped: list[int] = []  # sptes set here whose rmap_add is still to come, in order
         for index in range(start, end):
             old = spt[index]
             if old & _MMU_PRESENT:
                 continue  # set_spte: a prefetch finds the spte already there (RET_PF_SPURIOUS)
-            index_gfn = gfn + index
-            if writable and (index_gfn in write_tracked or index_gfn in page_hash):
-                self.set_spte(sp, index, access, index_gfn, slot, write_fault=False, prefetch=True)
+            if may_unsync and (gfn + index in write_tracked or gfn + index in page_hash):
+                if rmapped:  # the rmap files sptes in the order they were set
+                    mapped += self._rmap_add_many(sp, rmapped, gfn)
+                    rmapped = []
+                self.set_spte(
+                    sp, index, access, gfn + index, slot, write_fault=False, prefetch=True
+                )
                 continue
-            new = bits | ((pfn_base + index) << PAGE_SHIFT)
-            if old & _SPTE_WRITABLE and not writable:
+            new = spte_base + (index << PAGE_SHIFT)
+            if not writable and old & _SPTE_WRITABLE:
                 self.flush_remote_tlbs()  # an MMIO spte that recorded a write right
             spt[index] = new
-            if tracing:
-                trace.emit(
-                    "kvm_mmu_set_spte", level=1, gfn=index_gfn, spte=new, sp=sp.serial, index=index
-                )
-            if log_dirty:
-                self.memory.mark_page_dirty(index_gfn)
-            count = pte_list_add(sp, index, index_gfn)
-            if count > stats.max_mmu_rmap_size:
-                stats.max_mmu_rmap_size = count
-            mapped += 1
+            if extras:
+                if tracing:
+                    trace.emit(
+                        "kvm_mmu_set_spte",
+                        level=1,
+                        gfn=gfn + index,
+                        spte=new,
+                        sp=sp.serial,
+                        index=index,
+                    )
+                if log_dirty:
+                    self.memory.mark_page_dirty(gfn + index)
+            rmapped.append(index)
+        if rmapped:
+            mapped += self._rmap_add_many(sp, rmapped, gfn)
         self._count_leaf(1, mapped)
+
+    def _rmap_add_many(self, sp: MmuPage, indices: list[int], gfn: int) -> int:
+        """The ``pte_list_add`` of each prefetched spte in ``indices`` of level-1 page ``sp``
+        (spte ``i`` maps ``gfn + i``), and the peak they make of ``max_mmu_rmap_size``; returns
+        how many sptes were filed."""
+        count = self.rmap.pte_list_add_many(sp, indices, gfn)
+        if count > self.stats.max_mmu_rmap_size:
+            self.stats.max_mmu_rmap_size = count
+        return len(indices)
 
     def _count_leaf(self, level: int, delta: int) -> None:
         """Move the gauge of present leaf sptes at ``level`` (``kvm_update_page_stats``)."""

@@ -93,6 +93,7 @@ _P_RSVD = _P_BIT | _PFERR_RSVD
 _P_RSVD_W = _P_RSVD | _W_BIT
 _ADDR_MASK = ((1 << 52) - 1) & ~0xFFF  # bits 51:12 of a table pointer
 _PDE_SHIFT = PAGE_SHIFT + 9  # a level-2 entry maps 2 MiB
+_TDP_PDE_CACHE = 64  # entries each of the TDP walk's caches keeps (SDM 28.4.1, 28.4.3)
 _ZERO_WORDS = memoryview(bytes(8)).cast("Q")  # no table read yet
 # enum members as module names on the access path: a member read through its class costs
 # several times a name (EnumType's __getattr__ hook)
@@ -100,13 +101,15 @@ _READ, _WRITE, _NONPAGING, _PAE = Access.READ, Access.WRITE, PagingMode.NONE, Pa
 _FIXED, _SPURIOUS, _EMULATE = FaultOutcome.FIXED, FaultOutcome.SPURIOUS, FaultOutcome.EMULATE
 
 
-def _tdp_walk_levels(levels: int) -> tuple[tuple[int, int, int, int, bool], ...]:
+def _tdp_walk_levels(levels: int) -> tuple[tuple[int, int, int, int], ...]:
     """The levels of a TDP walk on ``levels``-level tables, root first, each as (references
-    made once its entry is read, index shift, reserved bits with PS clear, with PS set, PS maps
-    a page here): the per-level checks of an
-    EPT walk (SDM 28.3.2). kvmmu's TDP sptes are 64-bit paging entries, so the reserved bits
-    are those of a 4/5-level walk with the host's MAXPHYADDR and EFER.NXE (``reserved_mask``):
-    bits 51:46, PS at levels 4 and 5, the low address bits of a 2 MiB or 1 GiB page."""
+    made once its entry is read, index shift, the bits an entry must show as P and no reserved
+    bit with PS clear, the reserved bits of a page where PS maps one here or 0): the per-level
+    checks of an EPT walk (SDM 28.3.2). kvmmu's TDP sptes are 64-bit paging entries, so the
+    reserved bits are those of a 4/5-level walk with the host's MAXPHYADDR and EFER.NXE
+    (``reserved_mask``): bits 51:46, PS at levels 4 and 5, the low address bits of a 2 MiB or
+    1 GiB page. Where PS maps no page (levels 4 and 5, where it is reserved, and level 1, where
+    bit 7 is PAT) the reserved bits do not depend on it."""
     tdp_cpu = CpuState(
         int(Cr0.PE | Cr0.PG | Cr0.WP),
         0,
@@ -117,16 +120,24 @@ def _tdp_walk_levels(levels: int) -> tuple[tuple[int, int, int, int, bool], ...]
         0,
         S.HOST_MAXPHYADDR,
     )
-    return tuple(
-        (
-            levels + 1 - level,
-            PAGE_SHIFT + 9 * (level - 1),
-            reserved_mask(tdp_cpu, level, False),
-            reserved_mask(tdp_cpu, level, True),
-            level in (2, 3),  # 2 MiB and 1 GiB pages
+    out = []
+    for level in range(levels, 0, -1):
+        rsvd_table = reserved_mask(tdp_cpu, level, False)
+        rsvd_large = reserved_mask(tdp_cpu, level, True)
+        large_ok = level in (2, 3)  # 2 MiB and 1 GiB pages
+        # the walk tests the PS-clear bits first, then a large page's own: they must include
+        # them, and where PS maps no page they must be the same
+        if rsvd_table & ~rsvd_large or (not large_ok and rsvd_large != rsvd_table):
+            raise KvmmuError(f"TDP level {level}: reserved bits not as the walk expects: a bug")
+        out.append(
+            (
+                levels + 1 - level,
+                PAGE_SHIFT + 9 * (level - 1),
+                rsvd_table | _P_BIT,
+                rsvd_large if large_ok else 0,
+            )
         )
-        for level in range(levels, 0, -1)
-    )
+    return tuple(out)
 
 
 class HostPhysical(GuestMemory):
@@ -389,8 +400,13 @@ class Vcpu:
         self._tdp_levels = _tdp_walk_levels(vm.tdp_levels) if vm.tdp else ()
         self._tdp_leaf_level = self._tdp_levels[-1:]
         self._host_words = vm.host_view.views[8]
-        # within one TDP walk: (gpa >> 21, its level-1 table's pfn, the AND of the entries above)
-        self._tdp_pde: tuple[int, int, int] | None = None
+        # the TDP paging-structure cache: gpa >> 21 -> (its level-1 table's pfn, the AND of the
+        # entries above), kept for the root and the TLB flush count they were read under
+        self._tdp_pdes: dict[int, tuple[int, int]] = {}
+        # the guest-physical mappings of the TLB for the guest's table reads: gpa >> 12 -> the
+        # references a read of that frame counts; kept with _tdp_pdes
+        self._tdp_reads: dict[int, int] = {}
+        self._tdp_pdes_root = self._tdp_pdes_flushes = -1
         self.last_refs = 0  # memory references of the last hardware walk
         self._host_view = vm.host_view
         self.cpu = self._checked(cpu)
@@ -1016,31 +1032,35 @@ class Vcpu:
         """
         # translate() checked gva for the guest's mode
         probe = walk_unchecked(self.memory, self._cpu, gva, kind, implicit, False)
-        self._tdp_pde = None  # a new walk: nothing kept from the last one
         if probe.__class__ is GeneralProtection:
             assert isinstance(probe, GeneralProtection)
             return probe
         assert isinstance(probe, (WalkResult, PageFault))
         refs = 0
-        entries = probe.entry_gpas()
+        entry_gpas = entries = probe.entry_gpas()
         if self._mode is _PAE:
             entries = entries[1:]  # the PDPTEs were read at CR3 load
         # the TDP root (the EPTP), loaded at the first TDP walk (kvm_mmu_reload)
-        root = -1
+        root = self._tdp_root() if entries else -1
+        reads = self._tdp_reads
         for entry_gpa in entries:
-            if root < 0:
-                root = self._tdp_root()
-            tdp = self._tdp_translate(entry_gpa, _READ, root)
-            if not tdp:  # a TDP fault: 0 once fixed, None if the walk must start again
-                tdp = self._tdp_reference(entry_gpa, _READ, root, tdp)
-                if tdp is None:
-                    return None
+            tdp = reads.get(entry_gpa >> PAGE_SHIFT)
+            if tdp is None:  # not translated since the last flush
+                tdp = self._tdp_translate(entry_gpa, _READ, root)
+                if not tdp:  # a TDP fault: 0 once fixed, None if the walk must start again
+                    tdp = self._tdp_reference(entry_gpa, _READ, root, tdp)
+                    if tdp is None:
+                        return None
+                if tdp > 0:  # a translation, not an MMIO exit: kept
+                    if len(reads) >= _TDP_PDE_CACHE:
+                        reads.clear()
+                    reads[entry_gpa >> PAGE_SHIFT] = tdp
             refs += tdp + 1
         if probe.__class__ is PageFault:
             assert isinstance(probe, PageFault)
             return probe  # delivered by the hardware, no exit
         assert isinstance(probe, WalkResult)
-        update_accessed_dirty(self.memory, probe, kind is _WRITE)
+        update_accessed_dirty(self.memory, probe, kind is _WRITE, entry_gpas)
         if root < 0:
             root = self._tdp_root()
         tdp = self._tdp_translate(probe.gpa, kind, root)
@@ -1052,14 +1072,15 @@ class Vcpu:
             return Translation(probe.gpa, mmio=True)
         self.last_refs = refs + tdp
         # the TLB holds the smaller of the guest page and the TDP page that maps it
+        guest_level = probe.level or 1
         tdp_level = self.vm.tdp_levels + 1 - tdp
         self.tlb.insert(
             gva,
-            min(probe.level or 1, tdp_level),
+            guest_level if guest_level < tdp_level else tdp_level,
             probe.gpa,
             cls,
             bool(probe.pte & _PTE_GLOBAL) and self._pge,
-            guest_level=probe.level or 1,
+            guest_level=guest_level,
         )
         return Translation(probe.gpa)
 
@@ -1089,7 +1110,18 @@ class Vcpu:
         """The pfn of the TDP root, the roots loaded first (``kvm_mmu_reload``): what the
         hardware finds in the EPTP (SDM 24.6.11) or nCR3."""
         self.reload()
-        return shadow_walk_init(self, 0)[0].pfn
+        root = shadow_walk_init(self, 0)[0].pfn
+        flushes = self.tlb.flushes
+        if root != self._tdp_pdes_root or flushes != self._tdp_pdes_flushes:
+            self._tdp_forget()  # another root, or a flush (INVEPT): nothing kept holds
+            self._tdp_pdes_root, self._tdp_pdes_flushes = root, flushes
+        return root
+
+    def _tdp_forget(self) -> None:
+        """Drop what the TDP walks kept: the paths to level-1 tables and the guest-physical
+        mappings of the guest's tables (INVEPT, SDM 28.4.3)."""
+        self._tdp_pdes.clear()
+        self._tdp_reads.clear()
 
     def _tdp_translate(self, gpa: int, kind: Access, root: int) -> int | None:
         """Walk the TDP tables from root pfn ``root`` for ``gpa``, as the CPU walks EPT tables
@@ -1104,24 +1136,37 @@ class Vcpu:
         U/S, SMEP, SMAP and protection keys play no part. The leaf spte gets its A bit, as in
         :meth:`_set_spte_accessed`.
 
-        The entries above a level-1 TDP table are read once per two-dimensional walk for each
-        2 MiB of guest-physical space (``_tdp_pde``, like the CPU's paging-structure caches of
-        SDM 28.4.3): the guest's tables and the final gpa usually share them. Only a TDP fault
-        changes the TDP tables in the middle of a walk: it only adds sptes, unless it flushes
-        TLBs (it zapped a page or replaced an spte), and then what was kept goes too. The
-        entries are counted in the references all the same.
+        The entries above a level-1 TDP table are read once for each 2 MiB of guest-physical
+        space and kept (``_tdp_pdes``), as the CPU keeps them in its paging-structure caches
+        (SDM 28.4.3) until an INVEPT: kvmmu drops them at every TLB flush and when the root
+        changes (:meth:`_tdp_root`), which is when KVM invalidates them
+        (``kvm_flush_remote_tlbs`` after a zap or a lost right, a new root at ``kvm_mmu_load``).
+        Between flushes the MMU only adds sptes to the TDP tables, so a kept path stays right; a
+        TDP fault that flushes drops them in the middle of a walk, which then starts again. The
+        leaf entry is read every time (it is what faults and takes the A bit), and the entries
+        above are counted in the references all the same.
         """
         write = kind is _WRITE
         views = self._host_words
-        pde = self._tdp_pde
-        if pde is not None and pde[0] == gpa >> _PDE_SHIFT:
-            # the entries above the leaf, as this walk read them for an earlier reference
-            table, writable, levels = pde[1], pde[2], self._tdp_leaf_level
+        pdes = self._tdp_pdes
+        pde = pdes.get(gpa >> _PDE_SHIFT)
+        if pde is not None:  # the entries above the leaf, as an earlier reference read them
+            table, writable = pde
+            words = views.get(table)
+            if words is not None:  # the common case, the loop below for the leaf alone
+                refs, _, present, _ = self._tdp_leaf_level[0]
+                index = (gpa >> PAGE_SHIFT) & 511
+                pte = words[index]
+                if pte & present == _P_BIT and (not write or writable & pte & _W_BIT):
+                    if not pte & S.ACCESSED:  # _set_spte_accessed
+                        words[index] = pte | S.ACCESSED
+                    return refs
+            levels = self._tdp_leaf_level  # a fault to take: the loop says which
         else:
             table, writable, levels = root, -1, self._tdp_levels
         refs = pte = index = 0
         words = _ZERO_WORDS
-        for refs, shift, rsvd_table, rsvd_leaf, large_ok in levels:  # noqa: B007 (read after)
+        for refs, shift, present, rsvd_large in levels:  # noqa: B007 (read after the loop)
             found = views.get(table)
             if found is None:
                 found = self._host_view.table_words(table)
@@ -1130,16 +1175,20 @@ class Vcpu:
             words = found
             index = (gpa >> shift) & 511
             pte = words[index]
-            if not pte & _P_BIT:  # an EPT violation
-                return self._tdp_violation(gpa, kind, _W_BIT if write else 0, pte)
-            if pte & (rsvd_leaf if pte & _PS_BIT else rsvd_table):  # an EPT misconfiguration
+            if pte & present != _P_BIT:  # P clear or a reserved bit set (PS clear)
+                if not pte & _P_BIT:  # an EPT violation
+                    return self._tdp_violation(gpa, kind, _W_BIT if write else 0, pte)
                 return self._tdp_violation(gpa, kind, _P_RSVD_W if write else _P_RSVD, pte)
             writable &= pte  # W survives only if every level grants it
-            if large_ok and pte & _PS_BIT:
-                break  # a large page; otherwise the loop ends with the level-1 entry
+            if rsvd_large and pte & _PS_BIT:  # a large page
+                if pte & rsvd_large:  # its low address bits are reserved: a misconfiguration
+                    return self._tdp_violation(gpa, kind, _P_RSVD_W if write else _P_RSVD, pte)
+                break  # otherwise the loop ends with the level-1 entry
             table = (pte & _ADDR_MASK) >> PAGE_SHIFT
             if shift == _PDE_SHIFT:  # the path to this 2 MiB's level-1 table, kept
-                self._tdp_pde = (gpa >> _PDE_SHIFT, table, writable)
+                if len(pdes) >= _TDP_PDE_CACHE:
+                    pdes.clear()  # a small cache, as the CPU's; emptied, never half-kept
+                pdes[gpa >> _PDE_SHIFT] = (table, writable)
         if write and not writable & _W_BIT:
             return self._tdp_violation(gpa, kind, _P_BIT | _W_BIT, pte)
         if not pte & S.ACCESSED:  # _set_spte_accessed: words is the leaf page's spt
@@ -1165,7 +1214,7 @@ class Vcpu:
         outcome = direct_page_fault(self, gpa, kind)
         flushed = self.tlb.flushes != flushes
         if flushed:
-            self._tdp_pde = None  # it zapped or replaced sptes: the kept path may be gone
+            self._tdp_forget()  # it zapped or replaced sptes: what was kept may be gone
         if outcome is FaultOutcome.MMIO:
             return -1
         return None if flushed else 0

@@ -10,16 +10,19 @@ of load on the shared machine spreads over all of them, and each row is a median
 minimum and maximum beside it. ``--cells`` adds the slowest cells of each notebook (from the
 last round), to see where the time goes. Unless ``--no-nbval``, the script then times
 ``pytest --nbval`` over the notebooks alone, with the options of ``pyproject.toml``, one figure
-per ``--nbval-rounds`` run (it must pass). Prints markdown tables and the goal lines of issue
-16: no notebook over 5 s, strict nbval over all of them under 30 s. ``--quick`` runs
-``00_welcome`` alone, once, and nbval over it.
+per ``--nbval-rounds`` run (it must pass), and where its last run's time went (pytest's start,
+kernel starts, cells, kernel stops, from pytest's ``--durations``). Prints markdown tables and the
+goal lines of issue 16: no notebook over 5 s, strict nbval over all of them under 30 s.
+``--quick`` runs ``00_welcome`` alone, once, and nbval over it.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -44,6 +47,8 @@ NOTEBOOKS = ROOT / "notebooks"
 
 GOAL_NOTEBOOK = 5.0  # seconds, one notebook top to bottom, kernel start included
 GOAL_NBVAL = 30.0  # seconds, strict nbval over all of them
+# One line of pytest's --durations list: "0.84s setup    notebooks/00_welcome.ipynb::Cell 0".
+DURATION = re.compile(r"^([\d.]+)s (setup|call|teardown) +(\S.*?)\s*$", re.MULTILINE)
 
 
 def execute(nb: nbformat.NotebookNode) -> None:
@@ -93,23 +98,52 @@ def notebook_case(path: Path, last: dict[Path, nbformat.NotebookNode]) -> Case:
     return Case(path.name, prepare)
 
 
-def nbval_case(paths: list[Path]) -> Case:
-    """``pytest --nbval`` (strict, the project's options from ``pyproject.toml``) over ``paths``;
+def nbval_case(
+    paths: list[Path],
+) -> tuple[Case, list[tuple[float, subprocess.CompletedProcess[str]]]]:
+    """``pytest --nbval`` (strict, the project's options from ``pyproject.toml``) over ``paths``,
+    with every test phase's duration listed, and the list its runs append (wall s, result) to;
     the check wants it to pass."""
-    command = [sys.executable, "-m", "pytest", "-q", *map(str, paths)]
-    done: list[subprocess.CompletedProcess[str]] = []
+    command = [sys.executable, "-m", "pytest", "-q", "--durations=0", "--durations-min=0"]
+    command += map(str, paths)
+    done: list[tuple[float, subprocess.CompletedProcess[str]]] = []
 
     def run() -> None:
-        done.append(subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False))
+        start = time.perf_counter()
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        done.append((time.perf_counter() - start, result))
 
     def check() -> None:
-        result = done[-1]
+        result = done[-1][1]
         expect(
             result.returncode == 0,
             f"nbval to pass:\n{result.stdout[-3000:]}{result.stderr[-2000:]}",
         )
 
-    return Case.plain(f"strict nbval over {len(paths)} notebooks", run, 1, check)
+    return Case.plain(f"strict nbval over {len(paths)} notebooks", run, 1, check), done
+
+
+def nbval_parts(wall: float, stdout: str) -> list[tuple[str, float]]:
+    """Where one nbval run's wall time went, from pytest's ``--durations`` list: each notebook's
+    kernel starts in its first cell's setup and stops in its last cell's teardown (nbval's
+    ``IPyNbFile.setup``/``teardown``); the rest of the wall time is pytest's own start (plugins:
+    nbval imports nbformat and jsonschema), collection and reporting."""
+    setup = call = first = teardown = 0.0
+    for seconds, phase, name in DURATION.findall(stdout):
+        if phase == "setup":
+            setup += float(seconds)
+        elif phase == "teardown":
+            teardown += float(seconds)
+        else:
+            call += float(seconds)
+            first += float(seconds) if name.endswith("::Cell 0") else 0.0
+    return [
+        ("pytest start, collection and report", wall - setup - call - teardown),
+        ("kernel starts", setup),
+        ("first cells (the imports)", first),
+        ("other cells", call - first),
+        ("kernel stops", teardown),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         goal_line("slowest notebook, top to bottom", worst.median, GOAL_NOTEBOOK, "s", slowest.name)
     )
     if not args.no_nbval:
-        nbval = nbval_case(paths)
+        nbval, done = nbval_case(paths)
         runs = measure([nbval], max(1, args.nbval_rounds), clock="wall", warmup=0)
         spread = runs.spread(nbval.name)
         print(
@@ -161,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"min-max {spread.low:.2f}-{spread.high:.2f} s, kernel starts included",
             )
         )
+        wall, result = done[-1]
+        parts = ", ".join(
+            f"{what} {seconds:.2f} s" for what, seconds in nbval_parts(wall, result.stdout)
+        )
+        print(f"nbval's last run, {wall:.2f} s wall: {parts}")
     return 0
 
 

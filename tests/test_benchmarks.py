@@ -239,6 +239,19 @@ def test_bench_notebooks_quick_runs_a_notebook_and_nbval_over_it() -> None:
     assert len(figures(row(out, "00_welcome.ipynb"))) == 1
     assert goal(out, "slowest notebook, top to bottom") > 0
     assert goal(out, "strict nbval over 1 notebooks") > 0
+    # where nbval's time went: every part a figure, the kernel's start and the cells not nothing
+    parts = re.search(r"^nbval's last run, ([\d.]+) s wall: (.+)$", out, re.MULTILINE)
+    assert parts, out
+    seconds = dict(re.findall(r"([a-z][a-z ,()]+?) (-?[\d.]+) s", parts.group(2)))
+    assert set(seconds) == {
+        "pytest start, collection and report",
+        "kernel starts",
+        "first cells (the imports)",
+        "other cells",
+        "kernel stops",
+    }
+    assert float(seconds["kernel starts"]) > 0 and float(seconds["first cells (the imports)"]) > 0
+    assert sum(map(float, seconds.values())) == pytest.approx(float(parts.group(1)), abs=0.05)
 
 
 def test_bench_host_quick_compares_kvm_and_kvmmu_or_says_why_not() -> None:
